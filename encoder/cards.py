@@ -1,0 +1,531 @@
+"""Data cards: a Hub dataset card whose YAML front matter maps raw log files onto interestbert's data model.
+
+A card (`data_cards/<name>/README.md`) carries, beside the usual Hub keys, an ``interestbert:`` block::
+
+    interestbert:
+      events:                       # one row per interaction
+        path: ratings.dat.gz        # relative to --data-dir; never leaves it
+        separator: "::"             # any string; one character gets CSV quoting rules
+        header: false
+        names: [user, movie, rating, ts]    # column names when the file has no header line
+        encoding: latin-1           # default utf-8
+        compression: infer          # infer (from .gz), gzip or none
+        quoting: minimal            # minimal (CSV quotes) or none
+        columns: {user_id: user, item_id: movie, timestamp: ts, rating: rating}
+        action: "rated {{ rating | int }}/5"
+      items:                        # one row per catalogue item
+        path: movies.dat
+        columns: {item_id: id, title: title, genres: genres}
+        text: "{{ title }} ({{ genres | replace('|', ', ') }})"
+        id_map: {path: links.tsv, columns: {item_id: a, key: b}}   # optional: event item id -> items-file id
+      verbalisation:
+        event: "{{ item }}: {{ action }}"
+        separator: "\\n"
+
+`columns` maps our names onto the file's columns; every name besides the ids and the timestamp becomes a field the
+templates may read. `load_card_data` turns a card and a data folder into `datasets.Dataset`s of events and items.
+Every problem is reported as one `DataCardError` sentence that names the card, the key or the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import gzip
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import DataCardError
+from .templates import CardTemplate
+
+EVENT_FIELDS = ("user_id", "item_id", "timestamp", "action")
+_FILE_KEYS = {"path", "separator", "header", "names", "encoding", "compression", "quoting", "columns"}
+_GENERATORS = ("synthetic-shop",)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """How to read one delimited text file of a card."""
+
+    path: str
+    columns: dict[str, str]
+    separator: str = ","
+    header: bool = True
+    names: tuple[str, ...] | None = None
+    encoding: str = "utf-8"
+    compression: str = "infer"
+    quoting: str = "minimal"
+
+
+@dataclass(frozen=True)
+class DataCard:
+    """A parsed and checked data card.
+
+    Attributes:
+        name: The card's name (its folder name).
+        path: The card's `README.md`.
+        events: The events file; its columns map ``user_id``, ``item_id``, ``timestamp`` and optional fields.
+        action: Template that phrases an event's action from the event fields.
+        items: The items file; its columns map ``item_id`` and the text fields.
+        item_text: Template that renders an item's text from its fields.
+        event_text: Template that renders one event from ``item`` (the item text), ``action`` and the item fields.
+        separator: Joins event texts into a history text.
+        id_map: Optional file mapping event item ids (``item_id``) to items-file ids (``key``).
+        switches: Optional file of true interest switches (synthetic data).
+        generator: Optional built-in generator that writes the card's files (``{"name": ..., **options}``).
+        metadata: The rest of the front matter (pretty_name, license, ...).
+    """
+
+    name: str
+    path: Path
+    events: FileSpec
+    action: CardTemplate
+    items: FileSpec
+    item_text: CardTemplate
+    event_text: CardTemplate
+    separator: str
+    id_map: FileSpec | None = None
+    switches: FileSpec | None = None
+    generator: dict | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"data card {self.name}"
+
+
+@dataclass
+class CardData:
+    """What a card yields from a data folder.
+
+    Attributes:
+        events: ``user_id``, ``item_id``, ``timestamp``, ``action``; users in order of first appearance, each
+            user's events by timestamp, ties in file order.
+        items: ``item_id``, ``text`` and the card's item fields, in file order (the whole catalogue).
+        switches: True interest switches (``user_id``, ``event_index``, ``timestamp``, ...) when the data has them.
+        stats: Counts for `interestbert cards validate`.
+    """
+
+    card: DataCard
+    events: object  # datasets.Dataset
+    items: object  # datasets.Dataset
+    switches: object | None
+    stats: dict
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+def available_cards() -> list[str]:
+    """Names of the cards shipped with the package."""
+    root = resources.files("interestbert.data_cards")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "README.md").is_file())
+
+
+def resolve_card_path(name_or_path: str | os.PathLike) -> Path:
+    """A card's README.md from a shipped card name, a card folder or a README path."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "README.md"
+    if path.is_file():
+        return path
+    shipped = resources.files("interestbert.data_cards") / str(name_or_path) / "README.md"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise DataCardError(
+        f"data card `{name_or_path}` not found: it is neither a shipped card ({', '.join(available_cards())}) "
+        "nor a folder or README.md on disk; pass one of those names or a path to a card."
+    )
+
+
+def load_card(name_or_path: str | os.PathLike) -> DataCard:
+    """Reads and checks a card; raises `DataCardError` with the card, key and fix on any problem."""
+    path = resolve_card_path(name_or_path)
+    name = path.parent.name
+    where = f"data card {name} ({path})"
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        raise DataCardError(f"{where}: the file has no YAML front matter; start it with a `---` line.")
+    parts = text.split("\n---", 1)
+    if len(parts) != 2:
+        raise DataCardError(f"{where}: the YAML front matter is not closed; end it with a `---` line.")
+    try:
+        meta = yaml.safe_load(parts[0].lstrip("-\n")) or {}
+    except yaml.YAMLError as err:
+        raise DataCardError(f"{where}: the YAML front matter does not parse ({_one_line(err)}); fix its syntax.") from None
+    if not isinstance(meta, dict) or "interestbert" not in meta:
+        raise DataCardError(f"{where}: the front matter has no `interestbert:` block; add one (see data_cards/README).")
+    block = _section(meta.pop("interestbert"), "interestbert", where, required={"events", "items", "verbalisation"},
+                     optional={"switches", "generator", "format_version"})
+    ev = _section(block["events"], "interestbert.events", where, required={"path", "columns"},
+                  optional=_FILE_KEYS | {"action"})
+    events = _file_spec(ev, "interestbert.events", where, required_columns=("user_id", "item_id", "timestamp"))
+    if "action" in events.columns:
+        raise DataCardError(
+            f"{where}: key `interestbert.events.columns.action` is reserved; map the column under another name "
+            "and phrase it with `interestbert.events.action`."
+        )
+    event_fields = [c for c in events.columns if c not in ("user_id", "item_id", "timestamp")]
+    action = CardTemplate.compile(ev.get("action", "interacted"), f"{where}: key `interestbert.events.action`",
+                                  event_fields)
+
+    it = _section(block["items"], "interestbert.items", where, required={"path", "columns", "text"},
+                  optional=_FILE_KEYS | {"text", "id_map"})
+    items = _file_spec(it, "interestbert.items", where, required_columns=("item_id",))
+    item_fields = [c for c in items.columns if c != "item_id"]
+    item_text = CardTemplate.compile(it["text"], f"{where}: key `interestbert.items.text`", item_fields)
+    id_map = None
+    if "id_map" in it:
+        im = _section(it["id_map"], "interestbert.items.id_map", where, required={"path", "columns"},
+                      optional=_FILE_KEYS)
+        id_map = _file_spec(im, "interestbert.items.id_map", where, required_columns=("item_id", "key"))
+
+    vb = _section(block["verbalisation"], "interestbert.verbalisation", where, required={"event"},
+                  optional={"separator"})
+    event_text = CardTemplate.compile(vb["event"], f"{where}: key `interestbert.verbalisation.event`",
+                                      ["item", "action", *item_fields])
+    separator = vb.get("separator", "\n")
+    if not isinstance(separator, str) or not separator:
+        raise DataCardError(f"{where}: key `interestbert.verbalisation.separator` must be a non-empty string, "
+                            f"got {separator!r}.")
+
+    switches = None
+    if "switches" in block:
+        sw = _section(block["switches"], "interestbert.switches", where, required={"path", "columns"},
+                      optional=_FILE_KEYS)
+        switches = _file_spec(sw, "interestbert.switches", where, required_columns=("user_id", "event_index"))
+    generator = None
+    if "generator" in block:
+        generator = dict(_section(block["generator"], "interestbert.generator", where, required={"name"},
+                                  optional={"seed", "n_users", "n_items", "min_events", "max_events"}))
+        if generator["name"] not in _GENERATORS:
+            raise DataCardError(f"{where}: key `interestbert.generator.name` is {generator['name']!r}; "
+                                f"the built-in generators are {list(_GENERATORS)}.")
+    return DataCard(name=name, path=path, events=events, action=action, items=items, item_text=item_text,
+                    event_text=event_text, separator=separator, id_map=id_map, switches=switches,
+                    generator=generator, metadata=meta)
+
+
+def _section(value: object, key: str, where: str, required: set[str], optional: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise DataCardError(f"{where}: key `{key}` must be a mapping, got {type(value).__name__} {value!r}.")
+    allowed = required | optional
+    for k in value:
+        if k not in allowed:
+            hint = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+            fix = f"did you mean `{hint[0]}`?" if hint else f"the allowed keys are {sorted(allowed)}."
+            raise DataCardError(f"{where}: key `{key}.{k}` is unknown; {fix}")
+    for k in sorted(required):
+        if k not in value:
+            raise DataCardError(f"{where}: key `{key}.{k}` is missing; add it (see the shipped cards for examples).")
+    return value
+
+
+def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...]) -> FileSpec:
+    columns = raw["columns"]
+    if not isinstance(columns, dict) or not columns:
+        raise DataCardError(f"{where}: key `{key}.columns` must map field names to file columns, got {columns!r}.")
+    for col in required_columns:
+        if col not in columns:
+            raise DataCardError(f"{where}: key `{key}.columns.{col}` is missing; name the file column that holds it.")
+    for name, col in columns.items():
+        if not str(name).isidentifier() or str(name).startswith("_"):
+            raise DataCardError(f"{where}: key `{key}.columns.{name}`: field names must be identifiers that do "
+                                "not start with an underscore; rename it.")
+    spec = dict(raw)
+    for extra in ("action", "text", "id_map"):
+        spec.pop(extra, None)
+    spec["columns"] = {str(k): str(v) for k, v in columns.items()}
+    if "names" in spec:
+        if not isinstance(spec["names"], list) or not spec["names"]:
+            raise DataCardError(f"{where}: key `{key}.names` must be a list of column names, got {spec['names']!r}.")
+        spec["names"] = tuple(str(n) for n in spec["names"])
+    if spec.get("header") is False and "names" not in spec:
+        raise DataCardError(f"{where}: key `{key}.names` is missing; a file without a header line needs its "
+                            "column names listed under `names`.")
+    if spec.get("compression", "infer") not in ("infer", "gzip", "none"):
+        raise DataCardError(f"{where}: key `{key}.compression` is {spec['compression']!r}; use infer, gzip or none.")
+    if spec.get("quoting", "minimal") not in ("minimal", "none"):
+        raise DataCardError(f"{where}: key `{key}.quoting` is {spec['quoting']!r}; use minimal or none.")
+    if not isinstance(spec.get("separator", ","), str) or not spec.get("separator", ","):
+        raise DataCardError(f"{where}: key `{key}.separator` must be a non-empty string.")
+    try:
+        "".encode(spec.get("encoding", "utf-8"))
+    except LookupError:
+        raise DataCardError(f"{where}: key `{key}.encoding` is {spec['encoding']!r}, which Python does not know; "
+                            "use utf-8, latin-1, ascii, ...") from None
+    return FileSpec(**spec)
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Table:
+    """Selected columns of a file as lists of strings, and each row's line number in the file."""
+
+    path: str
+    columns: dict[str, list[str]]
+    lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def _safe_path(data_dir: Path, relative: str, where: str) -> Path:
+    rel = Path(relative)
+    root = data_dir.resolve()
+    target = (root / rel).resolve()
+    if rel.is_absolute() or not target.is_relative_to(root):
+        raise DataCardError(f"{where}: path `{relative}` leaves the data directory {root}; card paths must be "
+                            "relative and stay inside --data-dir.")
+    if not target.is_file():
+        raise DataCardError(f"{where}: file `{relative}` does not exist in {root}; check --data-dir or the card's "
+                            "`path`.")
+    return target
+
+
+def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
+    """Reads the columns ``spec`` maps from its delimited file, checking every line's field count."""
+    path = _safe_path(data_dir, spec.path, f"{where}: key path")
+    gz = spec.compression == "gzip" or (spec.compression == "infer" and path.suffix == ".gz")
+    loc = f"{where}: file {spec.path}"
+    try:
+        raw = gzip.open(path, "rb").read() if gz else path.read_bytes()
+    except OSError as err:
+        raise DataCardError(f"{loc} cannot be read ({_one_line(err)}); check the file and `compression`.") from None
+    try:
+        text = raw.decode(spec.encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataCardError(f"{loc} line {line} is not valid {spec.encoding}; set the card's `encoding` "
+                            "(for example latin-1).") from None
+    rows = _split_rows(text, spec, loc)
+    header: tuple[str, ...]
+    if spec.header:
+        try:
+            first_line, header_row = next(rows)
+        except StopIteration:
+            raise DataCardError(f"{loc} is empty; it needs a header line and rows.") from None
+        header = tuple(h.strip() for h in header_row)
+    else:
+        header = spec.names or ()
+    if spec.header and spec.names:
+        header = spec.names
+    index = {}
+    for name, col in spec.columns.items():
+        if col not in header:
+            raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
+                                f"{list(header)}.")
+        index[name] = header.index(col)
+    width = len(header)
+    cols: dict[str, list[str]] = {name: [] for name in index}
+    appenders = [(cols[name].append, i) for name, i in index.items()]
+    lines: list[int] = []
+    for lineno, row in rows:
+        if len(row) != width:
+            if len(row) == 0 or row == [""]:
+                continue  # blank line
+            raise DataCardError(f"{loc} line {lineno}: expected {width} fields separated by {spec.separator!r}, found "
+                                f"{len(row)}; fix the line or the card's `separator`/`names`.")
+        for append, i in appenders:
+            append(row[i])
+        lines.append(lineno)
+    return Table(path=spec.path, columns=cols, lines=lines)
+
+
+def _split_rows(text: str, spec: FileSpec, loc: str):
+    """Yields (line number, fields); one-character separators follow CSV quoting, longer ones split plainly."""
+    if len(spec.separator) == 1:
+        quoting = csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=spec.separator, quoting=quoting, strict=True)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise DataCardError(f"{loc} line {reader.line_num}: {err}; fix the quoting or set `quoting: none`.") from None
+            yield reader.line_num, row
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            yield lineno, line.split(spec.separator)
+
+
+def _int_column(values: list[str], table: Table, name: str, where: str) -> np.ndarray:
+    """Integers (unix seconds, indices) from strings such as ``881250949`` or ``1368748800.0``."""
+    try:
+        floats = np.asarray(values, dtype=np.float64)
+    except ValueError:
+        floats = None
+    if floats is not None and np.isfinite(floats).all() and (floats == np.floor(floats)).all():
+        return floats.astype(np.int64)
+    for i, v in enumerate(values):
+        try:
+            f = float(v)
+            ok = np.isfinite(f) and f == int(f)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {v!r}, not an integer "
+                                "(unix seconds); fix the line or map another column.")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_card_data(card: DataCard | str | os.PathLike, data_dir: str | os.PathLike | None = None) -> CardData:
+    """Reads a card's files into events and items.
+
+    Args:
+        card: A `DataCard`, a shipped card name or a path to a card.
+        data_dir: The folder holding the card's files. A card with a ``generator`` (synthetic-shop) may omit it:
+            its data is then generated into a temporary folder and read from there.
+
+    Returns:
+        `CardData` with ``events`` and ``items`` as `datasets.Dataset`.
+
+    Example:
+        >>> data = load_card_data("movielens-100k", "../shared/data/ml-100k")  # doctest: +SKIP
+        >>> data.events[0]  # doctest: +SKIP
+        {'user_id': '1', 'item_id': '168', 'timestamp': 874965478, 'action': 'rated 5/5'}
+    """
+    if not isinstance(card, DataCard):
+        card = load_card(card)
+    if data_dir is None:
+        if card.generator is None:
+            raise DataCardError(f"{card.where}: --data-dir is required; point it at the folder holding "
+                                f"{card.events.path}.")
+        with tempfile.TemporaryDirectory(prefix=f"interestbert-{card.name}-") as tmp:
+            generate_card_files(card, tmp)
+            return _load(card, Path(tmp))
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataCardError(f"{card.where}: --data-dir {data_dir} is not a folder; pass the folder that holds "
+                            f"{card.events.path}.")
+    return _load(card, data_dir)
+
+
+def generate_card_files(card: DataCard, output_dir: str | os.PathLike) -> dict:
+    """Runs a generator card's built-in generator into ``output_dir``; returns its counts."""
+    if card.generator is None:
+        raise DataCardError(f"{card.where} has no `generator`; only generated cards (synthetic-shop) can be generated.")
+    from . import synthetic  # local: only generated cards need it
+
+    options = {k: v for k, v in card.generator.items() if k != "name"}
+    return synthetic.generate(output_dir, **options)
+
+
+def _load(card: DataCard, data_dir: Path) -> CardData:
+    import datasets
+
+    where = f"data card {card.name}"
+    ev = read_table(card.events, data_dir, where)
+    it = read_table(card.items, data_dir, where)
+    if len(ev) == 0:
+        raise DataCardError(f"{where}: file {ev.path} has no events; point the card at a file with rows.")
+
+    # items: unique ids, rendered text
+    item_ids = it.columns["item_id"]
+    seen: dict[str, int] = {}
+    for i, item in enumerate(item_ids):
+        if item in seen:
+            raise DataCardError(f"{where}: file {it.path} line {it.lines[i]}: item `{item}` appears again (first on "
+                                f"line {it.lines[seen[item]]}); item ids must be unique.")
+        seen[item] = i
+    fields = {k: v for k, v in it.columns.items() if k != "item_id"}
+    texts = [t.strip() for t in card.item_text.render_table(fields, len(it))]
+
+    # events: map ids through id_map, check the catalogue, sort
+    event_items = ev.columns["item_id"]
+    if card.id_map is not None:
+        mp = read_table(card.id_map, data_dir, where)
+        mapping = dict(zip(mp.columns["item_id"], mp.columns["key"]))
+        missing = next((i for i, x in enumerate(event_items) if x not in mapping), None)
+        if missing is not None:
+            raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing]}` is "
+                                f"not in {mp.path}; complete the id map or drop the event.")
+        event_items = [mapping[x] for x in event_items]
+    missing = next((i for i, x in enumerate(event_items) if x not in seen), None)
+    if missing is not None:
+        raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing]}` is not "
+                            f"in the catalogue {it.path}; add it there or drop the event.")
+    for i, u in enumerate(ev.columns["user_id"]):
+        if not u.strip():
+            raise DataCardError(f"{where}: file {ev.path} line {ev.lines[i]}: `user_id` is empty; fill it or drop "
+                                "the line.")
+    timestamps = _int_column(ev.columns["timestamp"], ev, "timestamp", where)
+    event_fields = {k: v for k, v in ev.columns.items() if k not in ("user_id", "item_id", "timestamp")}
+    actions = card.action.render_table(event_fields, len(ev))
+
+    users = np.asarray(ev.columns["user_id"], dtype=object)
+    codes, uniques = _factorize(users)
+    order = np.lexsort((np.arange(len(users)), timestamps, codes))  # user, then time, then file order
+    event_items_arr = np.asarray(event_items, dtype=object)[order]
+    events = datasets.Dataset.from_dict(
+        {
+            "user_id": users[order].tolist(),
+            "item_id": event_items_arr.tolist(),
+            "timestamp": timestamps[order],
+            "action": np.asarray(actions, dtype=object)[order].tolist(),
+        },
+        features=datasets.Features({"user_id": datasets.Value("string"), "item_id": datasets.Value("string"),
+                                    "timestamp": datasets.Value("int64"), "action": datasets.Value("string")}),
+    )
+    items = datasets.Dataset.from_dict(
+        {"item_id": item_ids, "text": texts, **fields},
+        features=datasets.Features({k: datasets.Value("string") for k in ["item_id", "text", *fields]}),
+    )
+    switches = None
+    if card.switches is not None:
+        sw = read_table(card.switches, data_dir, where)
+        cols = dict(sw.columns)
+        cols["event_index"] = _int_column(cols["event_index"], sw, "event_index", where)
+        if "timestamp" in cols:
+            cols["timestamp"] = _int_column(cols["timestamp"], sw, "timestamp", where)
+        switches = datasets.Dataset.from_dict(cols)
+
+    sorted_ts = timestamps[order]
+    sorted_codes = codes[order]
+    last = np.r_[sorted_codes[1:] != sorted_codes[:-1], True]
+    has_prev = np.r_[False, sorted_codes[1:] == sorted_codes[:-1]]
+    tied = np.r_[False, sorted_ts[1:] == sorted_ts[:-1]] & has_prev
+    stats = {
+        "users": int(len(uniques)),
+        "items": int(len(set(event_items))),
+        "catalogue": len(item_ids),
+        "events": len(ev),
+        "first_timestamp": int(timestamps.min()),
+        "last_timestamp": int(timestamps.max()),
+        "min_events_per_user": int(np.bincount(codes).min()),
+        "max_events_per_user": int(np.bincount(codes).max()),
+        "last_event_tied_share": float(tied[last].mean()),
+    }
+    return CardData(card=card, events=events, items=items, switches=switches, stats=stats)
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
+    """Integer codes in order of first appearance (deterministic, no hashing order)."""
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
+    return codes, list(index)
+
+
+def card_metadata_summary(meta: Mapping) -> str:
+    """One line naming the card's dataset and licence, for `cards validate`."""
+    name = meta.get("pretty_name", "")
+    lic = meta.get("license", "unknown")
+    return f"{name} (licence: {lic})" if name else f"licence: {lic}"

@@ -1,0 +1,1 @@
+"""Turns a data card into a trained interestbert model (examples, losses, the Accelerate loop, evaluation)."""

@@ -1,0 +1,1 @@
+"""Uses an interestbert model: batch encoding, recommending, drift scans, publishing and the `interestbert` CLI."""
