@@ -56,9 +56,9 @@ class Verbaliser:
 
         events = data.events.data  # pyarrow table, no per-row Python objects
         items = data.items.data
-        item_ids = items.column("item_id").to_pylist()
+        self.item_ids: list[str] = items.column("item_id").to_pylist()
         self.item_texts: list[str] = items.column("text").to_pylist()
-        self.item_index = {item: i for i, item in enumerate(item_ids)}
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
 
         user_col = events.column("user_id").to_pylist()
         # users are contiguous in `events` (load_card_data sorts by user, then time)

