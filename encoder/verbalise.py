@@ -128,15 +128,8 @@ class Verbaliser:
         texts = [self._join(a, b) for a, b in zip(start.tolist(), stop.tolist())]
         if self.additive:
             counts = self._cum[stop] - self._cum[start] - self.sep_tokens * (stop > start) + self.special_tokens
-        else:  # count exactly: BPE and other tokenizers may merge across the separator
-            counts = np.asarray(self._count_tokens(texts, special=True), dtype=np.int64)
-        over = np.flatnonzero((counts > self.max_seq_length) & (stop - start > 1))
-        while over.size:
-            start[over] += 1
-            for i in over.tolist():
-                texts[i] = self._join(start[i], stop[i])
-            counts[over] = self._count_tokens([texts[i] for i in over.tolist()], special=True)
-            over = over[(counts[over] > self.max_seq_length) & (stop[over] - start[over] > 1)]
+        else:  # count exactly: the estimate can be off both ways when tokens merge across the separator
+            counts = self._exact_cut(texts, start, first, stop)
         self.stats = VerbaliserStats(
             texts=len(texts),
             cut=int((start > first).sum()),
@@ -144,14 +137,28 @@ class Verbaliser:
         )
         return texts
 
-    def kept_events(self, user: str, end: int | None = None) -> tuple[int, int]:
-        """``(first, stop)``: the positions (within the user's history) of the events the text holds."""
-        u = self._user(user)
-        first, stop = int(self.offsets[u]), int(self.offsets[u + 1])
-        if end is not None:
-            stop = first + int(end)
-        start = int(self._starts(np.asarray([first]), np.asarray([stop]), self.max_seq_length)[0])
-        return start - first, stop - first
+    def _exact_cut(self, texts: list[str], start: np.ndarray, first: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Moves each ``start`` (in place, with ``texts``) to the oldest event that really fits; returns counts."""
+        budget = self.max_seq_length
+        counts = np.asarray(self._count_tokens(texts, special=True), dtype=np.int64)
+        over = np.flatnonzero((counts > budget) & (stop - start > 1))
+        while over.size:  # drop the oldest event until it fits
+            start[over] += 1
+            for i in over.tolist():
+                texts[i] = self._join(start[i], stop[i])
+            counts[over] = self._count_tokens([texts[i] for i in over.tolist()], special=True)
+            over = over[(counts[over] > budget) & (stop[over] - start[over] > 1)]
+        grow = np.flatnonzero((counts <= budget) & (start > first))
+        while grow.size:  # add older events while they still fit
+            longer = [self._join(start[i] - 1, stop[i]) for i in grow.tolist()]
+            new_counts = np.asarray(self._count_tokens(longer, special=True), dtype=np.int64)
+            fits = new_counts <= budget
+            for i, text in zip(grow[fits].tolist(), [t for t, f in zip(longer, fits) if f]):
+                texts[i] = text
+            start[grow[fits]] -= 1
+            counts[grow[fits]] = new_counts[fits]
+            grow = grow[fits & (start[grow] > first[grow])]
+        return counts
 
     def event_text(self, user: str, position: int) -> str:
         """The text of one event of ``user``."""

@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny random BERT built in code, the shared real data, and an isolated Hugging Face cache.
+
+Nothing here downloads: the hub is switched off, the Hugging Face cache is a fresh temporary folder (so a test
+that registers the packaged model there never touches the user's own cache), and the tiny BERT and its WordPiece
+vocabulary are built from words of the synthetic-shop vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub: its constants read these once.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="interestbert-tests-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("INTERESTBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+REAL_CARDS = {
+    # card name: (folder under ../shared/data, users, items with events, catalogue, events)
+    "movielens-100k": ("ml-100k", 943, 1682, 1682, 100_000),
+    "movielens-1m": ("ml-1m", 2999, 3615, 3883, 487_650),
+    "amazon-beauty": ("amazon-beauty-10core", 1340, 733, 733, 28_798),
+    "amazon-office": ("amazon-office-2014-5core", 4905, 2420, 2420, 53_258),
+}
+
+
+def shared_data_dir(folder: str) -> Path:
+    """The folder of a real dataset; skips the test on a user's machine that lacks ../shared/data, fails in CI."""
+    path = SHARED_DATA / folder
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the real data at {path} (../shared/data beside the project).")
+        pytest.skip(f"needs the real datasets at {path} (../shared/data beside the project), absent here")
+    return path
+
+
+def _tiny_corpus() -> list[str]:
+    from interestbert.encoder import synthetic
+
+    words = [repr(synthetic._VOCAB), " ".join(synthetic._ACTIONS)]  # the shop's own vocabulary
+    words += ["viewed bought added to cart rated 1/5 2/5 3/5 4/5 5/5 by the of and a",
+              "Toy Story (1995), Animation, Children's, Comedy: rated 4/5"]
+    return words
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A folder holding a random 2-layer BERT (hidden 32) and a WordPiece tokenizer trained in code (~0.5 s)."""
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(_tiny_corpus(), vocab_size=600, min_frequency=1, show_progress=False)
+    tokenizer = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
+                                  pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_encoder(tiny_bert):
+    """A fresh InterestEncoder on the tiny BERT, with LoRA B made non-zero so the adapter changes the output."""
+    import torch
+
+    from interestbert.encoder import InterestEncoder
+
+    encoder = InterestEncoder.from_pretrained(str(tiny_bert), lora_dropout=0.0, max_seq_length=64)
+    torch.manual_seed(1)
+    for name, p in encoder.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    return encoder
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """synthetic-shop files for a small, fixed shop (seed 0, 120 users)."""
+    from interestbert.encoder import synthetic
+
+    folder = tmp_path_factory.mktemp("synthetic-shop")
+    synthetic.generate(folder, seed=0, n_users=120, n_items=600)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(synthetic_dir):
+    from interestbert.encoder import load_card_data
+
+    return load_card_data("synthetic-shop", synthetic_dir)
