@@ -1,0 +1,134 @@
+"""InterestEncoder: LoRA options, a saved folder loads three ways with equal embeddings, the base named by Hub id."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from interestbert.encoder import DEFAULT_BASE_MODEL, InterestEncoder, LoraOptions
+from interestbert.encoder.model import register_in_hub_cache, resolve_model_path
+
+TEXTS = ["bought: Ergonomic pruning shears by GreenThumb (Gardening)\nviewed: Bamboo watering can",
+         "rated 5/5: Toy Story (1995), Animation, Children's, Comedy",
+         "viewed: Ultralight dome tent by Basecamp (Camping)"]
+
+
+def peft_route(base: str, folder, texts) -> np.ndarray:
+    """The plain-PEFT way: PeftModel over AutoModel, then mean pooling and normalisation by hand."""
+    from peft import PeftModel
+    from transformers import AutoModel, AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(base), str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state  # (batch, seq, hidden)
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, seq, 1)
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+
+
+def test_lora_options_are_validated():
+    with pytest.raises(ValueError, match="`r` should be a positive integer, got 0"):
+        LoraOptions(r=0)
+    with pytest.raises(ValueError, match="`lora_dropout`"):
+        LoraOptions(lora_dropout=1.5)
+    with pytest.raises(ValueError, match="`target_modules`"):
+        LoraOptions(target_modules=[])
+    assert LoraOptions(target_modules="query").target_modules == ["query"]
+
+
+def test_fresh_adapter_trains_only_lora_and_starts_at_the_base(tiny_bert):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = InterestEncoder.from_pretrained(str(tiny_bert), r=4, lora_alpha=8, target_modules=["query", "value"])
+    trainable = [n for n, p in encoder.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("pooler" in n for n in trainable)
+    # B starts at zero: the untouched adapter gives the base model's embeddings
+    base = SentenceTransformer(str(tiny_bert)).encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(encoder.encode(TEXTS), base, atol=1e-6)
+
+
+def test_encode_returns_unit_norm_float32_rows(tiny_encoder):
+    vectors = tiny_encoder.encode(TEXTS, batch_size=2)
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert tiny_encoder.encode([]).shape == (0, 32)
+    with pytest.raises(TypeError, match="list of strings"):
+        tiny_encoder.encode("one text")
+
+
+def test_tiny_round_trip_three_ways(tiny_encoder, tiny_bert, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    expected = tiny_encoder.encode(TEXTS)
+    folder = tmp_path / "model"
+    tiny_encoder.save_pretrained(folder)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p], "no temporary folder left behind"
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "interestbert" / "config.json").is_file()
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")), "safetensors and JSON only"
+
+    np.testing.assert_allclose(InterestEncoder.from_pretrained(folder).encode(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(SentenceTransformer(str(folder)).encode(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(peft_route(str(tiny_bert), folder, TEXTS), expected, atol=1e-5)
+    # the adapter really changes the output, so equality above is not trivially the base model's
+    base = SentenceTransformer(str(tiny_bert)).encode(TEXTS, normalize_embeddings=True)
+    assert np.abs(base - expected).max() > 1e-3
+
+
+def test_saved_folder_refuses_different_lora_options(tiny_encoder, tmp_path):
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="differ"):
+        InterestEncoder.from_pretrained(tmp_path / "m", r=tiny_encoder.lora.r * 2)
+    assert InterestEncoder.from_pretrained(tmp_path / "m", r=tiny_encoder.lora.r).lora == tiny_encoder.lora
+
+
+def test_save_overwrites_an_existing_model_folder(tiny_encoder, tmp_path):
+    folder = tmp_path / "m"
+    tiny_encoder.save_pretrained(folder)
+    (folder / "interestbert" / "head.json").write_text("{}")  # another part, saved by its owner
+    with torch.no_grad():
+        next(p for n, p in tiny_encoder.model.named_parameters() if "lora_B" in n).add_(1.0)
+    tiny_encoder.save_pretrained(folder)
+    np.testing.assert_allclose(InterestEncoder.from_pretrained(folder).encode(TEXTS), tiny_encoder.encode(TEXTS),
+                               atol=1e-5)
+    assert (folder / "interestbert" / "head.json").is_file()
+
+
+def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = InterestEncoder.from_pretrained(lora_dropout=0.0)
+    assert encoder.base_model == DEFAULT_BASE_MODEL and encoder.embedding_dim == 384
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in encoder.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+    expected = encoder.encode(TEXTS)
+    folder = tmp_path / "real"
+    encoder.save_pretrained(folder)
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".txt"):
+            text = path.read_text(encoding="utf-8")
+            assert "site-packages" not in text and str(tmp_path) not in text, f"a local path leaked into {path}"
+
+    # offline (HF_HUB_OFFLINE=1 in conftest): the Hub id resolves through the registered packaged copy
+    np.testing.assert_allclose(SentenceTransformer(str(folder)).encode(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(InterestEncoder.from_pretrained(folder).encode(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(peft_route(resolve_model_path(DEFAULT_BASE_MODEL), folder, TEXTS), expected,
+                               atol=1e-5)
+
+
+def test_register_in_hub_cache_is_idempotent_and_leaves_real_downloads_alone():
+    first = register_in_hub_cache(DEFAULT_BASE_MODEL)
+    assert first is not None and (first / "config.json").is_file()
+    assert register_in_hub_cache(DEFAULT_BASE_MODEL) == first
+    assert register_in_hub_cache("google-bert/bert-base-uncased") is None  # not packaged: nothing to do
