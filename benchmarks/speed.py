@@ -38,14 +38,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def median_time(fn, repeats: int):
-    """(median seconds, every run's seconds, the last result) of ``fn()`` called ``repeats`` times."""
-    times, result = [], None
+def timed(fns: dict, repeats: int) -> dict:
+    """``{name: (median seconds, each run's seconds, last result)}``. The callables take turns, one run each per
+    round, so that load from other processes on a shared machine falls on ours and the peer alike."""
+    runs: dict = {name: [] for name in fns}
+    last: dict = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), [round(t, 3) for t in times], result
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            last[name] = fn()
+            runs[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), [round(x, 3) for x in t], last[name]) for name, t in runs.items()}
 
 
 def peer_texts(data, tok, budget: int, n_users: int | None = None, separator: str = "\n") -> list[str]:
@@ -74,13 +77,13 @@ def bench_verbaliser(data_dir: Path, tok, budget: int, repeats: int, n_users: in
     from interestbert.encoder.cards import load_card_data
     from interestbert.encoder.verbalise import Verbaliser
 
-    load_s, _, data = median_time(lambda: load_card_data("movielens-1m", data_dir / "ml-1m"), 1)
-    Verbaliser(data, tok, budget).texts()  # warm-up
-    init_s, init_runs, verb = median_time(lambda: Verbaliser(data, tok, budget), repeats)
+    load_s, _, data = timed({"load": lambda: load_card_data("movielens-1m", data_dir / "ml-1m")}, 1)["load"]
+    verb = Verbaliser(data, tok, budget)  # warm-up
     users = np.arange(len(verb.users) if n_users is None else n_users)
-    texts_s, texts_runs, ours = median_time(lambda: verb.texts_for_indices(users), repeats)
-    peer_texts(data, tok, budget, n_users=2)  # warm-up
-    peer_s, peer_runs, peer = median_time(lambda: peer_texts(data, tok, budget, n_users), repeats)
+    peer_texts(data, tok, budget, n_users=2)
+    t = timed({"init": lambda: Verbaliser(data, tok, budget), "texts": lambda: verb.texts_for_indices(users),
+               "peer": lambda: peer_texts(data, tok, budget, n_users)}, repeats)
+    (init_s, init_runs, _), (texts_s, texts_runs, ours), (peer_s, peer_runs, peer) = t["init"], t["texts"], t["peer"]
     differ = [i for i, (a, b) in enumerate(zip(ours, peer)) if a != b]
     return {
         "dataset": "ml-1m", "users": len(users), "events": len(data.events), "budget": budget,
@@ -116,10 +119,11 @@ def bench_encode(data_dir: Path, n_users: int, seq_lens: list[int], repeats: int
         texts = verb.texts_for_indices(idx)
         encoder.encode(texts[:32]), plain.encode(texts[:32], batch_size=32)  # warm-up
         with tempfile.TemporaryDirectory() as tmp:
-            ours_s, ours_runs, _ = median_time(lambda: encode_users(encoder, verb, tmp, user_indices=idx, batch_size=32,
-                                                                    show_progress_bar=False), repeats)
+            t = timed({"ours": lambda: encode_users(encoder, verb, tmp, user_indices=idx, batch_size=32,
+                                                    show_progress_bar=False),
+                       "peer": lambda: plain.encode(texts, batch_size=32)}, repeats)
             _, ours_emb = read_embeddings(tmp)
-        peer_s, peer_runs, peer_emb = median_time(lambda: plain.encode(texts, batch_size=32), repeats)
+        (ours_s, ours_runs, _), (peer_s, peer_runs, peer_emb) = t["ours"], t["peer"]
         tokens = sum(len(ids) for ids in encoder.tokenizer(texts)["input_ids"])
         rows.append({
             "max_seq_length": seq_len, "users": n_users, "mean_tokens": round(tokens / n_users, 1),
@@ -134,14 +138,16 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            "python": platform.python_version(), "load_average_at_start": os.getloadavg()[0], "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def markdown(res: dict) -> str:
     v, m = res["verbaliser"], res["machine"]
     lines = [f"# Speed ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
-             f"median of {res['repeats']} runs. Ratio > 1: ours is faster.", "",
+             f"median of {res['repeats']} runs. Ratio > 1: ours is faster. 1-min load average "
+             f"{m['load_average_at_start']:.1f} at start, {m['load_average_at_end']:.1f} at end (above {m['cores']}: "
+             "other processes shared the CPU).", "",
              "| figure | ours | peer | ratio | notes |", "| --- | --- | --- | --- | --- |",
              f"| card loading, ml-1m | {v['card_load_s']:.2f} s | | | `load_card_data`, {v['events']:,} events, one run |",
              f"| Verbaliser construction | {v['init_s']:.2f} s | | | budget {v['budget']} tokens |",
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     res["verbaliser"] = bench_verbaliser(args.data_dir, tok, 256, args.repeats, 50 if args.smoke else None)
     print(json.dumps(res["verbaliser"], indent=1), flush=True)
     res["encode"] = bench_encode(args.data_dir, args.encode_users, [256, 128], args.repeats)
+    res["machine"]["load_average_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     name = "speed-smoke" if args.smoke else "speed"
     write_atomic(args.out / f"{name}.json", json.dumps(res, indent=2) + "\n")

@@ -152,10 +152,11 @@ class InterestEncoder:
         ((1, 384), dtype('float32'))
     """
 
-    def __init__(self, model, base_model: str, lora: LoraOptions):
+    def __init__(self, model, base_model: str, lora: LoraOptions, head=None):
         self.model = model
         self.base_model = base_model
         self.lora = lora
+        self.head = head  # StrategyHead or None (an untrained model scores items by their text embeddings)
 
     # ---------------------------------------------------------------------------------------------- loading
 
@@ -213,7 +214,11 @@ class InterestEncoder:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors; save it again.")
         st[0].auto_model.load_adapter(folder, adapter_name="default", is_trainable=True)
-        return cls(st, base, saved)
+        from .head import StrategyHead
+
+        head_dir = os.path.join(folder, CONFIG_DIR)
+        head = StrategyHead.from_pretrained(head_dir).to(st.device) if StrategyHead.exists(head_dir) else None
+        return cls(st, base, saved, head)
 
     # ---------------------------------------------------------------------------------------------- saving
 
@@ -234,6 +239,8 @@ class InterestEncoder:
             _atomic_write_text(config_file, json.dumps(adapter, indent=2, sort_keys=True) + "\n")
             _mkdir(tmp / CONFIG_DIR)
             _atomic_write_text(tmp / CONFIG_DIR / CONFIG_NAME, json.dumps(self.config(), indent=2) + "\n")
+            if self.head is not None:
+                self.head.save_pretrained(tmp / CONFIG_DIR)
             for entry in sorted(tmp.iterdir()):
                 dest = target / entry.name
                 if dest.is_dir() and entry.is_dir() and entry.name == CONFIG_DIR:
@@ -259,6 +266,7 @@ class InterestEncoder:
             "lora": asdict(self.lora),
             "max_seq_length": self.max_seq_length,
             "embedding_dim": self.embedding_dim,
+            "strategy_head": None if self.head is None else {"n_items": self.head.n_items},
         }
 
     # ---------------------------------------------------------------------------------------------- using

@@ -15,6 +15,11 @@ from interestbert.encoder.errors import InterestBertError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["finetune"]:  # its options are a dataclass parsed by HfArgumentParser (accepts one .json)
+        from interestbert.finetune.train import main as finetune_main
+
+        return finetune_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -45,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-users", type=int, default=None, help="Encode only the first K users.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the generated data.")
     p.set_defaults(func=_cmd_quickstart)
+
+    sub.add_parser("finetune", add_help=False,
+                   help="Fine-tune the LoRA encoder and strategy head on a card (`interestbert finetune --help`).")
+
+    p = sub.add_parser("evaluate", help="Full-ranking HR/NDCG/MRR of a model on a card's test or validation split.")
+    _add_data_args(p)
+    p.add_argument("--model", default=None, help="Model folder or id (default: the untrained base, zero-shot).")
+    p.add_argument("--split", choices=["test", "validation"], default="test", help="Which held-out target.")
+    p.add_argument("--k", type=int, nargs="+", default=[10], help="Cut-offs (default 10).")
+    p.add_argument("--max-seq-length", type=int, default=None, help="Token budget (default: the model's).")
+    p.add_argument("--batch-size", type=int, default=64, help="Histories per forward pass.")
+    p.add_argument("--limit-users", type=int, default=None, help="Score only the first K users' targets.")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available).")
+    p.add_argument("--output", default=None, help="Also write the metrics to this JSON file.")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("encode", help="Encode every user's history to Parquet.")
     _add_data_args(p)
@@ -129,6 +149,49 @@ def _cmd_encode(args) -> int:
     print(f"encoded {result.users:,} users in {result.seconds:.1f} s: {result.users_per_second:.1f} users/s "
           f"({encoder.embedding_dim}-d, max_seq_length {encoder.max_seq_length}, {result.cut_histories:,} histories "
           f"cut to the budget, device {encoder.device}) -> {result.path}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import json
+
+    from interestbert.encoder.verbalise import Verbaliser
+    from interestbert.finetune.data import leave_one_out
+    from interestbert.finetune.evaluate import metrics_from_ranks, metrics_table, popularity_ranks, rank_examples
+
+    for k in args.k:
+        _check_positive(k, "--k")
+    _check_positive(args.batch_size, "--batch-size")
+    data = _load_data(args.card, args.data_dir)
+    encoder = load_encoder(args.model, args.max_seq_length, args.device)
+    if encoder.head is not None and encoder.head.item_ids != data.items["item_id"][:]:
+        raise InterestBertError(f"model {args.model} was trained on another catalogue ({encoder.head.n_items} items) "
+                                f"than data card {data.card.name} ({len(data.items)}); evaluate it on its own card.")
+    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    split = leave_one_out(verbaliser)
+    examples = split[args.split]
+    if args.limit_users is not None:
+        _check_positive(args.limit_users, "--limit-users")
+        examples = examples.subset(slice(0, args.limit_users))
+        split = type(split)(**{**split.__dict__, args.split: examples})
+    name = "interestbert" + (" (fine-tuned)" if encoder.head is not None else " (untrained, zero-shot)")
+    rows = {
+        name: metrics_from_ranks(rank_examples(encoder, verbaliser, examples, batch_size=args.batch_size,
+                                               show_progress_bar=True), args.k),
+        "popularity": metrics_from_ranks(popularity_ranks(verbaliser, split, args.split), args.k),
+    }
+    print(f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
+          f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped)")
+    print(metrics_table(rows, args.k))
+    if args.output:
+        from pathlib import Path
+
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({"card": data.card.name, "split": args.split, "model": args.model or
+                                   encoder.base_model, "users": len(examples), **rows}, indent=2) + "\n")
+        tmp.replace(out)
     return 0
 
 

@@ -1,0 +1,109 @@
+"""Full-ranking evaluation: every item scored, the user's seen items excluded, one held-out target per user.
+
+A model with a strategy head scores items with ``A · interest + b'``; a model without one (the untrained base)
+scores them by the cosine of their text embedding to the interest vector (zero-shot). The popularity baseline
+scores items by their interaction count before the target, on the same examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interestbert.encoder.head import mask_seen
+from interestbert.encoder.model import InterestEncoder
+from interestbert.encoder.verbalise import Verbaliser
+
+from .data import Examples, Split, seen_items
+from .metrics import RankingMetrics
+
+EVAL_CHUNK = 256  # examples scored at once: (chunk, n_items) floats
+
+
+@torch.no_grad()
+def item_text_vectors(encoder: InterestEncoder, verbaliser: Verbaliser, batch_size: int = 64) -> torch.Tensor:
+    """``(n_items, dim)`` unit-norm embeddings of the catalogue's texts, on the encoder's device."""
+    vectors = encoder.encode(verbaliser.item_texts, batch_size=batch_size, show_progress_bar=False)
+    return torch.as_tensor(vectors, device=encoder.device)
+
+
+@torch.no_grad()
+def rank_examples(
+    encoder: InterestEncoder,
+    verbaliser: Verbaliser,
+    examples: Examples,
+    *,
+    item_vectors: torch.Tensor | None = None,
+    batch_size: int = 64,
+    accelerator=None,
+    show_progress_bar: bool = False,
+) -> np.ndarray:
+    """0-based rank of each example's target among all items (seen items excluded), in example order.
+
+    With an ``accelerator`` of several processes, each scores a contiguous shard and the ranks are gathered.
+    """
+    from .metrics import target_ranks
+
+    if encoder.head is None and item_vectors is None:
+        item_vectors = item_text_vectors(encoder, verbaliser, batch_size)
+    index = np.arange(len(examples))
+    if accelerator is not None and accelerator.num_processes > 1:
+        index = np.array_split(index, accelerator.num_processes)[accelerator.process_index]
+    was_training = encoder.model.training
+    encoder.model.eval()
+    ranks = []
+    for lo in tqdm(range(0, len(index), EVAL_CHUNK), desc="evaluate", disable=not show_progress_bar, leave=False):
+        chunk = examples.subset(index[lo: lo + EVAL_CHUNK])
+        texts = verbaliser.texts_for_indices(chunk.users, chunk.ends)
+        interest = encoder.model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
+                                        show_progress_bar=False).float()  # (chunk, dim)
+        if encoder.head is not None:
+            scores = encoder.head(interest.to(encoder.head.weight.device))  # (chunk, n_items)
+        else:
+            scores = interest @ item_vectors.T  # (chunk, n_items)
+        mask_seen(scores, seen_items(verbaliser, chunk))
+        ranks.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
+    if was_training:
+        encoder.model.train()
+    ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        ranks = np.concatenate(gather_object([ranks]))
+    return ranks
+
+
+def popularity_ranks(verbaliser: Verbaliser, split: Split, name: str) -> np.ndarray:
+    """Ranks under the popularity baseline: items by interactions before the target, seen items excluded."""
+    from .metrics import target_ranks
+
+    examples = split[name]
+    counts = torch.as_tensor(split.popularity[name], dtype=torch.float32)
+    ranks = []
+    for lo in range(0, len(examples), EVAL_CHUNK):
+        chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
+        scores = counts.repeat(len(chunk), 1)  # (chunk, n_items)
+        mask_seen(scores, seen_items(verbaliser, chunk))
+        ranks.append(target_ranks(scores, torch.as_tensor(chunk.targets)).numpy())
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    metrics = RankingMetrics(ks)
+    metrics.update_ranks(ranks)
+    return metrics.compute()
+
+
+def format_metrics(name: str, metrics: dict, ks: Sequence[int] = (10,)) -> str:
+    """One table row: ``name | HR@10 | NDCG@10 | MRR@10``."""
+    cells = [f"{metrics[f'{m}@{k}']:.4f}" for k in ks for m in ("hr", "ndcg", "mrr")]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def metrics_table(rows: dict[str, dict], ks: Sequence[int] = (10,)) -> str:
+    header = "| model | " + " | ".join(f"{m.upper()}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")) + " |"
+    rule = "| --- |" + " ---: |" * (3 * len(ks))
+    return "\n".join([header, rule, *(format_metrics(name, m, ks) for name, m in rows.items())])
