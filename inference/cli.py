@@ -44,11 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("quickstart", help="The main job on the embedded synthetic-shop data and the default model.")
-    p.add_argument("--output-dir", default="interestbert-quickstart", help="Where data, embeddings and report go.")
-    p.add_argument("--model", default=None, help="Model id or folder (default: packaged all-MiniLM-L6-v2).")
-    p.add_argument("--max-seq-length", type=int, default=128, help="Token budget of a history text.")
-    p.add_argument("--limit-users", type=int, default=None, help="Encode only the first K users.")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the generated data.")
+    p.add_argument("--output-dir", default="interestbert-quickstart", help="Where data, model and report go.")
+    p.add_argument("--model", default=None, help="Base model id or folder (default: packaged all-MiniLM-L6-v2).")
+    p.add_argument("--max-seq-length", type=int, default=64, help="Token budget of a history text.")
+    p.add_argument("--max-steps", type=int, default=80, help="Fine-tuning steps (batch 32).")
+    p.add_argument("--train-minutes", type=float, default=2.5, help="Stop fine-tuning after this long.")
+    p.add_argument("--limit-users", type=int, default=None, help="Generate a shop with only K users.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the generated data and the training.")
     p.set_defaults(func=_cmd_quickstart)
 
     sub.add_parser("finetune", add_help=False,
@@ -198,8 +200,13 @@ def _cmd_evaluate(args) -> int:
 def _cmd_quickstart(args) -> int:
     from interestbert.inference.quickstart import run_quickstart
 
+    for value, flag in ((args.max_seq_length, "--max-seq-length"), (args.max_steps, "--max-steps")):
+        _check_positive(value, flag)
+    if args.limit_users is not None:
+        _check_positive(args.limit_users, "--limit-users")
     return run_quickstart(output_dir=args.output_dir, model=args.model, max_seq_length=args.max_seq_length,
-                          limit_users=args.limit_users, seed=args.seed)
+                          max_steps=args.max_steps, train_minutes=args.train_minutes, limit_users=args.limit_users,
+                          seed=args.seed)
 
 
 def _cmd_env(args) -> int:

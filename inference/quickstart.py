@@ -1,8 +1,9 @@
-"""`interestbert quickstart`: the whole path on the embedded synthetic-shop data, in a few minutes on a CPU.
+"""`interestbert quickstart`: the main job on the embedded synthetic-shop data, in under five minutes on a CPU.
 
-Generate the data, verbalise and encode every user's history with the default model, encode the catalogue, and
-show zero-shot recommendations (the items whose text embedding is nearest a user's interest vector) for three
-users beside the tail of their history. Everything is written under ``--output-dir``.
+Generate the data; fine-tune the LoRA encoder and the strategy head for a bounded time; evaluate the fine-tuned
+model, the untrained base model (zero-shot: item texts nearest the interest vector) and popularity on the test
+split (full ranking, seen items excluded); encode every user's interest vector; recommend for three users; write a
+Hub-ready model folder and ``report.md``. Everything goes under ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
+from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
-from interestbert.inference.encode import encode_users, read_embeddings
+from interestbert.finetune.args import FinetuneArguments
+from interestbert.finetune.data import leave_one_out
+from interestbert.finetune.evaluate import metrics_from_ranks, metrics_table, rank_examples
+from interestbert.finetune.train import finetune
+from interestbert.inference.encode import encode_users
 
 SHOWN_USERS = 3
 TOP_K = 5
@@ -25,94 +32,107 @@ TAIL_EVENTS = 5
 
 
 def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", model: str | None = None,
-                   max_seq_length: int = 128, limit_users: int | None = None, seed: int = 0) -> int:
-    from interestbert.inference.cli import _limit, load_encoder
-
+                   max_seq_length: int = 64, max_steps: int = 80, train_minutes: float = 2.5,
+                   limit_users: int | None = None, seed: int = 0) -> int:
+    """The quickstart; see the module docstring. ``limit_users`` shrinks the generated shop (tests)."""
     started = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = load_card("synthetic-shop")
     options = {k: v for k, v in card.generator.items() if k != "name"}
     options["seed"] = seed
-    print(f"[1/4] generating synthetic-shop (seed {seed}) into {out / 'data'}")
+    if limit_users is not None:
+        options["n_users"] = limit_users
+    print(f"[1/5] generating synthetic-shop (seed {seed}) into {out / 'data'}")
     synthetic.generate(out / "data", **options)
     data = load_card_data(card, out / "data")
     s = data.stats
     print(f"      {s['users']:,} users, {s['catalogue']:,} items, {s['events']:,} events, "
           f"{len(data.switches):,} recorded interest switches")
 
-    encoder = load_encoder(model, max_seq_length)
-    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
-    users = _limit(len(verbaliser.users), limit_users)
-    print(f"[2/4] encoding {len(users):,} user histories with {encoder.base_model} "
-          f"(newest events within {encoder.max_seq_length} tokens)")
-    result = encode_users(encoder, verbaliser, out / "embeddings", user_indices=users,
-                          extra_info={"card": card.name, "seed": seed})
-    print(f"      {result.users_per_second:.1f} users/s -> {result.path}")
+    base_model = model or DEFAULT_BASE_MODEL
+    print(f"[2/5] fine-tuning {base_model} + LoRA and the strategy head (at most {max_steps} steps or "
+          f"{train_minutes:g} min)")
+    args = FinetuneArguments(card=str(card.path.parent), data_dir=str(out / "data"), output_dir=str(out / "model"),
+                             model_name_or_path=base_model, overwrite_output_dir=True, max_seq_length=max_seq_length,
+                             per_device_train_batch_size=32, max_steps=max_steps, max_time_minutes=train_minutes,
+                             eval_steps=20, max_eval_users=300, save_steps=10**9, seed=seed, logging_steps=5)
+    results = finetune(args)
 
-    item_ids = verbaliser.item_ids
-    item_texts = verbaliser.item_texts
-    print(f"[3/4] encoding {len(item_texts):,} item texts")
-    item_vectors = encoder.encode(list(item_texts), batch_size=64, show_progress_bar=True)  # (n_items, dim)
+    print("[3/5] scoring the untrained base model (zero-shot) on the same test split")
+    base = InterestEncoder.from_pretrained(base_model, max_seq_length=max_seq_length)
+    verbaliser = Verbaliser(data, base.tokenizer, max_seq_length)
+    split = leave_one_out(verbaliser)
+    base_metrics = metrics_from_ranks(rank_examples(base, verbaliser, split.test))
+    rows = {"interestbert fine-tuned": results["test"], "base model, zero-shot": base_metrics,
+            "popularity": results["popularity_test"]}
+    print(metrics_table(rows))
 
-    print(f"[4/4] zero-shot recommendations: the {TOP_K} unseen items nearest each interest vector")
-    user_ids, user_vectors = read_embeddings(result.path)
-    shown = np.linspace(0, len(user_ids) - 1, num=min(SHOWN_USERS, len(user_ids))).round().astype(int)
+    tuned = InterestEncoder.from_pretrained(out / "model", max_seq_length=max_seq_length)
+    print(f"[4/5] encoding {len(verbaliser.users):,} users' current interests with the fine-tuned model")
+    encoded = encode_users(tuned, verbaliser, out / "embeddings", extra_info={"card": card.name,
+                                                                               "model": str(out / "model")})
+
+    print(f"[5/5] recommendations: the {TOP_K} unseen items the fine-tuned strategy head scores highest")
+    shown = np.linspace(0, len(verbaliser.users) - 1, num=min(SHOWN_USERS, len(verbaliser.users))).round()
     sections = []
-    for row in shown.tolist():
-        user = user_ids[row]
-        u = verbaliser.user_index[user]
+    for u in shown.astype(int).tolist():
+        user = verbaliser.users[u]
         lo, hi = int(verbaliser.offsets[u]), int(verbaliser.offsets[u + 1])
-        seen = verbaliser.event_items[lo:hi]
-        scores = item_vectors @ user_vectors[row]  # (n_items,) cosine: both unit norm
-        scores[seen] = -np.inf
-        top = np.argsort(-scores, kind="stable")[:TOP_K]
+        interest = torch.as_tensor(tuned.encode([verbaliser.text(user)]))
+        top = tuned.head.topk(interest, k=TOP_K, exclude=[verbaliser.event_items[lo:hi].tolist()])
+        recs = [(verbaliser.item_ids[i], verbaliser.item_texts[i]) for i in top.indices[0].tolist()]
         tail = [verbaliser.event_text(user, p) for p in range(max(0, hi - lo - TAIL_EVENTS), hi - lo)]
-        recs = [(item_ids[i], item_texts[i], float(scores[i])) for i in top.tolist()]
         sections.append((user, hi - lo, tail, recs))
         print(f"\n  user {user} ({hi - lo} events), latest {len(tail)}:")
         for line in tail:
             print(f"    {line}")
         print("  recommended:")
-        for item, text, score in recs:
-            print(f"    {score:.3f}  {item}  {text}")
+        for item, text in recs:
+            print(f"    {item}  {text}")
 
-    report = out / "report.md"
-    _write_report(report, data.stats, len(data.switches), encoder, result, sections, time.perf_counter() - started)
-    print(f"\ndone in {time.perf_counter() - started:.0f} s. Everything is in {out}/:")
-    print(f"  data/             the generated synthetic-shop files (events.csv, items.csv, switches.csv)")
-    print(f"  embeddings/       embeddings.parquet (one interest vector per user) and encode_info.json")
-    print(f"  report.md         this run's numbers and recommendations (quickstart.json: the same, as JSON)")
+    seconds = time.perf_counter() - started
+    _write_report(out, data.stats, len(data.switches), base_model, results, rows, encoded, sections, seconds)
+    print(f"\ndone in {seconds:.0f} s. Everything is in {out}/:")
+    print("  model/            the fine-tuned model, Hub-ready: InterestEncoder.from_pretrained or "
+          "SentenceTransformer; all_results.json")
+    print("  embeddings/       embeddings.parquet (one interest vector per user) and encode_info.json")
+    print("  data/             the generated synthetic-shop files (events.csv, items.csv, switches.csv)")
+    print("  report.md         the metrics table and the recommendations (quickstart.json: the figures as JSON)")
     return 0
 
 
-def _write_report(path: Path, stats: dict, switches: int, encoder, result, sections, seconds: float) -> None:
+def _write_report(out: Path, stats: dict, switches: int, base_model: str, results: dict, rows: dict, encoded,
+                  sections: list, seconds: float) -> None:
     lines = [
         "# interestbert quickstart report",
         "",
         f"Data: synthetic-shop, {stats['users']:,} users, {stats['catalogue']:,} items, {stats['events']:,} events, "
         f"{switches:,} recorded interest switches.",
-        f"Model: `{encoder.base_model}` (zero-shot, no fine-tuning), max_seq_length {encoder.max_seq_length}.",
+        f"Model: `{base_model}` + LoRA + strategy head, fine-tuned for {results['global_step']} steps "
+        f"({results['train_runtime_s']:.0f} s on {results['hardware']}); best validation step {results['best_step']}.",
         "",
-        "| step | figure |",
-        "| --- | --- |",
-        f"| users encoded | {result.users:,} |",
-        f"| encode speed | {result.users_per_second:.1f} users/s on {encoder.device} |",
-        f"| histories cut to the token budget | {result.cut_histories:,} |",
-        f"| total time | {seconds:.0f} s |",
+        f"Test split: {rows['popularity']['n']:,} users, each user's last event held out, full ranking over all "
+        f"{stats['catalogue']:,} items, items the user has seen excluded.",
+        "",
+        metrics_table(rows),
+        "",
+        f"Encoding: {encoded.users:,} users at {encoded.users_per_second:.1f} users/s. Total time {seconds:.0f} s.",
         "",
     ]
     for user, n, tail, recs in sections:
         lines += [f"## user {user} ({n} events)", "", "Latest events:", ""]
         lines += [f"- {t}" for t in tail]
-        lines += ["", "Recommended (cosine of the item text to the interest vector):", ""]
-        lines += [f"- {score:.3f} `{item}` {text}" for item, text, score in recs]
+        lines += ["", "Recommended:", ""]
+        lines += [f"- `{item}` {text}" for item, text in recs]
         lines.append("")
+    _atomic_write(out / "report.md", "\n".join(lines))
+    _atomic_write(out / "quickstart.json", json.dumps({"stats": stats, "test": rows, "seconds": round(seconds, 1),
+                                                       "users_per_second": round(encoded.users_per_second, 2)},
+                                                      indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    summary = path.with_name("quickstart.json")
-    tmp = summary.with_name(f".{summary.name}.tmp")
-    tmp.write_text(json.dumps({"stats": stats, "users_per_second": round(result.users_per_second, 2),
-                               "seconds": round(seconds, 1)}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, summary)
