@@ -231,6 +231,7 @@ class InterestEncoder:
         target = Path(save_directory)
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        modes = [(m, m.training) for m in self.model.modules()]
         try:
             self.model.save_pretrained(str(tmp))
             config_file = tmp / "adapter_config.json"
@@ -252,6 +253,8 @@ class InterestEncoder:
                     shutil.rmtree(dest)
                 os.replace(entry, dest)
         finally:
+            for module, training in modes:  # saving switches the model to eval mode; training goes on after it
+                module.train(training)
             shutil.rmtree(tmp, ignore_errors=True)
         if self.base_model in _PACKAGED:
             register_in_hub_cache(self.base_model)

@@ -80,6 +80,15 @@ def test_tiny_round_trip_three_ways(tiny_encoder, tiny_bert, tmp_path):
     assert np.abs(base - expected).max() > 1e-3
 
 
+def test_saving_keeps_the_training_mode(tiny_encoder, tmp_path):
+    tiny_encoder.model.train()
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    assert all(m.training for m in tiny_encoder.model.modules()), "dropout must stay on for the rest of training"
+    tiny_encoder.model.eval()
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    assert not any(m.training for m in tiny_encoder.model.modules())
+
+
 def test_saved_folder_refuses_different_lora_options(tiny_encoder, tmp_path):
     tiny_encoder.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="differ"):

@@ -1,0 +1,283 @@
+"""Fine-tuning: metrics, the split, the strategy head, learning, exact resume, refusals, DDP on two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from interestbert.encoder import InterestBertError
+from interestbert.encoder.head import StrategyHead
+from interestbert.finetune import train as train_module
+from interestbert.finetune.args import FinetuneArguments
+from interestbert.finetune.data import leave_one_out, seen_items
+from interestbert.finetune.metrics import RankingMetrics, target_ranks
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+def test_metrics_against_hand_computed_rankings():
+    scores = torch.tensor([
+        [0.9, 0.1, 0.5, 0.3],   # target 2: one item above -> rank 1
+        [0.2, 0.2, 0.2, 0.2],   # target 3: all tied, ties by index -> rank 3
+        [0.0, 0.4, float("-inf"), 0.1],  # target 1: top -> rank 0
+    ])
+    targets = torch.tensor([2, 3, 1])
+    assert target_ranks(scores, targets).tolist() == [1, 3, 0]
+    m = RankingMetrics(ks=(1, 2))
+    m.update(scores[:2], targets[:2])
+    m.update(scores[2:], targets[2:])
+    out = m.compute()
+    assert out["n"] == 3
+    assert out["hr@1"] == pytest.approx(1 / 3) and out["hr@2"] == pytest.approx(2 / 3)
+    assert out["ndcg@2"] == pytest.approx((1 / np.log2(3) + 1) / 3)
+    assert out["mrr@2"] == pytest.approx((1 / 2 + 1) / 3)
+    with pytest.raises(ValueError):
+        RankingMetrics(ks=(0,))
+
+
+# ---------------------------------------------------------------------------------------------------- split
+
+def test_leave_one_out_split(synthetic_data, tiny_bert):
+    from transformers import AutoTokenizer
+
+    from interestbert.encoder import Verbaliser
+
+    v = Verbaliser(synthetic_data, AutoTokenizer.from_pretrained(str(tiny_bert)), 64)
+    split = leave_one_out(v)
+    n = v.n_events
+    assert len(split.test) == len(split.validation) == len(v.users)
+    assert len(split.train) == int((n - 3).sum())
+    u = 5
+    row = np.flatnonzero(split.test.users == u)[0]
+    items = v.event_items[v.offsets[u]: v.offsets[u + 1]]
+    assert split.test.ends[row] == n[u] - 1 and split.test.targets[row] == items[-1]
+    assert split.validation.targets[row] == items[-2]
+    assert sorted(split.train.targets[split.train.users == u]) == sorted(items[1:-2])
+    assert split.popularity["test"].sum() == int((n - 1).sum())
+    assert split.popularity["train"].sum() == int((n - 2).sum())
+    last2 = leave_one_out(v, max_train_prefixes_per_user=2)
+    assert len(last2.train) == 2 * len(v.users)
+    assert set(last2.train.ends[last2.train.users == u]) == {n[u] - 4, n[u] - 3}
+    seen = seen_items(v, split.test.subset([row]))[0]
+    assert items[-1] not in seen and set(seen) == set(items[:-1]) - {items[-1]}
+
+
+def test_users_with_fewer_than_three_events_are_skipped_and_counted(tmp_path, tiny_bert):
+    from transformers import AutoTokenizer
+
+    from interestbert.encoder import Verbaliser, load_card_data
+    from test_cards import write_card
+
+    data = load_card_data(write_card(tmp_path), tmp_path / "data")  # u1: 3 events, u2: 1 event
+    split = leave_one_out(Verbaliser(data, AutoTokenizer.from_pretrained(str(tiny_bert)), 32))
+    assert split.skipped_users == 1 and len(split.test) == 1 and len(split.train) == 0
+
+
+# ---------------------------------------------------------------------------------------------------- head
+
+def test_head_scores_topk_save_load_and_cold_start(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 4)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    head = StrategyHead([f"i{i}" for i in range(6)], emb, popularity=[5, 0, 0, 0, 0, 100], init_scale=10)
+    interest = torch.as_tensor(emb[[1]])
+    logits = head(interest)
+    np.testing.assert_allclose(logits.detach().numpy(), 10 * interest.numpy() @ emb.T + head.bias.detach().numpy(),
+                               rtol=1e-5)
+    assert head.bias[5] > head.bias[0] > head.bias[1]  # log popularity
+    top = head.topk(interest, k=3, exclude=[[1]])
+    assert 1 not in top.indices[0].tolist() and len(top.indices[0]) == 3
+
+    head.save_pretrained(tmp_path)
+    loaded = StrategyHead.from_pretrained(tmp_path)
+    assert loaded.item_ids == head.item_ids
+    torch.testing.assert_close(loaded(interest), head(interest))
+
+    new = emb[[2]] * -1
+    loaded.add_items(["fresh"], new)
+    assert loaded.n_items == 7 and loaded.index["fresh"] == 6
+    torch.testing.assert_close(loaded.weight[6], torch.as_tensor(new[0]) * 10)
+    assert loaded.topk(torch.as_tensor(new), k=1).indices.item() == 6  # found from its text alone
+    with pytest.raises(ValueError, match="already"):
+        loaded.add_items(["i0"], emb[[0]])
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+def tiny_args(tmp_path, tiny_bert, synthetic_dir, **overrides) -> FinetuneArguments:
+    options = dict(card="synthetic-shop", data_dir=str(synthetic_dir), output_dir=str(tmp_path / "out"),
+                   model_name_or_path=str(tiny_bert), max_seq_length=48, max_item_length=24,
+                   max_train_prefixes_per_user=6, per_device_train_batch_size=16, per_device_eval_batch_size=64,
+                   learning_rate=2e-3, head_learning_rate=2e-2, max_steps=12, eval_steps=4, save_steps=6,
+                   max_eval_users=None, early_stopping_patience=None, disable_tqdm=True, seed=7, lora_dropout=0.1)
+    options.update(overrides)
+    return FinetuneArguments(**options)
+
+
+@pytest.fixture(scope="module")
+def learnable_card(tmp_path_factory):
+    """A shop where each user stays in one of four categories: the next item's category is learnable from the
+    history text, popularity is flat."""
+    from test_cards import write_card
+
+    folder = tmp_path_factory.mktemp("learnable")
+    nouns = {"garden": ["pruning shears", "trowel", "watering can", "seed tray", "compost bin"],
+             "coffee": ["espresso beans", "burr grinder", "moka pot", "milk frother", "tamper"],
+             "camping": ["dome tent", "sleeping bag", "camp stove", "dry bag", "lantern"],
+             "yoga": ["yoga mat", "yoga block", "bolster", "stretch strap", "eye pillow"]}
+    adjectives = ["compact", "organic", "deluxe"]
+    items, by_cat = ["id\tname\tcategory"], {}
+    for cat, words in nouns.items():
+        for noun in words:
+            for adj in adjectives:
+                item = f"{cat[:2]}{len(items)}"
+                items.append(f"{item}\t{adj} {noun}\t{cat}")
+                by_cat.setdefault(cat, []).append(item)
+    rng = np.random.default_rng(0)
+    events = ["user\titem\tts\trating"]
+    for u in range(80):
+        cat = list(nouns)[u % 4]
+        for t, item in enumerate(rng.permutation(by_cat[cat])[:10]):
+            events.append(f"u{u}\t{item}\t{1000 + t}\t5")
+    card = write_card(folder, events="\n".join(events) + "\n", items="\n".join(items) + "\n")
+    return card, folder / "data"
+
+
+def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
+    card, data_dir = learnable_card
+    args = tiny_args(tmp_path, tiny_bert, data_dir, card=str(card), max_steps=80, eval_steps=20, save_steps=1000,
+                     max_train_prefixes_per_user=None, head_init_scale=1.0, learning_rate=1e-2,
+                     head_learning_rate=5e-2)
+    run = train_module.build(args)
+    before = train_module.evaluate_validation(run)["ndcg@10"]
+    batches = train_module.epoch_batches(run, 0)[:8]
+    first_losses = [train_module.step_loss(run, b, 0)[0].item() for b in batches]
+    state = train_module.train(run)
+    last_losses = [train_module.step_loss(run, b, 0)[0].item() for b in batches]
+    assert np.mean(last_losses) < np.mean(first_losses) - 0.3
+    assert state["best_metric"] > before + 0.1, (before, state["log"])
+    results = train_module.finish(run, state)
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["test"]["n"] == 80 and saved["popularity_test"]["n"] == 80
+    assert results["test"]["ndcg@10"] > results["popularity_test"]["ndcg@10"] + 0.1
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_bert, synthetic_dir, monkeypatch):
+    options = dict(gradient_accumulation_steps=2, do_test=False)
+    train_module.finetune(tiny_args(tmp_path / "a", tiny_bert, synthetic_dir, **options))
+
+    real = train_module.step_loss
+
+    def interrupt_after_step_8(run, batch, step):
+        if step == 8:
+            raise KeyboardInterrupt
+        return real(run, batch, step)
+
+    monkeypatch.setattr(train_module, "step_loss", interrupt_after_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.finetune(tiny_args(tmp_path / "b", tiny_bert, synthetic_dir, **options))
+    monkeypatch.setattr(train_module, "step_loss", real)
+    checkpoints = tmp_path / "b" / "out" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    # resume from the regular step-6 checkpoint (not the one Ctrl-C wrote): steps 7..12 run again
+    train_module.finetune(tiny_args(tmp_path / "b", tiny_bert, synthetic_dir, **options,
+                                    resume_from_checkpoint=str(checkpoints / "checkpoint-6")))
+    a = load_file(str(tmp_path / "a" / "out" / "checkpoints" / "checkpoint-12" / "trainable.safetensors"))
+    b = load_file(str(checkpoints / "checkpoint-12" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 4
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(v.abs().max() > 1e-4 for k, v in a.items() if "lora_B" in k), "the adapter moved from its zero start"
+    state_a = json.loads((tmp_path / "a" / "out" / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
+    state_b = json.loads((checkpoints / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state_a["best_step"] == state_b["best_step"] and state_a["best_metric"] == state_b["best_metric"]
+
+
+def test_resume_refuses_another_configuration(tmp_path, tiny_bert, synthetic_dir):
+    train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=6, do_test=False))
+    other = tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=6, learning_rate=1e-4,
+                      resume_from_checkpoint="latest")
+    with pytest.raises(InterestBertError, match=r"learning_rate: checkpoint 0.002, now 0.0001"):
+        train_module.finetune(other)
+
+
+def test_output_dir_with_a_model_is_refused_unless_overwritten(tmp_path, tiny_bert, synthetic_dir, capsys):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False)
+    train_module.finetune(args)
+    assert train_module.main(["--card", "synthetic-shop", "--data_dir", str(synthetic_dir), "--output_dir",
+                              args.output_dir, "--model_name_or_path", str(tiny_bert), "--max_steps", "2"]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False,
+                                    overwrite_output_dir=True))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_bert, synthetic_dir, monkeypatch, capsys):
+    real = train_module.step_loss
+
+    def interrupt_at_step_3(run, batch, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(run, batch, step)
+
+    monkeypatch.setattr(train_module, "step_loss", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir))
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    assert "--resume_from_checkpoint latest" in capsys.readouterr().out
+
+
+def test_model_folder_loads_with_its_head_and_as_sentence_transformer(tmp_path, tiny_bert, synthetic_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from interestbert.encoder import InterestEncoder
+
+    train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=4, eval_steps=4, do_test=False))
+    folder = tmp_path / "out"
+    model = InterestEncoder.from_pretrained(folder)
+    assert model.head is not None and model.head.n_items == 600
+    text = ["viewed: Bamboo watering can by SoilCraft (Gardening)"]
+    np.testing.assert_allclose(SentenceTransformer(str(folder)).encode(text), model.encode(text), atol=1e-5)
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")) and not list(folder.rglob("*.pkl"))
+
+
+def test_evaluate_command_prints_model_and_popularity(tmp_path, tiny_bert, synthetic_dir, capsys):
+    from interestbert.inference.cli import main
+
+    train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=4, eval_steps=4, do_test=False))
+    code = main(["evaluate", "--model", str(tmp_path / "out"), "--card", "synthetic-shop", "--data-dir",
+                 str(synthetic_dir), "--split", "validation", "--k", "5", "10", "--output", str(tmp_path / "m.json")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| interestbert (fine-tuned) |" in out and "| popularity |" in out and "NDCG@5" in out
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["popularity"]["n"] == 120 and 0 <= saved["interestbert (fine-tuned)"]["ndcg@10"] <= 1
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_bert, synthetic_dir):
+    """The DDP path (gloo, two processes): trains, evaluates on shards, saves once from the main process."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "interestbert.finetune", "--card", "synthetic-shop", "--data_dir", str(synthetic_dir),
+           "--output_dir", str(out), "--model_name_or_path", str(tiny_bert), "--max_seq_length", "48",
+           "--max_train_prefixes_per_user", "4", "--per_device_train_batch_size", "8", "--max_steps", "6",
+           "--eval_steps", "3", "--save_steps", "3", "--disable_tqdm", "--max_eval_users", "40"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["processes"] == 2 and results["global_step"] == 6
+    assert results["test"]["n"] == 120  # every user scored once across the two shards
+    assert proc.stdout.count("best model (step") == 1  # printed (and saved) by the main process only
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert {p.name for p in (out / "checkpoints" / "checkpoint-6").glob("rng_state_*.safetensors")} == {
+        "rng_state_0.safetensors", "rng_state_1.safetensors"}
