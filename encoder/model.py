@@ -335,7 +335,7 @@ def _load_sentence_transformer(path: str, max_seq_length: int | None, device: st
             st.append(Normalize())
     else:  # a plain BertModel folder or Hub id
         transformer = Transformer(path)
-        pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
         st = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
     pooling = [m for m in st if isinstance(m, Pooling)]
     if not pooling or pooling[0].pooling_mode != "mean":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -170,21 +171,29 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
     assert results["test"]["ndcg@10"] > results["popularity_test"]["ndcg@10"] + 0.1
 
 
+@contextlib.contextmanager
+def interrupt_at_step(monkeypatch, step: int):
+    """Ctrl-C as training starts step ``step + 1`` (after ``step`` completed steps)."""
+    real = train_module.step_loss
+
+    def interrupted(run, batch, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(run, batch, at)
+
+    monkeypatch.setattr(train_module, "step_loss", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_module, "step_loss", real)
+
+
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_bert, synthetic_dir, monkeypatch):
     options = dict(gradient_accumulation_steps=2, do_test=False)
     train_module.finetune(tiny_args(tmp_path / "a", tiny_bert, synthetic_dir, **options))
 
-    real = train_module.step_loss
-
-    def interrupt_after_step_8(run, batch, step):
-        if step == 8:
-            raise KeyboardInterrupt
-        return real(run, batch, step)
-
-    monkeypatch.setattr(train_module, "step_loss", interrupt_after_step_8)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_at_step(monkeypatch, 8), pytest.raises(KeyboardInterrupt):
         train_module.finetune(tiny_args(tmp_path / "b", tiny_bert, synthetic_dir, **options))
-    monkeypatch.setattr(train_module, "step_loss", real)
     checkpoints = tmp_path / "b" / "out" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-6", "checkpoint-8"]
     # resume from the regular step-6 checkpoint (not the one Ctrl-C wrote): steps 7..12 run again
@@ -220,15 +229,7 @@ def test_output_dir_with_a_model_is_refused_unless_overwritten(tmp_path, tiny_be
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_bert, synthetic_dir, monkeypatch, capsys):
-    real = train_module.step_loss
-
-    def interrupt_at_step_3(run, batch, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(run, batch, step)
-
-    monkeypatch.setattr(train_module, "step_loss", interrupt_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_at_step(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir))
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
     assert "--resume_from_checkpoint latest" in capsys.readouterr().out

@@ -1,0 +1,184 @@
+"""Quality benchmark: interestbert fine-tuned vs untrained (zero-shot) vs popularity vs SASRec, per dataset.
+
+Protocol (DESIGN.md): leave-one-out in time, full ranking over every catalogue item, the user's seen items excluded,
+HR@10 / NDCG@10 / MRR@10 on the test item, ties broken by catalogue order. Every row of a dataset is scored on the
+same users and targets in the same run of this script. The SASRec row comes from RecBole 1.2.1 run on the same
+split by ``benchmarks/recbole_peer.py`` in its own virtual environment (see benchmarks/README.md); this script
+runs it when ``--recbole-python`` is given, or reads its earlier result from ``--sasrec-dir``.
+
+Run (CPU, in the background; each dataset's result is written as soon as it is done):
+
+    python benchmarks/quality.py --data-dir ../shared/data --out benchmarks/results/quality \\
+        --recbole-python /work/recbole-venv/bin/python
+
+``--smoke`` runs a few steps on one dataset (minutes) to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interestbert.encoder.cards import load_card_data
+from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
+from interestbert.encoder.verbalise import Verbaliser
+from interestbert.finetune.args import FinetuneArguments
+from interestbert.finetune.data import leave_one_out
+from interestbert.finetune.evaluate import metrics_from_ranks, popularity_ranks, rank_examples
+from interestbert.finetune.train import finetune
+
+# Shorter CPU schedules than a GPU would use: the last K training prefixes per user, a step cap and a time cap.
+DATASETS = {
+    "amazon-beauty": dict(folder="amazon-beauty-10core", prefixes=5, max_steps=250, minutes=15),
+    "amazon-office": dict(folder="amazon-office-2014-5core", prefixes=3, max_steps=300, minutes=15),
+    "movielens-100k": dict(folder="ml-100k", prefixes=8, max_steps=250, minutes=15),
+    "movielens-1m": dict(folder="ml-1m", prefixes=4, max_steps=250, minutes=15),
+}
+MAX_SEQ_LENGTH = 128
+
+
+def tied_share(verbaliser: Verbaliser, split) -> float:
+    """Share of test targets whose timestamp equals the event before (their order is the file's)."""
+    pos = verbaliser.offsets[split.test.users] + split.test.ends
+    return float((verbaliser.timestamps[pos] == verbaliser.timestamps[pos - 1]).mean())
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.machine())
+    return f"CPU {model}, {torch.get_num_threads()} threads"
+
+
+def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_python: str | None,
+                sasrec_dir: Path | None) -> dict:
+    spec = DATASETS[name]
+    folder = data_dir / spec["folder"]
+    data = load_card_data(name, folder)
+    base = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH)
+    verbaliser = Verbaliser(data, base.tokenizer, MAX_SEQ_LENGTH)
+    split = leave_one_out(verbaliser)
+    test = split.test if not smoke else split.test.subset(slice(0, 200))
+    rows: dict[str, dict] = {}
+
+    pop = popularity_ranks(verbaliser, split, "test")[: len(test)]
+    rows["popularity"] = {**metrics_from_ranks(pop), "train_seconds": 0.0}
+
+    start = time.perf_counter()
+    zero = rank_examples(base, verbaliser, test, batch_size=64, show_progress_bar=True)
+    rows["interestbert untrained (zero-shot)"] = {**metrics_from_ranks(zero), "train_seconds": 0.0,
+                                                 "score_seconds": round(time.perf_counter() - start, 1)}
+
+    model_dir = out / "models" / name
+    args = FinetuneArguments(
+        card=name, data_dir=str(folder), output_dir=str(model_dir), overwrite_output_dir=True,
+        max_seq_length=MAX_SEQ_LENGTH, max_train_prefixes_per_user=spec["prefixes"], per_device_train_batch_size=32,
+        max_steps=10 if smoke else spec["max_steps"], max_time_minutes=spec["minutes"], eval_steps=5 if smoke else 50,
+        max_eval_users=100 if smoke else 600, early_stopping_patience=3, save_steps=10**9, do_test=False,
+        disable_tqdm=True, seed=42)
+    results = finetune(args)
+    tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH)
+    ranks = rank_examples(tuned, verbaliser, test, batch_size=64)
+    rows["interestbert fine-tuned"] = {**metrics_from_ranks(ranks), "train_seconds": results["train_runtime_s"],
+                                       "steps": results["global_step"], "best_step": results["best_step"]}
+
+    sasrec = run_sasrec(name, folder, out, recbole_python, sasrec_dir, smoke)
+    if sasrec is not None:
+        if sasrec["user_ids"][: len(test)] != [verbaliser.users[u] for u in test.users.tolist()]:
+            raise RuntimeError(f"{name}: the SASRec run ranked other users than ours; re-export the split.")
+        rows["SASRec (RecBole 1.2.1)"] = {**metrics_from_ranks(np.asarray(sasrec["ranks"][: len(test)])),
+                                          "train_seconds": sasrec.get("train_seconds"),
+                                          "epochs": sasrec.get("epochs")}
+    return {
+        "dataset": name,
+        "users": len(test),
+        "items": split.n_items,
+        "skipped_users": split.skipped_users,
+        "test_targets_tied_with_previous_event": round(tied_share(verbaliser, split), 4),
+        "schedule": {"max_seq_length": MAX_SEQ_LENGTH, "train_prefixes_per_user": spec["prefixes"],
+                     "max_steps": args.max_steps, "max_minutes": spec["minutes"], "batch_size": 32,
+                     "train_examples": results["train_examples"]},
+        "hardware": hardware(),
+        "rows": rows,
+    }
+
+
+def run_sasrec(name: str, folder: Path, out: Path, recbole_python: str | None, sasrec_dir: Path | None,
+               smoke: bool) -> dict | None:
+    """SASRec's per-user test ranks: run now in RecBole's venv, or read from an earlier run."""
+    if recbole_python:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from recbole_peer import export_split
+
+        export = out / "recbole" / name
+        export_split(name, str(folder), str(export))
+        result = out / "recbole" / f"{name}.json"
+        cmd = [recbole_python, str(Path(__file__).parent / "recbole_peer.py"), "run", "--export", str(export),
+               "--out", str(result), "--max-minutes", "3" if smoke else "30"]
+        subprocess.run(cmd, check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+        return json.loads(result.read_text())
+    if sasrec_dir is not None and (sasrec_dir / f"{name}.json").is_file():
+        return json.loads((sasrec_dir / f"{name}.json").read_text())
+    return None
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| dataset | model | HR@10 | NDCG@10 | MRR@10 | NDCG@10 vs SASRec | training time | hardware |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results:
+        sasrec = r["rows"].get("SASRec (RecBole 1.2.1)", {}).get("ndcg@10")
+        for model, m in r["rows"].items():
+            ratio = f"{m['ndcg@10'] / sasrec:.2f}x" if sasrec else "n/a"
+            secs = m.get("train_seconds")
+            train = "-" if not secs else f"{secs / 60:.1f} min"
+            lines.append(f"| {r['dataset']} ({r['users']:,} users) | {model} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | "
+                         f"{m['mrr@10']:.4f} | {ratio} | {train} | {r['hardware']} |")
+    notes = [f"- {r['dataset']}: {100 * r['test_targets_tied_with_previous_event']:.1f} % of test targets share the "
+             f"timestamp of the event before; schedule {r['schedule']}" for r in results]
+    return "\n".join(lines + ["", *notes]) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--recbole-python", default=None, help="Python of RecBole's venv: run SASRec now.")
+    parser.add_argument("--sasrec-dir", default=None, help="Folder of earlier recbole_peer.py results (<card>.json).")
+    parser.add_argument("--smoke", action="store_true", help="A few steps on 200 users, to check the script.")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for name in args.datasets:
+        started = time.perf_counter()
+        result = run_dataset(name, Path(args.data_dir), out, args.smoke, args.recbole_python,
+                             Path(args.sasrec_dir) if args.sasrec_dir else None)
+        result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
+        write_atomic(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        print(markdown([result]), flush=True)
+    done = [json.loads((out / f"{n}.json").read_text()) for n in DATASETS if (out / f"{n}.json").is_file()]
+    write_atomic(out / "quality.json", json.dumps(done, indent=2) + "\n")
+    write_atomic(out / "quality.md", markdown(done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
