@@ -178,6 +178,15 @@ def epoch_batches(run: Run, epoch: int) -> list[np.ndarray]:
     return out
 
 
+def sample_candidates(n_items: int, targets: torch.Tensor, num_negatives: int, seed: int, step: int):
+    """Sampled softmax: the batch's targets plus uniform negatives, drawn from (seed, step) so that a resumed run
+    draws the same ones. Returns the sorted unique candidate rows and each target's position among them."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    negatives = torch.randint(n_items, (num_negatives,), generator=gen).to(targets.device)
+    candidates = torch.unique(torch.cat([targets, negatives]))  # (n_candidates,) sorted
+    return candidates, torch.searchsorted(candidates, targets)
+
+
 def step_loss(run: Run, batch: np.ndarray, step: int) -> tuple[torch.Tensor, dict]:
     args, device = run.args, run.accelerator.device
     ex = run.split.train.subset(batch)
@@ -191,11 +200,8 @@ def step_loss(run: Run, batch: np.ndarray, step: int) -> tuple[torch.Tensor, dic
         items = tok(item_texts, padding=True, truncation=True, max_length=args.max_item_length,
                     return_tensors="pt").to(device)
     candidates, labels = None, targets
-    if run.split.n_items > args.full_softmax_max_items:  # sampled softmax: uniform negatives + the batch's targets
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        negatives = torch.randint(run.split.n_items, (args.num_negatives,), generator=gen).to(device)
-        candidates = torch.unique(torch.cat([targets, negatives]))  # sorted
-        labels = torch.searchsorted(candidates, targets)
+    if run.split.n_items > args.full_softmax_max_items:
+        candidates, labels = sample_candidates(run.split.n_items, targets, args.num_negatives, args.seed, step)
     with run.accelerator.autocast():
         interest, item_vectors, logits = run.module(dict(history), dict(items) if items is not None else None,
                                                     candidates)

@@ -171,6 +171,25 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
     assert results["test"]["ndcg@10"] > results["popularity_test"]["ndcg@10"] + 0.1
 
 
+def test_sampled_softmax_candidates_hold_the_targets_and_repeat_per_step():
+    targets = torch.tensor([5, 17, 5, 990])
+    candidates, labels = train_module.sample_candidates(1000, targets, 64, seed=1, step=3)
+    assert torch.equal(candidates[labels], targets)
+    assert len(candidates) <= 68 and torch.equal(candidates, torch.unique(candidates))
+    again, _ = train_module.sample_candidates(1000, targets, 64, seed=1, step=3)
+    other, _ = train_module.sample_candidates(1000, targets, 64, seed=1, step=4)
+    assert torch.equal(candidates, again) and not torch.equal(candidates, other)
+
+
+def test_training_with_a_sampled_softmax(tmp_path, tiny_bert, synthetic_dir):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, full_softmax_max_items=100, num_negatives=64, max_steps=3,
+                     eval_steps=3, do_test=False)
+    run = train_module.build(args)
+    loss, parts = train_module.step_loss(run, train_module.epoch_batches(run, 0)[0], step=0)
+    assert torch.isfinite(loss) and parts["ce"] < np.log(600)  # a softmax over ~80 candidates, not all 600
+    assert train_module.train(run)["global_step"] == 3
+
+
 @contextlib.contextmanager
 def interrupt_at_step(monkeypatch, step: int):
     """Ctrl-C as training starts step ``step + 1`` (after ``step`` completed steps)."""
