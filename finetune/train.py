@@ -122,6 +122,8 @@ def build(args: FinetuneArguments) -> Run:
                                 f"({encoder.head.n_items} items) than data card {data.card.name} "
                                 f"({len(verbaliser.item_ids)}); start from the base model instead.")
     encoder.head.to(accelerator.device)
+    if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
+        warm_up_head(encoder, verbaliser, split.train, args, accelerator)
 
     module = Trainable(encoder.model, encoder.head)
     lora = [p for n, p in module.st.named_parameters() if p.requires_grad]
@@ -142,6 +144,32 @@ def build(args: FinetuneArguments) -> Run:
         validation = validation.subset(pick)
     return Run(args, accelerator, encoder, verbaliser, split, validation, module, optimizer, scheduler, total_steps,
                batches_per_epoch)
+
+
+def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Examples, args: FinetuneArguments,
+                 accelerator) -> None:
+    """Fits ``A`` and ``b'`` alone on the frozen encoder's history vectors, encoded once: many cheap epochs of
+    the head's cross-entropy before the expensive joint training. Every process computes the same result."""
+    texts = verbaliser.texts_for_indices(train.users, train.ends)
+    with torch.no_grad():
+        interest = encoder.model.encode(texts, batch_size=args.per_device_eval_batch_size, convert_to_tensor=True,
+                                        show_progress_bar=not args.disable_tqdm and accelerator.is_main_process)
+    interest = interest.float().to(accelerator.device)  # (n_train, dim)
+    targets = torch.as_tensor(train.targets, device=accelerator.device)
+    head = encoder.head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    batch = 256
+    for _ in range(args.head_warmup_epochs):
+        order = torch.randperm(len(targets), generator=gen).to(accelerator.device)
+        for lo in range(0, len(order), batch):
+            rows = order[lo: lo + batch]
+            loss = F.cross_entropy(head(interest[rows]), targets[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    accelerator.print(f"head warm-up: {args.head_warmup_epochs} epochs over {len(targets):,} frozen history "
+                      f"vectors, last batch loss {loss.item():.4f}")
 
 
 def _check_output_dir(args: FinetuneArguments, accelerator) -> None:

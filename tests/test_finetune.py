@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import replace
 import shutil
 import subprocess
 import sys
@@ -169,6 +170,26 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
     saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert saved["test"]["n"] == 80 and saved["popularity_test"]["n"] == 80
     assert results["test"]["ndcg@10"] > results["popularity_test"]["ndcg@10"] + 0.1
+
+
+def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert, synthetic_dir):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_learning_rate=5e-2)
+    run = train_module.build(args)
+    texts = run.verbaliser.texts_for_indices(run.split.train.users, run.split.train.ends)
+    interest = torch.as_tensor(run.encoder.encode(texts))
+    targets = torch.as_tensor(run.split.train.targets)
+
+    def head_loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(run.encoder.head(interest), targets).item()
+
+    before = head_loss()
+    train_module.warm_up_head(run.encoder, run.verbaliser, run.split.train, replace(args, head_warmup_epochs=20),
+                              run.accelerator)
+    after = head_loss()
+    assert after < before - 0.2, (before, after)
+    again = train_module.build(replace(args, head_warmup_epochs=20, output_dir=str(tmp_path / "again")))
+    torch.testing.assert_close(again.encoder.head.weight, run.encoder.head.weight)
 
 
 def test_sampled_softmax_candidates_hold_the_targets_and_repeat_per_step():
