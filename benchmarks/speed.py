@@ -158,7 +158,8 @@ def markdown(res: dict) -> str:
         lines.append(f"| encode, max_seq_length {e['max_seq_length']} | {e['ours_users_per_s']:.1f} users/s | "
                      f"{e['peer_users_per_s']:.1f} users/s | {e['ratio_ours_over_peer']}x | `encode_users` vs "
                      f"`SentenceTransformer.encode`, {e['users']} users, {e['mean_tokens']} tokens/text, "
-                     f"max abs diff {e['max_abs_diff']:.1e} |")
+                     f"best runs {e['users'] / min(e['runs']['ours']):.1f} vs {e['users'] / min(e['runs']['peer']):.1f} "
+                     f"users/s; max abs diff {e['max_abs_diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
 

@@ -293,6 +293,18 @@ class InterestEncoder:
                                 convert_to_numpy=True, **kwargs)
         return np.asarray(out, dtype=np.float32)
 
+    def merge_adapter(self) -> InterestEncoder:
+        """Folds the LoRA update into the base weights in place, for inference: same embeddings (to float
+        rounding), without the adapter's extra matmuls (an unmerged adapter costs ~60 % more encode time on a
+        CPU). The adapter stays attached and `save_pretrained` still writes it; do not train after merging."""
+        from peft.tuners.lora.layer import LoraLayer
+
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                module.merge()
+        self.model.eval()
+        return self
+
     @property
     def tokenizer(self):
         return self.model.tokenizer

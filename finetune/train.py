@@ -349,7 +349,7 @@ def finish(run: Run, state: dict) -> dict:
     args, acc = run.args, run.accelerator
     out = Path(args.output_dir)
     acc.wait_for_everyone()
-    best = InterestEncoder.from_pretrained(out, device=str(acc.device))
+    best = InterestEncoder.from_pretrained(out, device=str(acc.device)).merge_adapter()
     results = {
         "card": args.card,
         "best_step": state["best_step"],

@@ -234,14 +234,15 @@ def _cmd_env(args) -> int:
 
 
 def load_encoder(model: str | None, max_seq_length: int | None = None, device: str | None = None):
-    """The encoder for ``--model`` (default: the base model with a fresh adapter), with errors as sentences."""
+    """The encoder for ``--model`` (default: the base model with a fresh adapter), merged for inference, with
+    errors as sentences."""
     from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 
     name = model or DEFAULT_BASE_MODEL
     if max_seq_length is not None:
         _check_positive(max_seq_length, "--max-seq-length")
     try:
-        return InterestEncoder.from_pretrained(name, max_seq_length=max_seq_length, device=device)
+        return InterestEncoder.from_pretrained(name, max_seq_length=max_seq_length, device=device).merge_adapter()
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InterestBertError(f"model {name!r} could not be loaded ({first}); pass a folder saved by interestbert, "

@@ -60,7 +60,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     results = finetune(args)
 
     print("[3/5] scoring the untrained base model (zero-shot) on the same test split")
-    base = InterestEncoder.from_pretrained(base_model, max_seq_length=max_seq_length)
+    base = InterestEncoder.from_pretrained(base_model, max_seq_length=max_seq_length).merge_adapter()
     verbaliser = Verbaliser(data, base.tokenizer, max_seq_length)
     split = leave_one_out(verbaliser)
     base_metrics = metrics_from_ranks(rank_examples(base, verbaliser, split.test))
@@ -68,7 +68,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
             "popularity": results["popularity_test"]}
     print(metrics_table(rows))
 
-    tuned = InterestEncoder.from_pretrained(out / "model", max_seq_length=max_seq_length)
+    tuned = InterestEncoder.from_pretrained(out / "model", max_seq_length=max_seq_length).merge_adapter()
     print(f"[4/5] encoding {len(verbaliser.users):,} users' current interests with the fine-tuned model")
     encoded = encode_users(tuned, verbaliser, out / "embeddings", extra_info={"card": card.name,
                                                                                "model": str(out / "model")})

@@ -80,6 +80,17 @@ def test_tiny_round_trip_three_ways(tiny_encoder, tiny_bert, tmp_path):
     assert np.abs(base - expected).max() > 1e-3
 
 
+def test_merged_adapter_gives_the_same_embeddings_and_still_saves(tiny_encoder, tmp_path):
+    from peft.tuners.lora.layer import LoraLayer
+
+    expected = tiny_encoder.encode(TEXTS)
+    tiny_encoder.merge_adapter().merge_adapter()  # idempotent
+    assert all(m.merged for m in tiny_encoder.model.modules() if isinstance(m, LoraLayer))
+    np.testing.assert_allclose(tiny_encoder.encode(TEXTS), expected, atol=1e-5)
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    np.testing.assert_allclose(InterestEncoder.from_pretrained(tmp_path / "m").encode(TEXTS), expected, atol=1e-5)
+
+
 def test_saving_keeps_the_training_mode(tiny_encoder, tmp_path):
     tiny_encoder.model.train()
     tiny_encoder.save_pretrained(tmp_path / "m")
