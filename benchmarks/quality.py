@@ -64,7 +64,7 @@ def hardware() -> str:
 
 
 def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_python: str | None,
-                sasrec_dir: Path | None) -> dict:
+                sasrec_dir: Path | None, head_warmup: int = 0, minutes: float | None = None) -> dict:
     spec = DATASETS[name]
     folder = data_dir / spec["folder"]
     data = load_card_data(name, folder)
@@ -86,9 +86,11 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
     args = FinetuneArguments(
         card=name, data_dir=str(folder), output_dir=str(model_dir), overwrite_output_dir=True,
         max_seq_length=MAX_SEQ_LENGTH, max_train_prefixes_per_user=spec["prefixes"], per_device_train_batch_size=32,
-        max_steps=10 if smoke else spec["max_steps"], max_time_minutes=spec["minutes"], eval_steps=5 if smoke else 50,
+        max_steps=10 if smoke else spec["max_steps"], max_time_minutes=minutes or spec["minutes"],
+        eval_steps=5 if smoke else 50,
         max_eval_users=100 if smoke else 600, early_stopping_patience=3, save_steps=10**9, do_test=False,
-        learning_rate=LORA_LR, head_learning_rate=HEAD_LR, warmup_ratio=0.1, disable_tqdm=True, seed=42)
+        learning_rate=LORA_LR, head_learning_rate=HEAD_LR, warmup_ratio=0.1, head_warmup_epochs=head_warmup,
+        disable_tqdm=True, seed=42)
     results = finetune(args)
     tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH)
     ranks = rank_examples(tuned, verbaliser, test, batch_size=64)
@@ -109,8 +111,8 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
         "skipped_users": split.skipped_users,
         "test_targets_tied_with_previous_event": round(tied_share(verbaliser, split), 4),
         "schedule": {"max_seq_length": MAX_SEQ_LENGTH, "train_prefixes_per_user": spec["prefixes"],
-                     "learning_rate": LORA_LR, "head_learning_rate": HEAD_LR,
-                     "max_steps": args.max_steps, "max_minutes": spec["minutes"], "batch_size": 32,
+                     "learning_rate": LORA_LR, "head_learning_rate": HEAD_LR, "head_warmup_epochs": head_warmup,
+                     "max_steps": args.max_steps, "max_minutes": args.max_time_minutes, "batch_size": 32,
                      "train_examples": results["train_examples"]},
         "hardware": hardware(),
         "rows": rows,
@@ -167,13 +169,16 @@ def main(argv=None) -> int:
     parser.add_argument("--recbole-python", default=None, help="Python of RecBole's venv: run SASRec now.")
     parser.add_argument("--sasrec-dir", default=None, help="Folder of earlier recbole_peer.py results (<card>.json).")
     parser.add_argument("--smoke", action="store_true", help="A few steps on 200 users, to check the script.")
+    parser.add_argument("--head-warmup-epochs", type=int, default=0, help="Fit the head on frozen vectors first.")
+    parser.add_argument("--train-minutes", type=float, default=None, help="Override the per-dataset time cap.")
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.datasets:
         started = time.perf_counter()
         result = run_dataset(name, Path(args.data_dir), out, args.smoke, args.recbole_python,
-                             Path(args.sasrec_dir) if args.sasrec_dir else None)
+                             Path(args.sasrec_dir) if args.sasrec_dir else None, args.head_warmup_epochs,
+                             args.train_minutes)
         result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
         write_atomic(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
         print(markdown([result]), flush=True)
