@@ -105,9 +105,16 @@ def build(args: FinetuneArguments) -> Run:
     if empty:
         raise InterestBertError(f"data card {data.card.name}: {len(empty)} items have no text (first: {empty[0]}); "
                                 "fix `interestbert.items.text` or the items file so every item has text.")
-    encoder = InterestEncoder.from_pretrained(
-        args.model_name_or_path, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        target_modules=args.lora_target_modules, max_seq_length=args.max_seq_length, device=str(accelerator.device))
+    try:
+        encoder = InterestEncoder.from_pretrained(
+            args.model_name_or_path, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules, max_seq_length=args.max_seq_length,
+            device=str(accelerator.device))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InterestBertError(f"--model_name_or_path {args.model_name_or_path}: the model could not be loaded "
+                                f"({first}); pass a BERT-family folder or Hub id, or a folder saved by "
+                                "interestbert.") from None
     verbaliser = Verbaliser(data, encoder.tokenizer, args.max_seq_length)
     split = leave_one_out(verbaliser, args.max_train_prefixes_per_user)
     if len(split.train) == 0:

@@ -6,6 +6,7 @@ Every command reports bad input as one sentence after ``error:`` and exits with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -175,7 +176,7 @@ def _cmd_evaluate(args) -> int:
     if args.limit_users is not None:
         _check_positive(args.limit_users, "--limit-users")
         examples = examples.subset(slice(0, args.limit_users))
-        split = type(split)(**{**split.__dict__, args.split: examples})
+        split = dataclasses.replace(split, **{args.split: examples})
     name = "interestbert" + (" (fine-tuned)" if encoder.head is not None else " (untrained, zero-shot)")
     rows = {
         name: metrics_from_ranks(rank_examples(encoder, verbaliser, examples, batch_size=args.batch_size,

@@ -272,6 +272,13 @@ def test_output_dir_with_a_model_is_refused_unless_overwritten(tmp_path, tiny_be
                                     overwrite_output_dir=True))
 
 
+def test_unloadable_model_is_one_sentence(tmp_path, synthetic_dir, capsys):
+    code = train_module.main(["--card", "synthetic-shop", "--data_dir", str(synthetic_dir), "--output_dir",
+                              str(tmp_path / "o"), "--model_name_or_path", str(tmp_path / "no-such-model")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --model_name_or_path") and err.count("\n") == 1
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_bert, synthetic_dir, monkeypatch, capsys):
     with interrupt_at_step(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir))
