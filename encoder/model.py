@@ -245,7 +245,13 @@ class InterestEncoder:
             for entry in sorted(tmp.iterdir()):
                 dest = target / entry.name
                 if dest.is_dir() and entry.is_dir() and entry.name == CONFIG_DIR:
-                    # keep other interestbert parts (head, calibration) already saved by their owners
+                    # keep other interestbert parts (training args, calibration) saved by their owners, but never
+                    # a strategy head that belongs to the adapter being replaced
+                    if self.head is None:
+                        from .head import HEAD_CONFIG, HEAD_WEIGHTS
+
+                        for stale in (HEAD_CONFIG, HEAD_WEIGHTS):
+                            (dest / stale).unlink(missing_ok=True)
                     for sub in entry.iterdir():
                         os.replace(sub, dest / sub.name)
                     continue

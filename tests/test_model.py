@@ -119,6 +119,17 @@ def test_save_overwrites_an_existing_model_folder(tiny_encoder, tmp_path):
     assert (folder / "interestbert" / "head.json").is_file()
 
 
+def test_saving_without_a_head_removes_a_stale_head(tiny_encoder, tmp_path):
+    from interestbert.encoder.head import StrategyHead
+
+    tiny_encoder.head = StrategyHead(["a", "b"], np.eye(2, 32, dtype=np.float32))
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    assert InterestEncoder.from_pretrained(tmp_path / "m").head.item_ids == ["a", "b"]
+    tiny_encoder.head = None
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    assert InterestEncoder.from_pretrained(tmp_path / "m").head is None
+
+
 def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path):
     from sentence_transformers import SentenceTransformer
 
