@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .files import atomic_write_text
+
 HEAD_WEIGHTS = "strategy_head.safetensors"
 HEAD_CONFIG = "strategy_head.json"
 
@@ -104,10 +106,8 @@ class StrategyHead(nn.Module):
         save_file({"weight": self.weight.detach().float().cpu().contiguous(),
                    "bias": self.bias.detach().float().cpu().contiguous()}, str(tmp))
         os.replace(tmp, folder / HEAD_WEIGHTS)
-        tmp = folder / f".{HEAD_CONFIG}.tmp"
-        tmp.write_text(json.dumps({"item_ids": self.item_ids, "init_scale": self.init_scale, "dim": self.dim,
-                                   "n_items": self.n_items}) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / HEAD_CONFIG)
+        atomic_write_text(folder / HEAD_CONFIG, json.dumps({"item_ids": self.item_ids, "init_scale": self.init_scale,
+                                                            "dim": self.dim, "n_items": self.n_items}) + "\n")
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> StrategyHead:

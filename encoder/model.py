@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_text as _atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -384,7 +386,3 @@ def _link_or_copy(src, dst):
     return dst
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

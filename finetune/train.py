@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.errors import InterestBertError
+from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.head import StrategyHead
 from interestbert.encoder.model import InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 
 from .args import FinetuneArguments
-from .checkpoint import check_config, checkpoint_dirs, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import check_config, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import Examples, Split, leave_one_out
 from .evaluate import metrics_from_ranks, metrics_table, popularity_ranks, rank_examples
 
@@ -380,9 +381,7 @@ def finish(run: Run, state: dict) -> dict:
             results["popularity_test"] = metrics_from_ranks(popularity_ranks(run.verbaliser, run.split, "test"))
             rows["popularity"] = results["popularity_test"]
     if acc.is_main_process:
-        tmp = out / f".{RESULTS_FILE}.tmp"
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out / RESULTS_FILE)
+        atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
         if rows:
             acc.print(f"\ntest split, {len(run.split.test):,} users, full ranking, seen items excluded:")
             acc.print(metrics_table(rows))
@@ -400,9 +399,7 @@ def finetune(args: FinetuneArguments) -> dict:
 def _write_training_args(out: Path, args: FinetuneArguments) -> None:
     folder = out / "interestbert"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".training_args.json.tmp"
-    tmp.write_text(json.dumps(args.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "training_args.json")
+    atomic_write_text(folder / "training_args.json", json.dumps(args.to_dict(), indent=2) + "\n")
 
 
 def _hardware(acc) -> str:

@@ -191,10 +191,10 @@ def _cmd_evaluate(args) -> int:
 
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps({"card": data.card.name, "split": args.split, "model": args.model or
-                                   encoder.base_model, "users": len(examples), **rows}, indent=2) + "\n")
-        tmp.replace(out)
+        from interestbert.encoder.files import atomic_write_text
+
+        atomic_write_text(out, json.dumps({"card": data.card.name, "split": args.split, "model": args.model or
+                                           encoder.base_model, "users": len(examples), **rows}, indent=2) + "\n")
     return 0
 
 

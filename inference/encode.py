@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 
@@ -116,9 +117,7 @@ def encode_users(
         "users_per_second": round(result.users_per_second, 2),
         "device": str(encoder.device),
     }
-    info_tmp = out / f".{INFO_FILE}.tmp"
-    info_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(info_tmp, out / INFO_FILE)
+    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
     return result
 
 

@@ -18,6 +18,7 @@ import torch
 
 from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
+from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
@@ -126,13 +127,7 @@ def _write_report(out: Path, stats: dict, switches: int, base_model: str, result
         lines += ["", "Recommended:", ""]
         lines += [f"- `{item}` {text}" for item, text in recs]
         lines.append("")
-    _atomic_write(out / "report.md", "\n".join(lines))
-    _atomic_write(out / "quickstart.json", json.dumps({"stats": stats, "test": rows, "seconds": round(seconds, 1),
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write_text(out / "quickstart.json", json.dumps({"stats": stats, "test": rows, "seconds": round(seconds, 1),
                                                        "users_per_second": round(encoded.users_per_second, 2)},
                                                       indent=2) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
