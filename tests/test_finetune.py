@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 from dataclasses import replace
-import shutil
 import subprocess
 import sys
 
