@@ -130,8 +130,9 @@ def build(args: FinetuneArguments) -> Run:
                                 f"({encoder.head.n_items} items) than data card {data.card.name} "
                                 f"({len(verbaliser.item_ids)}); start from the base model instead.")
     encoder.head.to(accelerator.device)
+    warm_state = {}
     if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
-        warm_up_head(encoder, verbaliser, split.train, args, accelerator)
+        warm_state = warm_up_head(encoder, verbaliser, split.train, args, accelerator)
 
     module = Trainable(encoder.model, encoder.head)
     lora = [p for n, p in module.st.named_parameters() if p.requires_grad]
@@ -139,6 +140,8 @@ def build(args: FinetuneArguments) -> Run:
         {"params": lora, "lr": args.learning_rate},
         {"params": list(module.head.parameters()), "lr": args.head_learning_rate},
     ], weight_decay=args.weight_decay)
+    for param, moments in warm_state.items():  # a fresh Adam would first move every head weight by ~lr
+        optimizer.state[param] = moments
     global_batch = args.per_device_train_batch_size * accelerator.num_processes
     batches_per_epoch = math.ceil(len(split.train) / global_batch)
     updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
@@ -155,9 +158,10 @@ def build(args: FinetuneArguments) -> Run:
 
 
 def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Examples, args: FinetuneArguments,
-                 accelerator) -> None:
+                 accelerator) -> dict:
     """Fits ``A`` and ``b'`` alone on the frozen encoder's history vectors, encoded once: many cheap epochs of
-    the head's cross-entropy before the expensive joint training. Every process computes the same result."""
+    the head's cross-entropy before the expensive joint training. Every process computes the same result.
+    Returns the AdamW state of each head parameter, so the joint optimizer continues from it."""
     texts = verbaliser.texts_for_indices(train.users, train.ends)
     with torch.no_grad():
         interest = encoder.model.encode(texts, batch_size=args.per_device_eval_batch_size, convert_to_tensor=True,
@@ -178,6 +182,7 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
             optimizer.step()
     accelerator.print(f"head warm-up: {args.head_warmup_epochs} epochs over {len(targets):,} frozen history "
                       f"vectors, last batch loss {loss.item():.4f}")
+    return {param: optimizer.state[param] for param in head.parameters()}
 
 
 def _check_output_dir(args: FinetuneArguments, accelerator) -> None:

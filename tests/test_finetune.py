@@ -156,7 +156,7 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
     """The head warm-up learns the categories from frozen vectors; the joint loop then lowers the loss further
     and raises validation NDCG@10 again (the tiny random BERT alone learns too slowly to test reliably)."""
     card, data_dir = learnable_card
-    args = tiny_args(tmp_path, tiny_bert, data_dir, card=str(card), max_steps=40, eval_steps=10, save_steps=1000,
+    args = tiny_args(tmp_path, tiny_bert, data_dir, card=str(card), max_steps=80, eval_steps=20, save_steps=1000,
                      max_train_prefixes_per_user=None, head_init_scale=1.0, learning_rate=2e-3,
                      head_learning_rate=2e-2, head_warmup_epochs=30)
     untrained = train_module.evaluate_validation(train_module.build(replace(args, head_warmup_epochs=0)))["ndcg@10"]
@@ -168,7 +168,7 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
     state = train_module.train(run)
     last_losses = [train_module.step_loss(run, b, 0)[0].item() for b in batches]
     assert np.mean(last_losses) < np.mean(first_losses) - 0.15
-    assert state["best_metric"] > warmed + 0.02, (warmed, state["log"])
+    assert state["best_metric"] > warmed + 0.1, (warmed, state["log"])
     results = train_module.finish(run, state)
     saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert saved["test"]["n"] == 80 and saved["popularity_test"]["n"] == 80
