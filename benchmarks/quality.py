@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from interestbert.encoder.cards import load_card_data
+from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
@@ -64,7 +65,7 @@ def hardware() -> str:
 
 
 def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_python: str | None,
-                sasrec_dir: Path | None, head_warmup: int = 0, minutes: float | None = None) -> dict:
+                sasrec_dir: Path | None, head_warmup: int = FinetuneArguments.head_warmup_epochs, minutes: float | None = None) -> dict:
     spec = DATASETS[name]
     folder = data_dir / spec["folder"]
     data = load_card_data(name, folder)
@@ -154,13 +155,6 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines + ["", *notes]) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -169,7 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recbole-python", default=None, help="Python of RecBole's venv: run SASRec now.")
     parser.add_argument("--sasrec-dir", default=None, help="Folder of earlier recbole_peer.py results (<card>.json).")
     parser.add_argument("--smoke", action="store_true", help="A few steps on 200 users, to check the script.")
-    parser.add_argument("--head-warmup-epochs", type=int, default=0, help="Fit the head on frozen vectors first.")
+    parser.add_argument("--head-warmup-epochs", type=int, default=FinetuneArguments.head_warmup_epochs,
+                        help="Fit the head on frozen vectors first (0: off).")
     parser.add_argument("--train-minutes", type=float, default=None, help="Override the per-dataset time cap.")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -180,11 +175,11 @@ def main(argv=None) -> int:
                              Path(args.sasrec_dir) if args.sasrec_dir else None, args.head_warmup_epochs,
                              args.train_minutes)
         result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
-        write_atomic(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
         print(markdown([result]), flush=True)
     done = [json.loads((out / f"{n}.json").read_text()) for n in DATASETS if (out / f"{n}.json").is_file()]
-    write_atomic(out / "quality.json", json.dumps(done, indent=2) + "\n")
-    write_atomic(out / "quality.md", markdown(done))
+    atomic_write_text(out / "quality.json", json.dumps(done, indent=2) + "\n")
+    atomic_write_text(out / "quality.md", markdown(done))
     return 0
 
 

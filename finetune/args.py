@@ -51,10 +51,13 @@ class FinetuneArguments:
     full_softmax_max_items: int = field(default=50_000, metadata={"help": "Catalogues larger than this use a "
                                                                           "sampled softmax."})
     num_negatives: int = field(default=8192, metadata={"help": "Uniform negatives of the sampled softmax."})
-    head_warmup_epochs: int = field(default=0, metadata={"help": "Before the joint training, fit the head alone "
-                                                                   "for N epochs on frozen-encoder history vectors "
-                                                                   "(encoded once): cheap, and a strong start on a CPU "
-                                                                   "budget."})
+    head_warmup_epochs: int = field(default=30, metadata={"help": "Before the joint training, fit the head alone "
+                                                                    "for N epochs on frozen-encoder history vectors "
+                                                                    "(encoded once): cheap, and a strong start on a "
+                                                                    "CPU budget (0: off)."})
+    head_warmup_max_examples: int | None = field(
+        default=20_000, metadata={"help": "Training examples encoded for the head warm-up (a fixed seeded sample "
+                                          "when there are more; None: all)."})
     head_init_scale: float = field(default=20.0, metadata={"help": "A starts as this times the item text "
                                                                    "embeddings."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -83,6 +86,8 @@ class FinetuneArguments:
             raise ValueError(f"`warmup_ratio` should be in [0, 1), got {self.warmup_ratio}.")
         if self.ce_weight < 0 or self.contrastive_weight < 0 or self.ce_weight + self.contrastive_weight == 0:
             raise ValueError("`ce_weight` and `contrastive_weight` should be >= 0 and not both 0.")
+        if self.head_warmup_max_examples is not None and self.head_warmup_max_examples <= 0:
+            raise ValueError(f"`head_warmup_max_examples` should be positive, got {self.head_warmup_max_examples}.")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"`head_warmup_epochs` should be >= 0, got {self.head_warmup_epochs}.")
         if self.mixed_precision not in ("auto", "no", "bf16"):

@@ -162,6 +162,9 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
     """Fits ``A`` and ``b'`` alone on the frozen encoder's history vectors, encoded once: many cheap epochs of
     the head's cross-entropy before the expensive joint training. Every process computes the same result.
     Returns the AdamW state of each head parameter, so the joint optimizer continues from it."""
+    cap = args.head_warmup_max_examples
+    if cap is not None and len(train) > cap:
+        train = train.subset(np.sort(np.random.default_rng([args.seed, 7]).choice(len(train), cap, replace=False)))
     texts = verbaliser.texts_for_indices(train.users, train.ends)
     with torch.no_grad():
         interest = encoder.model.encode(texts, batch_size=args.per_device_eval_batch_size, convert_to_tensor=True,

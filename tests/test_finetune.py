@@ -118,7 +118,8 @@ def tiny_args(tmp_path, tiny_bert, synthetic_dir, **overrides) -> FinetuneArgume
                    model_name_or_path=str(tiny_bert), max_seq_length=48, max_item_length=24,
                    max_train_prefixes_per_user=6, per_device_train_batch_size=16, per_device_eval_batch_size=64,
                    learning_rate=2e-3, head_learning_rate=2e-2, max_steps=12, eval_steps=4, save_steps=6,
-                   max_eval_users=None, early_stopping_patience=None, disable_tqdm=True, seed=7, lora_dropout=0.1)
+                   max_eval_users=None, early_stopping_patience=None, disable_tqdm=True, seed=7, lora_dropout=0.1,
+                   head_warmup_epochs=0)
     options.update(overrides)
     return FinetuneArguments(**options)
 
@@ -193,6 +194,15 @@ def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert
     assert after < before - 0.2, (before, after)
     again = train_module.build(replace(args, head_warmup_epochs=20, output_dir=str(tmp_path / "again")))
     torch.testing.assert_close(again.encoder.head.weight, run.encoder.head.weight)
+
+
+def test_head_warm_up_encodes_at_most_its_cap(tmp_path, tiny_bert, synthetic_dir, capsys):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=2, head_warmup_max_examples=50)
+    run = train_module.build(args)
+    assert len(run.split.train) > 50
+    assert "2 epochs over 50 frozen history vectors" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="head_warmup_max_examples"):
+        replace(args, head_warmup_max_examples=0)
 
 
 def test_sampled_softmax_candidates_hold_the_targets_and_repeat_per_step():

@@ -1,0 +1,427 @@
+"""Interest drift: notice when a person's recent behaviour stops looking like their earlier behaviour, and say how.
+
+Along a history, every ``stride`` events the monitor embeds the text of the newest ``window`` events (one encoder
+call) and compares it, by cosine, with the user's long-term interest in the current segment: the mean of the
+earlier window vectors that do not overlap the newest window. The drift score is ``1 - cosine``. When it reaches
+the threshold, a `DriftEvent` is emitted and a new segment starts from the newest window, so one shift raises
+one alarm and the next comparison waits until a full window of the new interest has been seen.
+
+The threshold comes from `DriftMonitor.calibrate`, which picks it on real histories so that alarms stay at a
+target number per 1,000 events; it is saved beside the model (``interestbert/drift.json``) and used by default.
+
+Batch (`scan`) and streaming (`update`) share one state machine, so they give the same detections on the same
+history. The explanation of an event compares the item texts of the window before with the window after: the
+terms whose share fell most are what the user moved *from*, those whose share rose most what they moved *to*.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InterestBertError
+from .files import atomic_write_text
+
+DRIFT_FILE = "drift.json"
+SUBFOLDER = "interestbert"
+MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
+_WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
+_STOP = frozenset("""a an and are as at be by for from in into is it its of on or the to with without your you
+                     this that these those new set pack vol edition de la le les el""".split())
+
+
+@dataclass(frozen=True)
+class Event:
+    """One behaviour event as the monitor sees it: the event's text (how the card renders it), the item's text
+    (for explanations) and its timestamp."""
+
+    text: str
+    item_text: str
+    timestamp: int
+
+
+@dataclass
+class History:
+    """One user's events, oldest first (`scan` sorts them by timestamp, keeping the order of ties)."""
+
+    user_id: str
+    events: list[Event]
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """A detected shift: raised at event ``index`` (0-based, the newest event seen) of ``user_id``'s history; the
+    shift happened within the last ``window`` events, from ``since_index`` on."""
+
+    user_id: str
+    index: int
+    timestamp: int
+    score: float
+    since_index: int
+    moved_from: tuple[str, ...]
+    moved_to: tuple[str, ...]
+
+    @property
+    def explanation(self) -> str:
+        before = ", ".join(self.moved_from) or "(nothing distinctive)"
+        after = ", ".join(self.moved_to) or "(nothing distinctive)"
+        return f"moved from {before} to {after}"
+
+
+@dataclass
+class ScanResult:
+    """The score series of one history (one entry per evaluation; NaN where no comparison was possible yet) and
+    its detections."""
+
+    user_id: str
+    indices: np.ndarray  # (n_evals,) event index of each evaluation
+    timestamps: np.ndarray  # (n_evals,)
+    scores: np.ndarray  # (n_evals,) float32, NaN before a reference exists
+    events: list[DriftEvent]
+    n_events: int
+    reordered: int = 0  # events whose timestamp was older than the one before (sorted)
+    tied: int = 0  # events whose timestamp equals the one before (file order kept)
+
+
+@dataclass
+class DriftConfig:
+    """What a monitor needs besides the encoder; saved as JSON beside the model."""
+
+    window: int = 8
+    stride: int = 2
+    threshold: float | None = None
+    explain_terms: int = 3
+    calibration: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.window < 2:
+            raise ValueError(f"`window` should be at least 2 events, got {self.window}.")
+        if not 1 <= self.stride <= self.window:
+            raise ValueError(f"`stride` should be between 1 and `window` ({self.window}), got {self.stride}.")
+
+
+class _UserState:
+    """The small per-user state of the streaming monitor (also driven by `scan`)."""
+
+    __slots__ = ("recent", "n", "last_ts", "pending", "ref_sum", "ref_count", "reordered", "tied", "last_score")
+
+    def __init__(self, window: int):
+        self.recent: deque[Event] = deque(maxlen=2 * window)  # texts of the newest 2 windows
+        self.n = 0
+        self.last_ts: int | None = None
+        self.pending: deque[tuple[int, np.ndarray]] = deque()  # (index, vector) still overlapping the newest window
+        self.ref_sum: np.ndarray | None = None
+        self.ref_count = 0
+        self.reordered = 0
+        self.tied = 0
+        self.last_score = float("nan")
+
+
+def terms(text: str) -> set[str]:
+    """The distinct content words of an item text, lower-cased (explanations count these)."""
+    return {w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOP and len(w) > 2}
+
+
+def explain(before: Sequence[str], after: Sequence[str], n: int = 3) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ``n`` terms whose share of items fell most from ``before`` to ``after``, and the ``n`` that rose most."""
+    count_before = Counter(t for text in before for t in terms(text))
+    count_after = Counter(t for text in after for t in terms(text))
+    delta = {t: count_after[t] / max(len(after), 1) - count_before[t] / max(len(before), 1)
+             for t in count_before.keys() | count_after.keys()}
+    fell = sorted((t for t in delta if delta[t] < 0), key=lambda t: (delta[t], t))[:n]
+    rose = sorted((t for t in delta if delta[t] > 0), key=lambda t: (-delta[t], t))[:n]
+    return tuple(fell), tuple(rose)
+
+
+class DriftMonitor:
+    """Detects and explains interest shifts along histories, in batch or per incoming event.
+
+    Args:
+        encode: Texts to unit-norm vectors, ``(n, dim)`` float32 (an `InterestEncoder`'s ``encode``).
+        config: Window, stride, threshold and the record of its calibration.
+        separator: Joins the event texts of a window (the card's separator).
+
+    Example:
+        >>> monitor = DriftMonitor.from_pretrained("my-model", encoder.encode)  # doctest: +SKIP
+        >>> result = monitor.scan(history)  # doctest: +SKIP
+        >>> for event in result.events:  # doctest: +SKIP
+        ...     print(event.index, event.explanation)
+        41 moved from yoga, mat to running, shoes
+    """
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], config: DriftConfig | None = None,
+                 separator: str = "\n", batch_size: int = 64):
+        self.encode_fn = encode
+        self.config = config or DriftConfig()
+        self.separator = separator
+        self.batch_size = batch_size
+        self._states: dict[str, _UserState] = {}
+
+    # ------------------------------------------------------------------------------------------- persistence
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, encode: Callable, separator: str = "\n", **overrides):
+        """A monitor with the calibration saved in ``model_dir`` (uncalibrated defaults when there is none)."""
+        path = Path(model_dir) / SUBFOLDER / DRIFT_FILE
+        config = DriftConfig()
+        if path.is_file():
+            try:
+                config = DriftConfig(**json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, TypeError) as err:
+                raise InterestBertError(f"{path}: not a drift calibration ({err}); delete it and calibrate "
+                                        "again.") from None
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        config.__post_init__()
+        return cls(encode, config, separator)
+
+    def save_pretrained(self, model_dir: str | Path) -> Path:
+        """Writes the calibration to ``model_dir/interestbert/drift.json``."""
+        path = Path(model_dir) / SUBFOLDER / DRIFT_FILE
+        atomic_write_text(path, json.dumps(asdict(self.config), indent=2) + "\n")
+        return path
+
+    @property
+    def calibrated(self) -> bool:
+        return self.config.threshold is not None
+
+    # ----------------------------------------------------------------------------------------------- batch
+
+    def scan(self, history: History) -> ScanResult:
+        """Scores one history and returns its detections (the same as feeding it to `update` event by event)."""
+        return self.scan_many([history])[0]
+
+    def scan_many(self, histories: Sequence[History], show_progress_bar: bool = False) -> list[ScanResult]:
+        """`scan` for many histories, with all window texts encoded in large batches."""
+        threshold = self._threshold()
+        plans = [self._plan(h) for h in histories]
+        vectors = self._encode([text for _, _, texts in plans for text in texts], show_progress_bar)
+        results, start = [], 0
+        for history, (events, stats, texts) in zip(histories, plans):
+            block = vectors[start: start + len(texts)]
+            start += len(texts)
+            results.append(self._replay(history.user_id, events, block, threshold, stats))
+        return results
+
+    def eval_positions(self, n_events: int) -> range:
+        """Event indices after which the monitor embeds the newest window: every ``stride``-th event once a window
+        is full. Scores start once a full earlier window exists (from event ``2 * window - 1`` on)."""
+        return range(_first_eval(self.config.window, self.config.stride), n_events, self.config.stride)
+
+    def _plan(self, history: History) -> tuple[list[Event], tuple[int, int], list[str]]:
+        events, stats = sort_events(history.events)
+        w = self.config.window
+        texts = [self.separator.join(e.text for e in events[i - w + 1: i + 1]) for i in self.eval_positions(len(events))]
+        return events, stats, texts
+
+    def _replay(self, user_id: str, events: list[Event], vectors: np.ndarray, threshold: float,
+                stats: tuple[int, int]) -> ScanResult:
+        state = _UserState(self.config.window)
+        positions = list(self.eval_positions(len(events)))
+        scores = np.full(len(positions), np.nan, dtype=np.float32)
+        detections = []
+        k = 0
+        for i, event in enumerate(events):
+            state.recent.append(event)
+            state.n += 1
+            if k < len(positions) and positions[k] == i:
+                score, detection = self._step(user_id, state, event, vectors[k], threshold)
+                scores[k] = score
+                if detection is not None:
+                    detections.append(detection)
+                k += 1
+        stamps = np.asarray([events[i].timestamp for i in positions], dtype=np.int64)
+        return ScanResult(user_id, np.asarray(positions, dtype=np.int64), stamps, scores, detections, len(events),
+                          reordered=stats[0], tied=stats[1])
+
+    # ------------------------------------------------------------------------------------------- streaming
+
+    def update(self, user_id: str, event: Event) -> DriftEvent | None:
+        """Feeds one new event of ``user_id``; returns a `DriftEvent` when it completes a detected shift. At most one
+        encoder call, on every ``stride``-th event. An event older than the user's last one is taken as arriving
+        now (streams cannot be re-sorted) and counted in `stream_stats`."""
+        state = self._states.get(user_id)
+        if state is None:
+            state = self._states[user_id] = _UserState(self.config.window)
+        if state.last_ts is not None:
+            state.reordered += int(event.timestamp < state.last_ts)
+            state.tied += int(event.timestamp == state.last_ts)
+        state.last_ts = event.timestamp if state.last_ts is None else max(state.last_ts, event.timestamp)
+        state.recent.append(event)
+        state.n += 1
+        i = state.n - 1
+        w, s = self.config.window, self.config.stride
+        if i < _first_eval(w, s) or (i - _first_eval(w, s)) % s:
+            return None
+        text = self.separator.join(e.text for e in list(state.recent)[-w:])
+        vector = self._encode([text], False)[0]
+        return self._step(user_id, state, event, vector, self._threshold())[1]
+
+    def last_score(self, user_id: str) -> float:
+        """The drift score at the user's last evaluation (NaN when none was possible yet)."""
+        state = self._states.get(user_id)
+        return float("nan") if state is None else state.last_score
+
+    def stream_stats(self) -> dict:
+        """Users followed, and events that arrived out of time order or with a tied timestamp."""
+        states = self._states.values()
+        return {"users": len(self._states), "events": sum(s.n for s in states),
+                "reordered": sum(s.reordered for s in states), "tied": sum(s.tied for s in states)}
+
+    def reset(self, user_id: str | None = None) -> None:
+        """Forgets one user's streaming state, or everyone's."""
+        if user_id is None:
+            self._states.clear()
+        else:
+            self._states.pop(user_id, None)
+
+    # ------------------------------------------------------------------------------------------ calibration
+
+    def calibrate(self, histories: Sequence[History], target_false_alarms_per_1000_events: float,
+                  change_points: dict[str, Iterable[int]] | None = None, margin: int = 10,
+                  show_progress_bar: bool = False) -> dict:
+        """Sets the threshold so that alarms on ``histories`` stay at or under the target rate per 1,000 events.
+
+        Without ``change_points`` every alarm counts as a false one (use histories you believe have no injected
+        change, e.g. real users' histories; genuine shifts in them only make the threshold stricter). With them
+        (``{user_id: [event_index, ...]}``), the first alarm within ``margin`` events after a true point is not
+        counted. Returns the calibration record, which is also kept in ``config.calibration`` and saved with
+        `save_pretrained`.
+        """
+        target = float(target_false_alarms_per_1000_events)
+        if not target > 0:
+            raise ValueError(f"the target false-alarm rate should be > 0 per 1,000 events, got {target}.")
+        plans = [self._plan(h) for h in histories]
+        n_events = sum(len(events) for events, _, _ in plans)
+        needed = math.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / target)
+        if n_events < needed:
+            raise InterestBertError(f"calibration set too small: {n_events:,} events in {len(plans):,} histories, "
+                                    f"but a rate of {target:g} false alarms per 1,000 events needs at least "
+                                    f"{needed:,} events; pass more histories or a higher target.")
+        vectors = self._encode([text for _, _, texts in plans for text in texts], show_progress_bar)
+        blocks, start = [], 0
+        for _, _, texts in plans:
+            blocks.append(vectors[start: start + len(texts)])
+            start += len(texts)
+        truth = {u: sorted(int(p) for p in points) for u, points in (change_points or {}).items()}
+
+        def false_rate(threshold: float) -> float:
+            false = 0
+            for history, (events, stats, _), block in zip(histories, plans, blocks):
+                result = self._replay(history.user_id, events, block, threshold, stats)
+                false += count_false_alarms([e.index for e in result.events], truth.get(history.user_id, []),
+                                            margin)
+            return 1000 * false / n_events
+
+        # the rate falls as the threshold rises (a reset after each alarm makes it only roughly monotone, so
+        # bisect on the score grid and keep the lowest threshold seen to meet the target)
+        lo, hi = 0.0, 2.0  # 1 - cosine lies in [0, 2]
+        best = hi
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if false_rate(mid) <= target:
+                best, hi = min(best, mid), mid
+            else:
+                lo = mid
+        achieved = false_rate(best)
+        self.config.threshold = float(best)
+        self.config.calibration = {"target_false_alarms_per_1000_events": target,
+                                   "achieved_false_alarms_per_1000_events": round(achieved, 4),
+                                   "histories": len(plans), "events": n_events,
+                                   "with_change_points": change_points is not None, "margin": margin}
+        return dict(self.config.calibration, threshold=self.config.threshold)
+
+    # ---------------------------------------------------------------------------------------------- internals
+
+    def _threshold(self) -> float:
+        if self.config.threshold is None:
+            raise InterestBertError("this drift monitor is not calibrated: call calibrate(histories, "
+                                    "target_false_alarms_per_1000_events) or load a model saved with a calibration.")
+        return self.config.threshold
+
+    def _encode(self, texts: list[str], show_progress_bar: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        try:
+            out = self.encode_fn(texts, batch_size=self.batch_size, show_progress_bar=show_progress_bar)
+        except TypeError:  # a plain callable of texts
+            out = self.encode_fn(texts)
+        return np.asarray(out, dtype=np.float32)
+
+    def _step(self, user_id: str, state: _UserState, event: Event, vector: np.ndarray,
+              threshold: float) -> tuple[float, DriftEvent | None]:
+        """One evaluation at the newest event: compare, maybe detect, then update the segment's reference."""
+        i, w = state.n - 1, self.config.window
+        while state.pending and state.pending[0][0] <= i - w:  # no longer overlaps the newest window
+            _, old = state.pending.popleft()
+            state.ref_sum = old.astype(np.float64) if state.ref_sum is None else state.ref_sum + old
+            state.ref_count += 1
+        score = float("nan")
+        if state.ref_count:
+            ref = state.ref_sum / max(np.linalg.norm(state.ref_sum), 1e-12)
+            score = float(1.0 - np.dot(ref, vector.astype(np.float64)))
+        state.last_score = score
+        detection = None
+        if score == score and score >= threshold:
+            recent = list(state.recent)
+            after = [e.item_text for e in recent[-w:]]
+            before = [e.item_text for e in recent[:-w]]
+            moved_from, moved_to = explain(before, after, self.config.explain_terms)
+            detection = DriftEvent(user_id, i, int(event.timestamp), round(score, 6), i - w + 1, moved_from, moved_to)
+            state.pending.clear()  # a new segment starts with the newest window
+            state.ref_sum, state.ref_count = None, 0
+        state.pending.append((i, vector))
+        return score, detection
+
+
+def _first_eval(window: int, stride: int) -> int:
+    """The first event index at which the newest window is embedded: the first full window, moved on to the
+    stride's grid (event counts that are multiples of ``stride``)."""
+    return window - 1 + (-window) % stride
+
+
+def sort_events(events: Sequence[Event]) -> tuple[list[Event], tuple[int, int]]:
+    """Events in time order (ties keep their order) and the counts of (out-of-order, tied) events."""
+    stamps = np.asarray([e.timestamp for e in events], dtype=np.int64)
+    reordered = int((np.diff(stamps) < 0).sum()) if len(stamps) > 1 else 0
+    order = np.argsort(stamps, kind="stable") if reordered else np.arange(len(events))
+    ordered = [events[i] for i in order]
+    sorted_stamps = stamps[order]
+    tied = int((np.diff(sorted_stamps) == 0).sum()) if len(stamps) > 1 else 0
+    return ordered, (reordered, tied)
+
+
+def count_false_alarms(alarms: Sequence[int], truth: Sequence[int], margin: int) -> int:
+    """Alarms that are not the first alarm within ``margin`` events at or after a true change point."""
+    used: set[int] = set()
+    false = 0
+    for a in alarms:
+        hit = next((t for t in truth if t <= a <= t + margin and t not in used), None)
+        if hit is None:
+            false += 1
+        else:
+            used.add(hit)
+    return false
+
+
+def histories_from_verbaliser(verbaliser, users: Sequence[int] | None = None,
+                              ends: Sequence[int] | None = None) -> list[History]:
+    """`History` objects for users of a `Verbaliser` (positions in ``verbaliser.users``; default all), each cut to
+    its first ``ends[i]`` events when given (e.g. the training part of a leave-one-out split)."""
+    idx = range(len(verbaliser.users)) if users is None else [int(u) for u in users]
+    out = []
+    for k, u in enumerate(idx):
+        lo, hi = int(verbaliser.offsets[u]), int(verbaliser.offsets[u + 1])
+        if ends is not None:
+            hi = lo + int(ends[k])
+        events = [Event(verbaliser.pieces[verbaliser.event_piece[j]], verbaliser.item_texts[verbaliser.event_items[j]],
+                        int(verbaliser.timestamps[j])) for j in range(lo, hi)]
+        out.append(History(verbaliser.users[u], events))
+    return out
