@@ -98,6 +98,7 @@ class DriftConfig:
     stride: int = 2
     threshold: float | None = None
     explain_terms: int = 3
+    alpha_max: float = 0.5  # drift-aware recommendation: the short-term weight at and above the threshold
     calibration: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -105,6 +106,8 @@ class DriftConfig:
             raise ValueError(f"`window` should be at least 2 events, got {self.window}.")
         if not 1 <= self.stride <= self.window:
             raise ValueError(f"`stride` should be between 1 and `window` ({self.window}), got {self.stride}.")
+        if not 0 <= self.alpha_max <= 1:
+            raise ValueError(f"`alpha_max` should be in [0, 1], got {self.alpha_max}.")
 
 
 class _UserState:
@@ -388,9 +391,11 @@ def _first_eval(window: int, stride: int) -> int:
 
 
 def sort_events(events: Sequence[Event]) -> tuple[list[Event], tuple[int, int]]:
-    """Events in time order (ties keep their order) and the counts of (out-of-order, tied) events."""
+    """Events in time order (ties keep their order) and the counts of (late, tied) events: late ones are older
+    than an event before them in the input, tied ones share the timestamp of the event before them once sorted."""
     stamps = np.asarray([e.timestamp for e in events], dtype=np.int64)
-    reordered = int((np.diff(stamps) < 0).sum()) if len(stamps) > 1 else 0
+    # an event older than one before it arrived late (the count a stream would make)
+    reordered = int((stamps[1:] < np.maximum.accumulate(stamps)[:-1]).sum()) if len(stamps) > 1 else 0
     order = np.argsort(stamps, kind="stable") if reordered else np.arange(len(events))
     ordered = [events[i] for i in order]
     sorted_stamps = stamps[order]

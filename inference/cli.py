@@ -80,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available).")
     p.set_defaults(func=_cmd_encode)
 
+    p = sub.add_parser("drift", help="Scan users for interest shifts: scores, explained events, summary, plots.")
+    _add_data_args(p)
+    p.add_argument("--model", default=None, help="Model folder or id (default: the base model).")
+    p.add_argument("--output", required=True, help="Output folder (scores.parquet, events.parquet, summary, plots/).")
+    p.add_argument("--users", nargs="+", default=None, help="Only these user ids (default: every user).")
+    p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
+    p.add_argument("--plot", type=int, default=3, metavar="K", help="PNG timelines for K users (default 3).")
+    _add_drift_args(p)
+    p.set_defaults(func=_cmd_drift)
+
+    p = sub.add_parser("recommend", help="Top-k items per user, from drift-aware or long-term interest.")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, help="A model folder saved by `interestbert finetune` (or an id).")
+    p.add_argument("--output", required=True, help="The Parquet file to write (user_id, rank, item_id, score, ...).")
+    p.add_argument("--k", type=int, default=10, help="Items per user (default 10).")
+    p.add_argument("--drift-aware", action=argparse.BooleanOptionalAction, default=True,
+                   help="Blend in the recent window as the drift score rises (default) or use long-term interest "
+                        "only.")
+    p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
+    _add_drift_args(p)
+    p.set_defaults(func=_cmd_recommend)
+
     cards = sub.add_parser("cards", help="Data cards: list, validate.")
     csub = cards.add_subparsers(metavar="ACTION")
     p = csub.add_parser("validate", help="Check a card and its files; print users, items, events, time span.")
@@ -100,7 +122,139 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="Folder with the card's files (optional for generated cards).")
 
 
+def _add_drift_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=int, default=None, help="Events in the short-term window (default: the model's "
+                                                             "calibration, else 8).")
+    p.add_argument("--stride", type=int, default=None, help="Evaluate every N events (default: 2).")
+    p.add_argument("--target-false-alarms", type=float, default=None, metavar="PER_1000",
+                   help="Alarms per 1,000 events when calibrating (default 2).")
+    p.add_argument("--calibrate", action="store_true", help="Calibrate again even if the model holds a calibration.")
+    p.add_argument("--save-calibration", action="store_true", help="Write the calibration into the --model folder.")
+    p.add_argument("--max-seq-length", type=int, default=None, help="Token budget (default: the model's).")
+    p.add_argument("--batch-size", type=int, default=64, help="Texts per forward pass.")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available).")
+
+
 # ------------------------------------------------------------------------------------------------- commands
+
+
+def _model_folder(model: str | None) -> str | None:
+    from pathlib import Path
+
+    return model if model is not None and Path(model).is_dir() else None
+
+
+def _drift_monitor(args, encoder, verbaliser):
+    """The monitor for ``--model`` with its calibration (made now when it has none)."""
+    from interestbert.encoder.drift import DriftConfig, DriftMonitor
+    from interestbert.inference.drift import ensure_calibrated
+
+    for value, flag in ((args.window, "--window"), (args.stride, "--stride")):
+        if value is not None:
+            _check_positive(value, flag)
+    if args.target_false_alarms is not None and not args.target_false_alarms > 0:
+        raise InterestBertError(f"--target-false-alarms is {args.target_false_alarms}; it must be > 0.")
+    overrides = {k: v for k, v in (("window", args.window), ("stride", args.stride)) if v is not None}
+    folder = _model_folder(args.model)
+    try:
+        if folder is not None:
+            monitor = DriftMonitor.from_pretrained(folder, encoder.encode, verbaliser.separator)
+            changed = any(getattr(monitor.config, k) != v for k, v in overrides.items())
+            for k, v in overrides.items():
+                setattr(monitor.config, k, v)
+            monitor.config.__post_init__()
+        else:
+            monitor, changed = DriftMonitor(encoder.encode, DriftConfig(**overrides), verbaliser.separator), False
+    except ValueError as err:
+        raise InterestBertError(f"drift options: {err}") from None
+    monitor.batch_size = args.batch_size
+    reason = None
+    if args.calibrate:
+        reason = "asked for by --calibrate"
+    elif changed and monitor.calibrated:
+        reason = "the model's calibration is for another --window or --stride"
+    calibration = ensure_calibrated(monitor, verbaliser, args.target_false_alarms, reason=reason)
+    if args.save_calibration:
+        if folder is None:
+            raise InterestBertError("--save-calibration needs --model to be a model folder to write into.")
+        print(f"saved the drift calibration to {monitor.save_pretrained(folder)}")
+    return monitor, calibration
+
+
+def _user_selection(verbaliser, users: list[str] | None, limit: int | None):
+    import numpy as np
+
+    if users:
+        missing = [u for u in users if u not in verbaliser.user_index]
+        if missing:
+            raise InterestBertError(f"--users: {len(missing)} of the given users have no events in this card "
+                                    f"(first: {missing[0]!r}); pass user ids exactly as in the events file.")
+        return np.asarray([verbaliser.user_index[u] for u in users], dtype=np.int64)
+    return _limit(len(verbaliser.users), limit)
+
+
+def _cmd_drift(args) -> int:
+    from interestbert.encoder.verbalise import Verbaliser
+    from interestbert.inference.drift import run_drift
+
+    if args.plot < 0:
+        raise InterestBertError(f"--plot is {args.plot}; it must be 0 or more.")
+    data = _load_data(args.card, args.data_dir)
+    encoder = load_encoder(args.model, args.max_seq_length, args.device)
+    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    monitor, calibration = _drift_monitor(args, encoder, verbaliser)
+    users = _user_selection(verbaliser, args.users, args.limit_users)
+    summary = run_drift(data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users,
+                        plot=args.plot)
+    print(f"{summary['users']:,} users, {summary['users_with_drift']:,} with drift, {summary['detections']:,} "
+          f"detections ({summary['detections_per_1000_events']:.2f} per 1,000 events)")
+    if summary["users_too_short"]:
+        print(f"{summary['users_too_short']:,} users have fewer than two windows "
+              f"({2 * monitor.config.window} events): no detection is possible for them")
+    if "against_recorded_switches" in summary:
+        s = summary["against_recorded_switches"]
+        print(f"against the recorded switches: precision {s['precision']:.3f}, recall {s['recall']:.3f}")
+    print(f"-> {args.output}: scores.parquet, events.parquet, summary.md, summary.json"
+          + (f", plots/ ({len(summary['plots'])} PNG)" if summary["plots"] else ""))
+    return 0
+
+
+def _cmd_recommend(args) -> int:
+    import numpy as np
+
+    from interestbert.encoder.verbalise import Verbaliser
+    from interestbert.finetune.evaluate import item_text_vectors
+    from interestbert.inference.recommend import (blend, recommend, short_term_weight, user_vectors,
+                                                  write_recommendations)
+
+    _check_positive(args.k, "--k")
+    data = _load_data(args.card, args.data_dir)
+    encoder = load_encoder(args.model, args.max_seq_length, args.device)
+    if encoder.head is not None and encoder.head.item_ids != data.items["item_id"][:]:
+        raise InterestBertError(f"model {args.model} was trained on another catalogue ({encoder.head.n_items} items) "
+                                f"than data card {data.card.name} ({len(data.items)}); use the card it was "
+                                "trained on.")
+    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    users = _limit(len(verbaliser.users), args.limit_users)
+    if args.drift_aware:
+        monitor, _ = _drift_monitor(args, encoder, verbaliser)
+        vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=args.batch_size,
+                               show_progress_bar=True)
+        interest = blend(vectors, monitor.config.threshold, monitor.config.alpha_max)
+        drift = vectors.score
+        alpha = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
+    else:
+        interest = encoder.encode(verbaliser.texts_for_indices(users), batch_size=args.batch_size,
+                                  show_progress_bar=True)
+        drift = np.full(len(users), np.nan, np.float32)
+        alpha = np.zeros(len(users), np.float32)
+    item_vectors = None if encoder.head is not None else item_text_vectors(encoder, verbaliser, args.batch_size)
+    items, scores = recommend(encoder, verbaliser, interest, users, args.k, item_vectors)
+    write_recommendations(args.output, verbaliser, users, items, scores, drift, alpha)
+    mode = "drift-aware" if args.drift_aware else "long-term interest only"
+    print(f"top-{args.k} for {len(users):,} users ({mode}; {int((alpha > 0).sum()):,} users with a short-term "
+          f"weight > 0) -> {args.output}")
+    return 0
 
 
 def _cmd_cards_list(args) -> int:

@@ -1,0 +1,127 @@
+"""Drift-aware recommendation: top-k items from a blend of short- and long-term interest.
+
+For each user, at the end of the history (or of a prefix, for evaluation):
+
+- ``long``: the embedding of the whole verbalised history (what the strategy head is trained on);
+- ``short``: the embedding of the newest ``window`` events, the DriftMonitor's view of the present;
+- the drift score: the monitor's score at the newest event, from a scan of the last ``window + TAIL`` events;
+
+and the interest vector is ``normalize(a * short + (1 - a) * long)`` with ``a = alpha_max * min(1, score /
+threshold)``: long-term only while nothing drifts (score 0 gives ``a = 0``), up to ``alpha_max`` of short-term when
+the score reaches the calibrated threshold. Items are then scored by the model's strategy head (or, for a model
+without one, by cosine to the item texts), the user's seen items excluded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from interestbert.encoder.drift import DriftMonitor, histories_from_verbaliser
+from interestbert.encoder.head import mask_seen
+
+TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
+DEFAULT_ALPHA_MAX = 0.5
+CHUNK = 256
+
+
+@dataclass
+class UserVectors:
+    """End-of-history vectors of many users (rows in the order given)."""
+
+    long: np.ndarray  # (n, dim)
+    short: np.ndarray  # (n, dim)
+    score: np.ndarray  # (n,) NaN where the history is shorter than two windows
+    recent_detection: np.ndarray  # (n,) bool: a detection in the scanned tail (the last TAIL + window events)
+
+
+def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, ends: np.ndarray | None = None,
+                 batch_size: int = 64, show_progress_bar: bool = False) -> UserVectors:
+    users = np.asarray(users, dtype=np.int64)
+    ends = verbaliser.n_events[users] if ends is None else np.asarray(ends, dtype=np.int64)
+    w = monitor.config.window
+    long = encoder.encode(verbaliser.texts_for_indices(users, ends), batch_size=batch_size,
+                          show_progress_bar=show_progress_bar)
+    histories = histories_from_verbaliser(verbaliser, users, ends)
+    short_texts = [monitor.separator.join(e.text for e in h.events[-w:]) for h in histories]
+    short = encoder.encode(short_texts, batch_size=batch_size, show_progress_bar=False)
+    # the drift scan of each tail, cut so that the newest event falls on the stride's grid and is evaluated
+    first, stride = monitor.eval_positions(1 << 30).start, monitor.config.stride
+    tails = []
+    for h in histories:
+        events = h.events[-(TAIL + 2 * w):]
+        shift = (len(events) - 1 - first) % stride if len(events) - 1 >= first else 0
+        tails.append(type(h)(h.user_id, events[shift:]))
+    scans = monitor.scan_many(tails, show_progress_bar=show_progress_bar)
+    score = np.asarray([r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan
+                        for r in scans], dtype=np.float32)
+    recent = np.asarray([bool(r.events) for r in scans])
+    return UserVectors(np.asarray(long, np.float32), np.asarray(short, np.float32), score, recent)
+
+
+def short_term_weight(score: np.ndarray, threshold: float, alpha_max: float) -> np.ndarray:
+    """``a = alpha_max * clip(score / threshold, 0, 1)``; 0 where the score is unknown (NaN)."""
+    return (alpha_max * np.clip(np.nan_to_num(score, nan=0.0) / threshold, 0.0, 1.0)).astype(np.float32)
+
+
+def blend(vectors: UserVectors, threshold: float, alpha_max: float) -> np.ndarray:
+    """``normalize(a * short + (1 - a) * long)`` with ``a`` from `short_term_weight`."""
+    alpha = short_term_weight(vectors.score, threshold, alpha_max)
+    mixed = alpha[:, None] * vectors.short + (1 - alpha[:, None]) * vectors.long
+    return mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+
+
+@torch.no_grad()
+def item_scores(encoder, interest: np.ndarray, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """``(n, n_items)`` scores: the strategy head, or cosine to the item texts for a model without one."""
+    x = torch.as_tensor(interest, dtype=torch.float32)
+    if encoder.head is not None:
+        return encoder.head(x.to(encoder.head.weight.device)).float().cpu()
+    return x @ item_vectors.cpu().T
+
+
+def strategies(vectors: UserVectors, threshold: float, alpha_max: float) -> dict[str, np.ndarray]:
+    """The interest vectors of the three strategies compared by the benchmark."""
+    return {"long-only": vectors.long, "short-only": vectors.short,
+            "drift-aware": blend(vectors, threshold, alpha_max)}
+
+
+def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: int,
+              item_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item positions and scores per user, the user's seen items excluded."""
+    top_items, top_scores = [], []
+    for lo in range(0, len(users), CHUNK):
+        rows = users[lo: lo + CHUNK]
+        scores = item_scores(encoder, interest[lo: lo + CHUNK], item_vectors)
+        seen = [np.unique(verbaliser.event_items[verbaliser.offsets[u]: verbaliser.offsets[u + 1]]).tolist()
+                for u in rows.tolist()]
+        mask_seen(scores, seen)
+        value, index = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        top_items.append(index.numpy())
+        top_scores.append(value.numpy())
+    return np.concatenate(top_items), np.concatenate(top_scores)
+
+
+def write_recommendations(path: str | os.PathLike, verbaliser, users: np.ndarray, items: np.ndarray,
+                          scores: np.ndarray, drift: np.ndarray, alpha: np.ndarray) -> None:
+    import pyarrow.parquet as pq
+
+    k = items.shape[1]
+    table = pa.table({
+        "user_id": pa.array(np.repeat([verbaliser.users[u] for u in users.tolist()], k).tolist(), pa.string()),
+        "rank": pa.array(np.tile(np.arange(1, k + 1), len(users)), pa.int16()),
+        "item_id": pa.array([verbaliser.item_ids[i] for i in items.reshape(-1).tolist()], pa.string()),
+        "score": pa.array(scores.reshape(-1), pa.float32()),
+        "drift_score": pa.array(np.repeat(drift, k), pa.float32()),
+        "short_term_weight": pa.array(np.repeat(alpha, k), pa.float32()),
+    })
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,213 @@
+"""DriftMonitor: batch and streaming agree, planted switches are found and explained, calibration holds its rate,
+the CLI writes its files and plots, drift-aware blending reduces to long-term interest without drift."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from interestbert.encoder.drift import (DriftConfig, DriftMonitor, Event, History, count_false_alarms, explain,
+                                        histories_from_verbaliser, sort_events)
+from interestbert.encoder.errors import InterestBertError
+from interestbert.inference.cli import main
+
+GARDEN = ["watering can", "pruning shears", "seed tray", "garden trowel", "hose reel", "plant labels",
+          "compost bin", "hedge trimmer", "flower pots", "rake"]
+JAZZ = ["jazz vinyl record", "saxophone album", "bebop box set", "jazz piano record", "swing album",
+        "trumpet solo record", "blue note album", "jazz quartet record", "big band album", "cool jazz record"]
+
+
+def bag_of_words(texts, **_):
+    """A deterministic stand-in encoder: the normalised mean of a fixed random vector per word."""
+    out = np.zeros((len(texts), 64), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().split():
+            out[row] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(64)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def planted(user: str, n_before: int, n_after: int, seed: int, first=GARDEN, then=JAZZ,
+            category=("Gardening", "Jazz")) -> History:
+    rng = np.random.default_rng(seed)
+    events = []
+    for k in range(n_before + n_after):
+        group, cat = (first, category[0]) if k < n_before else (then, category[1])
+        title = group[rng.integers(len(group))]
+        item = f"{title} ({cat})"
+        events.append(Event(f"viewed: {item}", item, 1000 + 10 * k))
+    return History(user, events)
+
+
+def test_batch_and_streaming_give_the_same_detections():
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=6, stride=2, threshold=0.35))
+    histories = [planted(f"u{i}", 20 + i, 25, seed=i) for i in range(5)] + [planted("flat", 60, 0, seed=9)]
+    for history in histories:
+        batch = monitor.scan(history)
+        streamed = [monitor.update(history.user_id, e) for e in history.events]
+        streamed = [d for d in streamed if d is not None]
+        assert [(d.index, d.score, d.moved_to) for d in streamed] == [(d.index, d.score, d.moved_to)
+                                                                       for d in batch.events]
+        last = batch.scores[~np.isnan(batch.scores)][-1]
+        assert monitor.last_score(history.user_id) == pytest.approx(float(last), abs=1e-6)
+    assert sum(len(monitor.scan(h).events) for h in histories[:5]) >= 5
+    assert monitor.scan(histories[-1]).events == []  # one group throughout: no alarm
+    assert monitor.stream_stats()["events"] == sum(len(h.events) for h in histories)
+
+
+def test_streaming_counts_out_of_order_events_and_batch_sorts_them():
+    events = [Event(f"viewed: {t}", t, ts) for t, ts in (("a", 5), ("b", 3), ("c", 3), ("d", 9))]
+    ordered, (reordered, tied) = sort_events(events)
+    assert [e.item_text for e in ordered] == ["b", "c", "a", "d"] and reordered == 2 and tied == 1
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=2, stride=1, threshold=0.5))
+    for e in events:
+        monitor.update("u", e)
+    assert monitor.stream_stats() == {"users": 1, "events": 4, "reordered": 2, "tied": 0}
+    result = monitor.scan(History("u", events))
+    assert result.reordered == 2 and result.tied == 1
+
+
+def test_short_histories_have_no_scores_and_no_detections():
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=8, stride=2, threshold=0.01))
+    result = monitor.scan(planted("short", 8, 7, seed=0))  # 15 < 2 windows
+    assert result.events == [] and np.isnan(result.scores).all()
+
+
+@pytest.mark.parametrize("model", ["tiny", "packaged"])
+def test_a_planted_switch_is_detected_within_the_margin_and_explained(model, tiny_bert):
+    from interestbert.encoder import InterestEncoder
+
+    name = str(tiny_bert) if model == "tiny" else "sentence-transformers/all-MiniLM-L6-v2"
+    encoder = InterestEncoder.from_pretrained(name, max_seq_length=128).merge_adapter()
+    monitor = DriftMonitor(encoder.encode, DriftConfig(window=6, stride=2))
+    calibration = [planted(f"c{i}", 60, 0, seed=100 + i, first=GARDEN if i % 2 else JAZZ) for i in range(40)]
+    record = monitor.calibrate(calibration, target_false_alarms_per_1000_events=5)
+    assert record["achieved_false_alarms_per_1000_events"] <= 5
+    hits = 0
+    for i in range(6):
+        history = planted(f"p{i}", 30 + 2 * i, 30, seed=i)
+        switch = 30 + 2 * i
+        result = monitor.scan(history)
+        found = [d for d in result.events if switch <= d.index <= switch + 10]
+        hits += bool(found)
+        if found:
+            assert "jazz" in found[0].moved_to and "gardening" in found[0].moved_from, found[0].explanation
+    assert hits >= 5, f"{model}: detected {hits} of 6 planted switches"
+
+
+def test_explanations_rank_the_terms_whose_share_changed_most():
+    before = ["trowel (Gardening)", "seed tray (Gardening)", "jazz record (Jazz)"]
+    after = ["jazz album (Jazz)", "jazz record (Jazz)", "swing album (Jazz)"]
+    moved_from, moved_to = explain(before, after, 2)
+    assert moved_from[0] == "gardening" and moved_to[0] == "jazz"
+    assert "the" not in moved_to and "(jazz)" not in moved_to
+
+
+def test_calibration_holds_its_rate_on_held_out_synthetic_users(tiny_bert, synthetic_data):
+    from interestbert.encoder import InterestEncoder, Verbaliser
+
+    encoder = InterestEncoder.from_pretrained(str(tiny_bert), max_seq_length=128).merge_adapter()
+    verbaliser = Verbaliser(synthetic_data, encoder.tokenizer, 128)
+    histories = histories_from_verbaliser(verbaliser)
+    truth: dict[str, list[int]] = {}
+    for u, i in zip(synthetic_data.switches["user_id"], synthetic_data.switches["event_index"]):
+        truth.setdefault(u, []).append(int(i))
+    monitor = DriftMonitor(encoder.encode, DriftConfig(window=6, stride=2), separator=verbaliser.separator)
+    target = 10.0
+    record = monitor.calibrate(histories[:60], target, change_points=truth)
+    assert record["achieved_false_alarms_per_1000_events"] <= target
+    false = events = 0
+    for result in monitor.scan_many(histories[60:]):
+        false += count_false_alarms([d.index for d in result.events], truth.get(result.user_id, []), 10)
+        events += result.n_events
+    held_out = 1000 * false / events
+    assert abs(held_out - target) <= 6, (record, held_out)
+
+
+def test_calibration_refuses_a_set_too_small_for_the_rate():
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2))
+    with pytest.raises(InterestBertError, match=r"needs at least 10,000 events"):
+        monitor.calibrate([planted("a", 50, 0, seed=1)], target_false_alarms_per_1000_events=1)
+
+
+def test_calibration_round_trips_as_json(tmp_path):
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2))
+    monitor.calibrate([planted(f"c{i}", 50, 0, seed=i) for i in range(100)], 5)
+    path = monitor.save_pretrained(tmp_path)
+    assert path.name == "drift.json" and json.loads(path.read_text())["threshold"] == monitor.config.threshold
+    again = DriftMonitor.from_pretrained(tmp_path, bag_of_words)
+    assert again.config == monitor.config
+    uncalibrated = DriftMonitor.from_pretrained(tmp_path / "nothing-here", bag_of_words)
+    with pytest.raises(InterestBertError, match="not calibrated"):
+        uncalibrated.scan(planted("x", 30, 0, seed=0))
+
+
+def test_blending_reduces_to_long_term_interest_when_the_score_is_zero():
+    from interestbert.inference.recommend import UserVectors, blend
+
+    rng = np.random.default_rng(0)
+    long, short = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in rng.standard_normal((2, 4, 16)))
+    vectors = UserVectors(long, short, np.array([0.0, np.nan, 0.1, 0.9], np.float32), np.zeros(4, bool))
+    mixed = blend(vectors, threshold=0.2, alpha_max=0.8)
+    np.testing.assert_allclose(mixed[:2], long[:2], atol=1e-6)  # no drift (or none measurable): long-only
+    half = 0.4 * short[2] + 0.6 * long[2]
+    np.testing.assert_allclose(mixed[2], half / np.linalg.norm(half), atol=1e-6)
+    full = 0.8 * short[3] + 0.2 * long[3]  # at and above the threshold: alpha_max
+    np.testing.assert_allclose(mixed[3], full / np.linalg.norm(full), atol=1e-6)
+
+
+def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthetic_dir, tmp_path, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "drift"
+    code = main(["drift", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
+                 "--output", str(out), "--limit-users", "30", "--plot", "2", "--window", "6",
+                 "--target-false-alarms", "20"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "the model has no drift calibration" in printed and "training split" in printed
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    events = pq.read_table(out / "events.parquet").to_pandas()
+    summary = json.loads((out / "summary.json").read_text())
+    assert scores.user_id.nunique() == 30 and summary["users"] == 30
+    assert summary["detections"] == len(events) > 0
+    assert set(events.columns) >= {"user_id", "event_index", "score", "moved_from", "moved_to", "explanation"}
+    assert (events.score >= summary["threshold"]).all()
+    assert "against_recorded_switches" in summary and "precision" in (out / "summary.md").read_text()
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert len(pngs) == 2
+    for png in pngs:
+        image = matplotlib.image.imread(png)
+        assert image.shape[0] > 300 and image[..., :3].std() > 0.05  # drawn on, not blank
+    assert not [p.name for p in out.rglob(".*")], "no temporary files left"
+
+
+def test_drift_command_rejects_unknown_users(tiny_bert, synthetic_dir, tmp_path, capsys):
+    code = main(["drift", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
+                 "--output", str(tmp_path / "d"), "--users", "U0000", "nobody"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--users" in err and "'nobody'" in err and "Traceback" not in err
+
+
+def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_dir, synthetic_data, tmp_path,
+                                                           capsys):
+    out = tmp_path / "recs.parquet"
+    base = ["recommend", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
+            "--k", "5", "--limit-users", "12", "--window", "6", "--target-false-alarms", "20"]
+    assert main(base + ["--output", str(out)]) == 0
+    recs = pq.read_table(out).to_pandas()
+    assert len(recs) == 60 and recs.groupby("user_id").size().eq(5).all()
+    events = synthetic_data.events.to_pandas()
+    for user, group in recs.groupby("user_id"):
+        assert not set(group.item_id) & set(events[events.user_id == user].item_id)
+    assert recs.short_term_weight.between(0, 1).all()
+    plain = tmp_path / "plain.parquet"
+    assert main(base + ["--output", str(plain), "--no-drift-aware"]) == 0
+    plain_recs = pq.read_table(plain).to_pandas()
+    assert (plain_recs.short_term_weight == 0).all() and len(plain_recs) == 60
+    still = recs[recs.short_term_weight == 0].user_id.unique()  # no drift: the same list as long-only
+    for user in still:
+        assert list(recs[recs.user_id == user].item_id) == list(plain_recs[plain_recs.user_id == user].item_id)
