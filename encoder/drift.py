@@ -2,9 +2,12 @@
 
 Along a history, every ``stride`` events the monitor embeds the text of the newest ``window`` events (one encoder
 call) and compares it, by cosine, with the user's long-term interest in the current segment: the mean of the
-earlier window vectors that do not overlap the newest window. The drift score is ``1 - cosine``. When it reaches
-the threshold, a `DriftEvent` is emitted and a new segment starts from the newest window, so one shift raises
-one alarm and the next comparison waits until a full window of the new interest has been seen.
+earlier window vectors that do not overlap the newest window. The distance is ``1 - cosine``; the drift score is
+that distance minus the mean of the segment's earlier distances (``centre``, the default: an eclectic user's
+windows always differ more from their mean than a focused user's, and only a rise above their own level is a
+shift), or the distance itself. When the score reaches the threshold, a `DriftEvent` is emitted and a new segment
+starts from the newest window, so one shift raises one alarm and the next comparison waits until the new segment
+has a window of history and a few distances.
 
 The threshold comes from `DriftMonitor.calibrate`, which picks it on real histories so that alarms stay at a
 target number per 1,000 events; it is saved beside the model (``interestbert/drift.json``) and used by default.
@@ -31,6 +34,7 @@ from .files import atomic_write_text
 
 DRIFT_FILE = "drift.json"
 SUBFOLDER = "interestbert"
+MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
 _WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
 _STOP = frozenset("""a an and are as at be by for from in into is it its of on or the to with without your you
@@ -94,10 +98,11 @@ class ScanResult:
 class DriftConfig:
     """What a monitor needs besides the encoder; saved as JSON beside the model."""
 
-    window: int = 8
+    window: int = 4
     stride: int = 2
     threshold: float | None = None
     explain_terms: int = 3
+    centre: bool = True  # score = distance minus the mean of the segment's earlier distances (the user's own level)
     alpha_max: float = 0.5  # drift-aware recommendation: the short-term weight at and above the threshold
     calibration: dict = field(default_factory=dict)
 
@@ -113,7 +118,8 @@ class DriftConfig:
 class _UserState:
     """The small per-user state of the streaming monitor (also driven by `scan`)."""
 
-    __slots__ = ("recent", "n", "last_ts", "pending", "ref_sum", "ref_count", "reordered", "tied", "last_score")
+    __slots__ = ("recent", "n", "last_ts", "pending", "ref_sum", "ref_count", "reordered", "tied", "last_score",
+                 "dist_n", "dist_mean")
 
     def __init__(self, window: int):
         self.recent: deque[Event] = deque(maxlen=2 * window)  # texts of the newest 2 windows
@@ -125,6 +131,7 @@ class _UserState:
         self.reordered = 0
         self.tied = 0
         self.last_score = float("nan")
+        self.dist_n, self.dist_mean = 0, 0.0  # the segment's distances so far and their mean
 
 
 def terms(text: str) -> set[str]:
@@ -225,7 +232,7 @@ class DriftMonitor:
         return events, stats, texts
 
     def _replay(self, user_id: str, events: list[Event], vectors: np.ndarray, threshold: float,
-                stats: tuple[int, int]) -> ScanResult:
+                stats: tuple[int, int], explain_events: bool = True) -> ScanResult:
         state = _UserState(self.config.window)
         positions = list(self.eval_positions(len(events)))
         scores = np.full(len(positions), np.nan, dtype=np.float32)
@@ -235,7 +242,7 @@ class DriftMonitor:
             state.recent.append(event)
             state.n += 1
             if k < len(positions) and positions[k] == i:
-                score, detection = self._step(user_id, state, event, vectors[k], threshold)
+                score, detection = self._step(user_id, state, event, vectors[k], threshold, explain_events)
                 scores[k] = score
                 if detection is not None:
                     detections.append(detection)
@@ -318,14 +325,17 @@ class DriftMonitor:
         def false_rate(threshold: float) -> float:
             false = 0
             for history, (events, stats, _), block in zip(histories, plans, blocks):
-                result = self._replay(history.user_id, events, block, threshold, stats)
+                result = self._replay(history.user_id, events, block, threshold, stats, explain_events=False)
                 false += count_false_alarms([e.index for e in result.events], truth.get(history.user_id, []),
                                             margin)
             return 1000 * false / n_events
 
         # the rate falls as the threshold rises (a reset after each alarm makes it only roughly monotone, so
         # bisect on the score grid and keep the lowest threshold seen to meet the target)
-        lo, hi = 0.0, 2.0  # 1 - cosine lies in [0, 2]
+        highest = max((float(np.nanmax(r.scores)) for (events, stats, _), block, h in zip(plans, blocks, histories)
+                       for r in [self._replay(h.user_id, events, block, math.inf, stats, explain_events=False)]
+                       if np.isfinite(r.scores).any()), default=1.0)
+        lo, hi = -1.0, highest + 1e-6  # at `hi` nothing crosses (centred scores can be below 0)
         best = hi
         for _ in range(30):
             mid = (lo + hi) / 2
@@ -358,8 +368,8 @@ class DriftMonitor:
             out = self.encode_fn(texts)
         return np.asarray(out, dtype=np.float32)
 
-    def _step(self, user_id: str, state: _UserState, event: Event, vector: np.ndarray,
-              threshold: float) -> tuple[float, DriftEvent | None]:
+    def _step(self, user_id: str, state: _UserState, event: Event, vector: np.ndarray, threshold: float,
+              explain_events: bool = True) -> tuple[float, DriftEvent | None]:
         """One evaluation at the newest event: compare, maybe detect, then update the segment's reference."""
         i, w = state.n - 1, self.config.window
         while state.pending and state.pending[0][0] <= i - w:  # no longer overlaps the newest window
@@ -369,17 +379,23 @@ class DriftMonitor:
         score = float("nan")
         if state.ref_count:
             ref = state.ref_sum / max(np.linalg.norm(state.ref_sum), 1e-12)
-            score = float(1.0 - np.dot(ref, vector.astype(np.float64)))
+            distance = float(1.0 - np.dot(ref, vector.astype(np.float64)))
+            score = distance
+            if self.config.centre:  # a focused user's usual distance is small, an eclectic one's large
+                score = distance - state.dist_mean if state.dist_n >= MIN_DISTANCES else float("nan")
+                state.dist_n += 1
+                state.dist_mean += (distance - state.dist_mean) / state.dist_n
         state.last_score = score
         detection = None
         if score == score and score >= threshold:
             recent = list(state.recent)
             after = [e.item_text for e in recent[-w:]]
             before = [e.item_text for e in recent[:-w]]
-            moved_from, moved_to = explain(before, after, self.config.explain_terms)
+            moved_from, moved_to = explain(before, after, self.config.explain_terms) if explain_events else ((), ())
             detection = DriftEvent(user_id, i, int(event.timestamp), round(score, 6), i - w + 1, moved_from, moved_to)
             state.pending.clear()  # a new segment starts with the newest window
             state.ref_sum, state.ref_count = None, 0
+            state.dist_n, state.dist_mean = 0, 0.0
         state.pending.append((i, vector))
         return score, detection
 

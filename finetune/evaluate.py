@@ -45,8 +45,6 @@ def rank_examples(
 
     With an ``accelerator`` of several processes, each scores a contiguous shard and the ranks are gathered.
     """
-    from .metrics import target_ranks
-
     if encoder.head is None and item_vectors is None:
         item_vectors = item_text_vectors(encoder, verbaliser, batch_size)
     index = np.arange(len(examples))
@@ -60,12 +58,7 @@ def rank_examples(
         texts = verbaliser.texts_for_indices(chunk.users, chunk.ends)
         interest = encoder.model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
                                         show_progress_bar=False).float()  # (chunk, dim)
-        if encoder.head is not None:
-            scores = encoder.head(interest.to(encoder.head.weight.device))  # (chunk, n_items)
-        else:
-            scores = interest @ item_vectors.T  # (chunk, n_items)
-        mask_seen(scores, seen_items(verbaliser, chunk))
-        ranks.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
+        ranks.append(ranks_for_interest(encoder, verbaliser, chunk, interest, item_vectors))
     if was_training:
         encoder.model.train()
     ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
@@ -74,6 +67,26 @@ def rank_examples(
 
         ranks = np.concatenate(gather_object([ranks]))
     return ranks
+
+
+@torch.no_grad()
+def ranks_for_interest(encoder: InterestEncoder, verbaliser: Verbaliser, examples: Examples, interest,
+                       item_vectors: torch.Tensor | None = None) -> np.ndarray:
+    """0-based target ranks for given interest vectors ``(len(examples), dim)`` (one per example): the strategy
+    head's scores, or cosine to ``item_vectors`` for a model without a head; seen items excluded."""
+    from .metrics import target_ranks
+
+    out = []
+    for lo in range(0, len(examples), EVAL_CHUNK):
+        chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
+        x = torch.as_tensor(interest[lo: lo + EVAL_CHUNK]).float()
+        if encoder.head is not None:
+            scores = encoder.head(x.to(encoder.head.weight.device))  # (chunk, n_items)
+        else:
+            scores = x.to(item_vectors.device) @ item_vectors.T  # (chunk, n_items)
+        mask_seen(scores, seen_items(verbaliser, chunk))
+        out.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def popularity_ranks(verbaliser: Verbaliser, split: Split, name: str) -> np.ndarray:

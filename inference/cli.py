@@ -144,7 +144,7 @@ def _model_folder(model: str | None) -> str | None:
     return model if model is not None and Path(model).is_dir() else None
 
 
-def _drift_monitor(args, encoder, verbaliser):
+def _drift_monitor(args, data, encoder, verbaliser):
     """The monitor for ``--model`` with its calibration (made now when it has none)."""
     from interestbert.encoder.drift import DriftConfig, DriftMonitor
     from interestbert.inference.drift import ensure_calibrated
@@ -173,7 +173,7 @@ def _drift_monitor(args, encoder, verbaliser):
         reason = "asked for by --calibrate"
     elif changed and monitor.calibrated:
         reason = "the model's calibration is for another --window or --stride"
-    calibration = ensure_calibrated(monitor, verbaliser, args.target_false_alarms, reason=reason)
+    calibration = ensure_calibrated(monitor, verbaliser, args.target_false_alarms, reason=reason, data=data)
     if args.save_calibration:
         if folder is None:
             raise InterestBertError("--save-calibration needs --model to be a model folder to write into.")
@@ -202,7 +202,7 @@ def _cmd_drift(args) -> int:
     data = _load_data(args.card, args.data_dir)
     encoder = load_encoder(args.model, args.max_seq_length, args.device)
     verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
-    monitor, calibration = _drift_monitor(args, encoder, verbaliser)
+    monitor, calibration = _drift_monitor(args, data, encoder, verbaliser)
     users = _user_selection(verbaliser, args.users, args.limit_users)
     summary = run_drift(data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users,
                         plot=args.plot)
@@ -237,7 +237,7 @@ def _cmd_recommend(args) -> int:
     verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
     users = _limit(len(verbaliser.users), args.limit_users)
     if args.drift_aware:
-        monitor, _ = _drift_monitor(args, encoder, verbaliser)
+        monitor, _ = _drift_monitor(args, data, encoder, verbaliser)
         vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=args.batch_size,
                                show_progress_bar=True)
         interest = blend(vectors, monitor.config.threshold, monitor.config.alpha_max)

@@ -14,6 +14,7 @@ Outputs (each written under a temporary name and renamed when complete):
 from __future__ import annotations
 
 import json
+import math
 import os
 import textwrap
 from dataclasses import dataclass
@@ -23,14 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from interestbert.encoder.drift import (DriftMonitor, History, ScanResult, count_false_alarms,
-                                        histories_from_verbaliser)
+from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, DriftMonitor, History, ScanResult,
+                                        count_false_alarms, histories_from_verbaliser)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 
 MARGIN = 10  # a detection within this many events after a true switch is a hit
 DEFAULT_TARGET = 2.0  # false alarms per 1,000 events when calibrating on the fly
-CALIBRATION_USERS = 500
+CALIBRATION_USERS = 2000  # at most this many users' training histories calibrate a threshold on the fly
+CALIBRATION_EVENTS = 10_000  # ... and only as many as give this many events (or twice what the rate needs)
 
 
 @dataclass
@@ -40,10 +42,11 @@ class Calibration:
 
 
 def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, users: int = CALIBRATION_USERS,
-                      seed: int = 0, reason: str | None = None, show_progress_bar: bool = True) -> Calibration:
+                      seed: int = 0, reason: str | None = None, show_progress_bar: bool = True,
+                      data=None) -> Calibration:
     """Uses the model's calibration, or (when it has none, or for ``reason``) calibrates on the card's training
-    split (each history without its last two events, the validation and test targets) of up to ``users`` sampled
-    users, and says so."""
+    split (each history without its last two events, the validation and test targets) of sampled users, and says
+    so. With ``data`` (the card's data) holding recorded switches, alarms at them are not false."""
     if monitor.calibrated and reason is None:
         return Calibration("the model's saved calibration", dict(monitor.config.calibration,
                                                                  threshold=monitor.config.threshold))
@@ -53,12 +56,21 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     if len(eligible) == 0:
         raise InterestBertError(f"no user has {2 * monitor.config.window + 2} events or more, so the drift "
                                 "threshold cannot be calibrated on this card; use a smaller --window.")
-    pick = np.sort(np.random.default_rng(seed).choice(eligible, min(users, len(eligible)), replace=False))
+    # a seeded sample of users, just large enough: twice the events the rate needs, at least CALIBRATION_EVENTS
+    order = np.random.default_rng(seed).permutation(eligible)[:users]
+    wanted = max(CALIBRATION_EVENTS, 2 * math.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / target))
+    enough = int(np.searchsorted(np.cumsum(n_events[order] - 2), wanted)) + 1
+    pick = np.sort(order[:enough])
     histories = histories_from_verbaliser(verbaliser, pick, n_events[pick] - 2)
     why = reason or "the model has no drift calibration"
+    switches = switch_table(data) if data is not None else None
+    known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
     print(f"calibrating the drift threshold ({why}): {target:g} false alarms per 1,000 events on the training "
-          f"split of {len(pick):,} users")
-    record = monitor.calibrate(histories, target, show_progress_bar=show_progress_bar)
+          f"split of {len(pick):,} users{known}")
+    change_points = None if switches is None else {h.user_id: [p for p, _ in switches.get(h.user_id, [])]
+                                                    for h in histories}
+    record = monitor.calibrate(histories, target, change_points=change_points, margin=MARGIN,
+                               show_progress_bar=show_progress_bar)
     print(f"  threshold {record['threshold']:.4f} ({record['achieved_false_alarms_per_1000_events']:.2f} alarms "
           f"per 1,000 events on {record['events']:,} events)")
     return Calibration(f"calibrated now on the training split of {len(pick):,} users ({why})", record)
@@ -165,8 +177,8 @@ def plot_timeline(result: ScanResult, threshold: float, path: Path, switches: li
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4.2), dpi=110)
-    ok = ~np.isnan(result.scores)
-    ax.plot(result.indices[ok], result.scores[ok], color="#1f77b4", lw=1.6, marker=".", ms=4,
+    ok = ~np.isnan(result.scores)  # NaN (no reference yet, or just after a detection) breaks the line
+    ax.plot(result.indices, result.scores, color="#1f77b4", lw=1.6, marker=".", ms=4,
             label="drift score (1 - cosine, recent window vs earlier interest)")
     ax.axhline(threshold, color="#d62728", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
     top = max(threshold * 1.9, float(np.nanmax(result.scores)) * 1.35 if ok.any() else threshold * 1.9)

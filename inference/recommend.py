@@ -26,6 +26,7 @@ from interestbert.encoder.drift import DriftMonitor, histories_from_verbaliser
 from interestbert.encoder.head import mask_seen
 
 TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
+RECENT = 20  # "a detection in the last RECENT events" marks a user as recently drifted
 DEFAULT_ALPHA_MAX = 0.5
 CHUNK = 256
 
@@ -37,7 +38,7 @@ class UserVectors:
     long: np.ndarray  # (n, dim)
     short: np.ndarray  # (n, dim)
     score: np.ndarray  # (n,) NaN where the history is shorter than two windows
-    recent_detection: np.ndarray  # (n,) bool: a detection in the scanned tail (the last TAIL + window events)
+    recent_detection: np.ndarray  # (n,) bool: a detection among the last RECENT events
 
 
 def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, ends: np.ndarray | None = None,
@@ -60,7 +61,7 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
     scans = monitor.scan_many(tails, show_progress_bar=show_progress_bar)
     score = np.asarray([r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan
                         for r in scans], dtype=np.float32)
-    recent = np.asarray([bool(r.events) for r in scans])
+    recent = np.asarray([any(e.index >= r.n_events - RECENT for e in r.events) for r in scans])
     return UserVectors(np.asarray(long, np.float32), np.asarray(short, np.float32), score, recent)
 
 

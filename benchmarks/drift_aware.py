@@ -1,0 +1,127 @@
+"""Drift-aware recommendation: NDCG@10 of long-only, short-only and drift-aware interest, per dataset.
+
+For each dataset, with the fine-tuned model the quality benchmark saved (``--models``, one folder per card; the
+untrained base model, zero-shot, where there is none): the drift threshold is calibrated on the card's training
+split (2 alarms per 1,000 events), ``alpha_max`` of the blend is picked on the validation split from a small grid,
+and the test split is scored for the three strategies, over all users and over the users with a detection among
+their last 20 events. Full ranking, seen items excluded (the evaluation protocol).
+
+    python benchmarks/drift_aware.py --data-dir ../shared/data --models benchmarks/results/quality/models \\
+        --out benchmarks/results/drift_aware
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from interestbert.encoder import synthetic
+from interestbert.encoder.cards import load_card, load_card_data
+from interestbert.encoder.drift import DriftConfig, DriftMonitor
+from interestbert.encoder.files import atomic_write_text
+from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
+from interestbert.encoder.verbalise import Verbaliser
+from interestbert.finetune.data import leave_one_out
+from interestbert.finetune.evaluate import item_text_vectors, metrics_from_ranks, ranks_for_interest
+from interestbert.inference.drift import ensure_calibrated
+from interestbert.inference.recommend import strategies, user_vectors
+
+FOLDERS = {"synthetic-shop": None, "amazon-beauty": "amazon-beauty-10core",
+           "amazon-office": "amazon-office-2014-5core", "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
+ALPHAS = (0.25, 0.5, 0.75, 1.0)
+MAX_SEQ_LENGTH = 128
+
+
+def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None) -> dict:
+    if FOLDERS[name] is None:
+        folder = Path(tempfile.mkdtemp(prefix="drift-aware-shop-"))
+        synthetic.generate(folder, seed=0)
+        data = load_card_data(load_card("synthetic-shop"), folder)
+    else:
+        data = load_card_data(name, data_dir / FOLDERS[name])
+    model_dir = models / name if models is not None and (models / name).is_dir() else None
+    encoder = InterestEncoder.from_pretrained(str(model_dir or DEFAULT_BASE_MODEL),
+                                              max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
+    verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)
+    split = leave_one_out(verbaliser)
+    monitor = DriftMonitor(encoder.encode, DriftConfig(), separator=verbaliser.separator, batch_size=64)
+    calibration = ensure_calibrated(monitor, verbaliser, 2.0, show_progress_bar=False, data=data)
+    item_vectors = None if encoder.head is not None else item_text_vectors(encoder, verbaliser)
+    threshold = monitor.config.threshold
+
+    def evaluate(examples, alphas):
+        if limit is not None:
+            examples = examples.subset(slice(0, limit))
+        vectors = user_vectors(encoder, verbaliser, monitor, examples.users, examples.ends)
+        out = {}
+        for alpha in alphas:
+            for strategy, interest in strategies(vectors, threshold, alpha).items():
+                if strategy != "drift-aware" and alpha != alphas[0]:
+                    continue
+                key = strategy if strategy != "drift-aware" else f"drift-aware (alpha_max {alpha})"
+                ranks = ranks_for_interest(encoder, verbaliser, examples, interest, item_vectors)
+                recent = vectors.recent_detection
+                out[key] = {"all": metrics_from_ranks(ranks),
+                            "recent_drift": metrics_from_ranks(ranks[recent]) if recent.any() else None}
+        return out, vectors
+
+    start = time.perf_counter()
+    validation, _ = evaluate(split.validation, ALPHAS)
+    best_alpha = max(ALPHAS, key=lambda a: validation[f"drift-aware (alpha_max {a})"]["all"]["ndcg@10"])
+    test, vectors = evaluate(split.test, (best_alpha,))
+    rows = {k.replace(f" (alpha_max {best_alpha})", ""): v for k, v in test.items()}
+    winner = max(rows, key=lambda k: rows[k]["all"]["ndcg@10"])
+    return {"dataset": name, "model": str(model_dir) if model_dir else f"{DEFAULT_BASE_MODEL} (untrained)",
+            "users": int(len(vectors.score)), "users_with_recent_drift": int(vectors.recent_detection.sum()),
+            "window": monitor.config.window, "stride": monitor.config.stride, "threshold": round(threshold, 4),
+            "calibration": calibration.record, "alpha_max": best_alpha,
+            "validation_ndcg@10": {k: v["all"]["ndcg@10"] for k, v in validation.items()},
+            "test": rows, "winner": winner, "seconds": round(time.perf_counter() - start)}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| dataset | model | strategy | NDCG@10 all | HR@10 all | NDCG@10 recent drift | users (recent drift) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        model = "fine-tuned" if "untrained" not in r["model"] else "untrained"
+        for strategy, m in r["test"].items():
+            recent = "-" if m["recent_drift"] is None else f"{m['recent_drift']['ndcg@10']:.4f}"
+            label = strategy + (f" (alpha_max {r['alpha_max']})" if strategy == "drift-aware" else "")
+            lines.append(f"| {r['dataset']} | {model} | {label} | {m['all']['ndcg@10']:.4f} | "
+                         f"{m['all']['hr@10']:.4f} | {recent} | {r['users']:,} ({r['users_with_recent_drift']:,}) |")
+    lines.append("")
+    lines += [f"- {r['dataset']}: best on test: {r['winner']}; window {r['window']}, threshold {r['threshold']}"
+              for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--models", default=str(Path(__file__).parent / "results" / "quality" / "models"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drift_aware"))
+    parser.add_argument("--datasets", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
+    parser.add_argument("--limit-users", type=int, default=None, help="Score only the first K users (smoke).")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    command = "python benchmarks/drift_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for name in args.datasets:
+        result = run_dataset(name, Path(args.data_dir), Path(args.models) if args.models else None, args.limit_users)
+        result.update(command=command, date=dt.date.today().isoformat())
+        atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        print(markdown([result]), flush=True)
+    done = [json.loads((out / f"{n}.json").read_text()) for n in FOLDERS if (out / f"{n}.json").is_file()]
+    atomic_write_text(out / "drift_aware.json", json.dumps(done, indent=2) + "\n")
+    atomic_write_text(out / "drift_aware.md", markdown(done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
