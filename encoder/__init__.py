@@ -1,11 +1,14 @@
 """interestbert.encoder: the model and its inputs.
 
-Data cards and their loader, the verbaliser, the LoRA `InterestEncoder`. This package never imports
+Data cards and their loader, the verbaliser, the LoRA `InterestEncoder`, the `StrategyHead` and the
+`DriftMonitor`. This package never imports
 `interestbert.finetune` or `interestbert.inference`.
 """
 
 from .cards import CardData, DataCard, available_cards, load_card, load_card_data
+from .drift import DriftConfig, DriftEvent, DriftMonitor, Event, History, histories_from_verbaliser
 from .errors import DataCardError, InterestBertError
+from .head import StrategyHead
 from .model import DEFAULT_BASE_MODEL, InterestEncoder, LoraOptions
 from .verbalise import Verbaliser
 
@@ -14,11 +17,18 @@ __all__ = [
     "CardData",
     "DataCard",
     "DataCardError",
+    "DriftConfig",
+    "DriftEvent",
+    "DriftMonitor",
+    "Event",
+    "History",
     "InterestBertError",
     "InterestEncoder",
     "LoraOptions",
+    "StrategyHead",
     "Verbaliser",
     "available_cards",
+    "histories_from_verbaliser",
     "load_card",
     "load_card_data",
 ]

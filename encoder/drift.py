@@ -228,7 +228,8 @@ class DriftMonitor:
     def _plan(self, history: History) -> tuple[list[Event], tuple[int, int], list[str]]:
         events, stats = sort_events(history.events)
         w = self.config.window
-        texts = [self.separator.join(e.text for e in events[i - w + 1: i + 1]) for i in self.eval_positions(len(events))]
+        texts = [self.separator.join(e.text for e in events[i - w + 1: i + 1])
+                 for i in self.eval_positions(len(events))]
         return events, stats, texts
 
     def _replay(self, user_id: str, events: list[Event], vectors: np.ndarray, threshold: float,

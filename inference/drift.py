@@ -43,7 +43,7 @@ class Calibration:
 
 def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, users: int = CALIBRATION_USERS,
                       seed: int = 0, reason: str | None = None, show_progress_bar: bool = True,
-                      data=None) -> Calibration:
+                      data=None, min_events: int = CALIBRATION_EVENTS) -> Calibration:
     """Uses the model's calibration, or (when it has none, or for ``reason``) calibrates on the card's training
     split (each history without its last two events, the validation and test targets) of sampled users, and says
     so. With ``data`` (the card's data) holding recorded switches, alarms at them are not false."""
@@ -58,7 +58,7 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
                                 "threshold cannot be calibrated on this card; use a smaller --window.")
     # a seeded sample of users, just large enough: twice the events the rate needs, at least CALIBRATION_EVENTS
     order = np.random.default_rng(seed).permutation(eligible)[:users]
-    wanted = max(CALIBRATION_EVENTS, 2 * math.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / target))
+    wanted = max(min_events, 2 * math.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / target))
     enough = int(np.searchsorted(np.cumsum(n_events[order] - 2), wanted)) + 1
     pick = np.sort(order[:enough])
     histories = histories_from_verbaliser(verbaliser, pick, n_events[pick] - 2)

@@ -30,6 +30,8 @@ from interestbert.inference.encode import encode_users
 SHOWN_USERS = 3
 TOP_K = 5
 TAIL_EVENTS = 5
+DRIFT_TARGET = 5.0  # false alarms per 1,000 events (the recorded switches are known here, so not counted)
+DRIFT_CALIBRATION_EVENTS = 4000  # training events the quickstart calibrates on (the CLI's default is 10,000)
 
 
 def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", model: str | None = None,
@@ -44,7 +46,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     options["seed"] = seed
     if limit_users is not None:
         options["n_users"] = limit_users
-    print(f"[1/5] generating synthetic-shop (seed {seed}) into {out / 'data'}")
+    print(f"[1/6] generating synthetic-shop (seed {seed}) into {out / 'data'}")
     synthetic.generate(out / "data", **options)
     data = load_card_data(card, out / "data")
     s = data.stats
@@ -52,7 +54,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
           f"{len(data.switches):,} recorded interest switches")
 
     base_model = model or DEFAULT_BASE_MODEL
-    print(f"[2/5] fine-tuning {base_model} + LoRA and the strategy head (at most {max_steps} steps or "
+    print(f"[2/6] fine-tuning {base_model} + LoRA and the strategy head (at most {max_steps} steps or "
           f"{train_minutes:g} min)")
     args = FinetuneArguments(card=str(card.path.parent), data_dir=str(out / "data"), output_dir=str(out / "model"),
                              model_name_or_path=base_model, overwrite_output_dir=True, max_seq_length=max_seq_length,
@@ -61,7 +63,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
                              head_warmup_epochs=0)  # measured here: test NDCG@10 0.114 without, 0.087 with 30
     results = finetune(args)
 
-    print("[3/5] scoring the untrained base model (zero-shot) on the same test split")
+    print("[3/6] scoring the untrained base model (zero-shot) on the same test split")
     base = InterestEncoder.from_pretrained(base_model, max_seq_length=max_seq_length).merge_adapter()
     verbaliser = Verbaliser(data, base.tokenizer, max_seq_length)
     split = leave_one_out(verbaliser)
@@ -71,21 +73,25 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     print(metrics_table(rows))
 
     tuned = InterestEncoder.from_pretrained(out / "model", max_seq_length=max_seq_length).merge_adapter()
-    print(f"[4/5] encoding {len(verbaliser.users):,} users' current interests with the fine-tuned model")
+    print(f"[4/6] encoding {len(verbaliser.users):,} users' current interests with the fine-tuned model")
     encoded = encode_users(tuned, verbaliser, out / "embeddings", extra_info={"card": card.name,
                                                                                "model": str(out / "model")})
 
-    print(f"[5/5] recommendations: the {TOP_K} unseen items the fine-tuned strategy head scores highest")
     shown = np.linspace(0, len(verbaliser.users) - 1, num=min(SHOWN_USERS, len(verbaliser.users))).round()
+    shown = shown.astype(int)
+    print("[5/6] drift: calibrating the monitor on the training split, then scanning the three users shown below")
+    drift = _scan_drift(tuned, data, verbaliser, shown, out)
+
+    print(f"[6/6] recommendations: the {TOP_K} unseen items the fine-tuned strategy head scores highest")
     sections = []
-    for u in shown.astype(int).tolist():
+    for u in shown.tolist():
         user = verbaliser.users[u]
         lo, hi = int(verbaliser.offsets[u]), int(verbaliser.offsets[u + 1])
         interest = torch.as_tensor(tuned.encode([verbaliser.text(user)]))
         top = tuned.head.topk(interest, k=TOP_K, exclude=[verbaliser.event_items[lo:hi].tolist()])
         recs = [(verbaliser.item_ids[i], verbaliser.item_texts[i]) for i in top.indices[0].tolist()]
         tail = [verbaliser.event_text(user, p) for p in range(max(0, hi - lo - TAIL_EVENTS), hi - lo)]
-        sections.append((user, hi - lo, tail, recs))
+        sections.append((user, hi - lo, tail, recs, drift[user]))
         print(f"\n  user {user} ({hi - lo} events), latest {len(tail)}:")
         for line in tail:
             print(f"    {line}")
@@ -94,18 +100,48 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
             print(f"    {item}  {text}")
 
     seconds = time.perf_counter() - started
-    _write_report(out, data.stats, len(data.switches), base_model, results, rows, encoded, sections, seconds)
+    _write_report(out, data.stats, len(data.switches), base_model, results, rows, encoded, sections, seconds,
+                  drift["_summary"])
     print(f"\ndone in {seconds:.0f} s. Everything is in {out}/:")
     print("  model/            the fine-tuned model, Hub-ready: InterestEncoder.from_pretrained or "
           "SentenceTransformer; all_results.json")
     print("  embeddings/       embeddings.parquet (one interest vector per user) and encode_info.json")
+    print("  drift/            drift timelines (PNG) of the three users; the calibration is in model/interestbert/")
     print("  data/             the generated synthetic-shop files (events.csv, items.csv, switches.csv)")
     print("  report.md         the metrics table and the recommendations (quickstart.json: the figures as JSON)")
     return 0
 
 
+def _scan_drift(encoder, data, verbaliser, users: np.ndarray, out: Path) -> dict:
+    """Calibrates a DriftMonitor on the fine-tuned encoder (saved into the model folder), scans ``users`` and
+    plots their timelines into ``out/drift``. Returns each user's detections and the calibration."""
+    from interestbert.encoder.drift import DriftMonitor, histories_from_verbaliser
+    from interestbert.inference.drift import ensure_calibrated, plot_timeline, switch_table
+
+    from interestbert.encoder.drift import MIN_ALARMS_TO_CALIBRATE
+
+    monitor = DriftMonitor(encoder.encode, separator=verbaliser.separator)
+    usable = int(np.clip(verbaliser.n_events - 2, 0, None).sum())  # a small shop (--limit-users): a higher rate
+    target = max(DRIFT_TARGET, float(np.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / max(usable, 1))))
+    calibration = ensure_calibrated(monitor, verbaliser, target, data=data,
+                                    min_events=DRIFT_CALIBRATION_EVENTS, show_progress_bar=False)
+    monitor.save_pretrained(out / "model")
+    switches = switch_table(data) or {}
+    (out / "drift").mkdir(exist_ok=True)
+    found = {"_summary": calibration.record}
+    for result in monitor.scan_many(histories_from_verbaliser(verbaliser, users)):
+        plot_timeline(result, monitor.config.threshold, out / "drift" / f"{result.user_id}.png",
+                      switches.get(result.user_id))
+        found[result.user_id] = [(e.index, e.explanation) for e in result.events]
+        true = ", ".join(str(p) for p, _ in switches.get(result.user_id, [])) or "none"
+        print(f"  user {result.user_id}: {len(result.events)} detection(s) (recorded switches at events {true})")
+        for index, text in found[result.user_id]:
+            print(f"    at event {index}: {text}")
+    return found
+
+
 def _write_report(out: Path, stats: dict, switches: int, base_model: str, results: dict, rows: dict, encoded,
-                  sections: list, seconds: float) -> None:
+                  sections: list, seconds: float, calibration: dict) -> None:
     lines = [
         "# interestbert quickstart report",
         "",
@@ -122,8 +158,15 @@ def _write_report(out: Path, stats: dict, switches: int, base_model: str, result
         f"Encoding: {encoded.users:,} users at {encoded.users_per_second:.1f} users/s. Total time {seconds:.0f} s.",
         "",
     ]
-    for user, n, tail, recs in sections:
-        lines += [f"## user {user} ({n} events)", "", "Latest events:", ""]
+    lines += [f"Drift: threshold {calibration['threshold']:.4f}, calibrated to "
+              f"{calibration['target_false_alarms_per_1000_events']:g} false alarms per 1,000 events on "
+              f"{calibration['events']:,} training events ({calibration['achieved_false_alarms_per_1000_events']:.2f} "
+              "reached); saved in `model/interestbert/drift.json`.", ""]
+    for user, n, tail, recs, drift in sections:
+        lines += [f"## user {user} ({n} events)", "", f"![drift timeline of {user}](drift/{user}.png)", "",
+                  "Interest shifts detected:", ""]
+        lines += [f"- at event {index}: {text}" for index, text in drift] or ["- none"]
+        lines += ["", "Latest events:", ""]
         lines += [f"- {t}" for t in tail]
         lines += ["", "Recommended:", ""]
         lines += [f"- `{item}` {text}" for item, text in recs]

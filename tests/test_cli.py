@@ -108,6 +108,9 @@ def test_quickstart_with_tiny_model(tiny_bert, tmp_path, capsys):
     assert report.count("## user") == 3 and "users/s" in report
     assert read_embeddings(out / "embeddings")[1].shape == (30, 32)
     assert {p.name for p in (out / "data").iterdir()} == {"events.csv", "items.csv", "switches.csv"}
+    assert len(list((out / "drift").glob("*.png"))) == 3 and "Interest shifts detected" in report
+    calibration = json.loads((out / "model" / "interestbert" / "drift.json").read_text())
+    assert calibration["threshold"] is not None and calibration["calibration"]["with_change_points"]
 
 
 def test_env_prints_versions(capsys):
