@@ -56,6 +56,7 @@ RIVER_GRID = {
               for w in (15, 30)],
 }
 RUPTURES_PENALTIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_ROW = "interestbert DriftMonitor (default: centred)"
 
 
 # ------------------------------------------------------------------------------------------------------ streams
@@ -293,7 +294,6 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder) -> dict:
     # ours: threshold calibrated on calibration control to the best river detector's rate there
     target = max(rows[best_river]["calibration_false_alarms_per_1000"], 0.5)
     encode = CachedEncode(encoder)
-    ours_best = None
     for centre in (True, False):
         monitor = DriftMonitor(encode, DriftConfig(window=spec["window"], stride=spec["stride"], centre=centre),
                                separator=verbaliser.separator, batch_size=128)
@@ -311,8 +311,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder) -> dict:
         result["seconds"] = round(time.perf_counter() - start, 2)
         label = "interestbert DriftMonitor" + (" (default: centred)" if centre else " (raw distance)")
         rows[label] = result
-        if ours_best is None or result["f1"] > rows[ours_best]["f1"]:
-            ours_best = label
+    ours_best = DEFAULT_ROW  # the headline is the default configuration, whichever variant scored higher here
     result = rows[ours_best]
     f1_ratio = result["f1"] / max(rows[best_river]["f1"], 1e-12)
     return {"dataset": name, "streams": {k: {"spliced": len(v["spliced"]), "control": len(v["control"])}
@@ -345,6 +344,14 @@ def streaming_cost(encoder, n_events: int = 600) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 2), "encoder_calls": int(np.sum(lat > 1.0))}
 
 
+def headline(result: dict) -> dict:
+    """The default configuration as our headline row, and its F1 over the best river detector's."""
+    result["best_ours"] = DEFAULT_ROW
+    best = result["rows"][result["best_river"]]["f1"]
+    result["f1_vs_best_river"] = round(result["rows"][DEFAULT_ROW]["f1"] / max(best, 1e-12), 3)
+    return result
+
+
 def markdown(results: list[dict], cost: dict | None) -> str:
     lines = ["| dataset | detector | precision | recall | F1 | mean delay (events) | false alarms / 1,000 "
              "(control) | parameters |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -373,8 +380,18 @@ def main(argv=None) -> int:
     parser.add_argument("--streams", type=int, default=150, help="Spliced (and control) streams per split.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cost", action="store_true", help="Skip the streaming-cost measurement.")
+    parser.add_argument("--report-only", action="store_true", help="Rebuild drift.md from the saved JSON files.")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.report_only:
+        done = [headline(json.loads((out / f"{n}.json").read_text()))
+                for n in DATASETS if (out / f"{n}.json").is_file()]
+        saved = out / "streaming_cost.json"
+        cost = json.loads(saved.read_text()) if saved.is_file() else None
+        atomic_write_text(out / "drift.json", json.dumps({"datasets": done, "streaming_cost": cost}, indent=2) + "\n")
+        atomic_write_text(out / "drift.md", markdown(done, cost))
+        print(markdown(done, cost))
+        return 0
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=128).merge_adapter()
     command = "python benchmarks/drift.py " + " ".join(argv if argv is not None else sys.argv[1:])
     hardware = f"{platform.processor() or platform.machine()}, torch threads {__import__('torch').get_num_threads()}"

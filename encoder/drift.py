@@ -222,7 +222,8 @@ class DriftMonitor:
 
     def eval_positions(self, n_events: int) -> range:
         """Event indices after which the monitor embeds the newest window: every ``stride``-th event once a window
-        is full. Scores start once a full earlier window exists (from event ``2 * window - 1`` on)."""
+        is full. Distances start once a full earlier window exists (event ``2 * window - 1``); centred scores
+        after `MIN_DISTANCES` distances more."""
         return range(_first_eval(self.config.window, self.config.stride), n_events, self.config.stride)
 
     def _plan(self, history: History) -> tuple[list[Event], tuple[int, int], list[str]]:
