@@ -48,12 +48,13 @@ DATASETS = {
     "amazon-office": dict(folder="amazon-office-2014-5core", window=4, stride=2, part=(10, 20)),
     "amazon-beauty": dict(folder="amazon-beauty-10core", window=4, stride=2, part=(10, 20)),
 }
-RIVER_GRID = {
-    "ADWIN": [dict(delta=d, clock=1, min_window_length=3, grace_period=5) for d in (0.5, 0.3, 0.1, 0.03, 0.01, 0.002)],
-    "PageHinkley": [dict(min_instances=5, delta=d, threshold=t, mode="up") for d in (0.005, 0.05, 0.1)
-                    for t in (0.3, 0.6, 1.0, 2.0, 4.0)],
-    "KSWIN": [dict(alpha=a, window_size=w, stat_size=w // 3, seed=0) for a in (0.05, 0.01, 0.003, 0.001)
-              for w in (15, 30)],
+RIVER_GRID = {  # wide enough that the picked value is inside the grid, not at its edge
+    "ADWIN": [dict(delta=d, clock=1, min_window_length=3, grace_period=5)
+              for d in (0.99, 0.9, 0.7, 0.5, 0.3, 0.1, 0.03, 0.01, 0.002)],
+    "PageHinkley": [dict(min_instances=5, delta=d, threshold=t, mode="up") for d in (0.0, 0.005, 0.05, 0.1)
+                    for t in (0.05, 0.1, 0.15, 0.2, 0.3, 0.6, 1.0, 2.0, 4.0)],
+    "KSWIN": [dict(alpha=a, window_size=w, stat_size=w // 3, seed=0) for a in (0.3, 0.1, 0.05, 0.01, 0.003, 0.001)
+              for w in (9, 15, 30)],
 }
 RUPTURES_PENALTIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_ROW = "interestbert DriftMonitor (default: centred)"
