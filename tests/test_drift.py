@@ -211,3 +211,30 @@ def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_
     still = recs[recs.short_term_weight == 0].user_id.unique()  # no drift: the same list as long-only
     for user in still:
         assert list(recs[recs.user_id == user].item_id) == list(plain_recs[plain_recs.user_id == user].item_id)
+
+
+def test_end_of_history_score_is_the_monitor_score_at_the_newest_event(tiny_bert, synthetic_data):
+    from transformers import AutoTokenizer
+
+    from interestbert.encoder import Verbaliser
+    from interestbert.inference.recommend import TAIL, user_vectors
+
+    class Encoder:
+        encode = staticmethod(bag_of_words)
+
+    verbaliser = Verbaliser(synthetic_data, AutoTokenizer.from_pretrained(str(tiny_bert)), 128)
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=10.0),
+                           separator=verbaliser.separator)
+    users = np.flatnonzero(verbaliser.n_events >= 2 * 4 + TAIL + 1)[:6]
+    ends = np.asarray([9, 10, 17, 18, 2 * 4 + TAIL, 2 * 4 + TAIL + 1])  # odd and even lengths, inside the tail
+    vectors = user_vectors(Encoder(), verbaliser, monitor, users, ends)
+    for k, history in enumerate(histories_from_verbaliser(verbaliser, users, ends)):
+        # the newest event is evaluated in a scan that starts where the tail does
+        first = monitor.eval_positions(1 << 30).start
+        shift = (len(history.events) - 1 - first) % 2
+        scan = monitor.scan(History(history.user_id, history.events[shift:]))
+        assert scan.indices[-1] == len(history.events) - shift - 1
+        np.testing.assert_allclose(vectors.score[k], scan.scores[-1], equal_nan=True)
+    assert np.isnan(vectors.score[0])  # 9 events: too few for a centred score
+    assert not np.isnan(vectors.score[-1])
+    np.testing.assert_allclose(np.linalg.norm(vectors.long, axis=1), 1, atol=1e-5)
