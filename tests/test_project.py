@@ -42,8 +42,9 @@ def test_public_api_of_the_encoder_package():
     import interestbert.encoder as encoder
 
     assert sorted(encoder.__all__) == sorted([
-        "DEFAULT_BASE_MODEL", "CardData", "DataCard", "DataCardError", "InterestBertError", "InterestEncoder",
-        "LoraOptions", "Verbaliser", "available_cards", "load_card", "load_card_data"])
+        "DEFAULT_BASE_MODEL", "CardData", "DataCard", "DataCardError", "DriftConfig", "DriftEvent", "DriftMonitor",
+        "Event", "History", "InterestBertError", "InterestEncoder", "LoraOptions", "StrategyHead", "Verbaliser",
+        "available_cards", "histories_from_verbaliser", "load_card", "load_card_data"])
     for name in encoder.__all__:
         assert getattr(encoder, name) is not None
 
