@@ -176,27 +176,28 @@ def plot_timeline(result: ScanResult, threshold: float, path: Path, switches: li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 4.6), dpi=110)
     ok = ~np.isnan(result.scores)  # NaN (no reference yet, or just after a detection) breaks the line
     ax.plot(result.indices, result.scores, color="#1f77b4", lw=1.6, marker=".", ms=4,
-            label="drift score (1 - cosine, recent window vs earlier interest)")
+            label="drift score (distance of the recent window from earlier interest, above the user's usual)")
     ax.axhline(threshold, color="#d62728", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
     top = max(threshold * 1.9, float(np.nanmax(result.scores)) * 1.35 if ok.any() else threshold * 1.9)
     for k, (point, label) in enumerate(switches or []):
         ax.axvline(point, color="#2ca02c", ls=":", lw=1.6, label="true switch" if k == 0 else None)
-        ax.text(point, top * 0.02, f" {label}", color="#2ca02c", fontsize=7, rotation=90, va="bottom")
+        ax.text(point, top * 0.55, f" {label}", color="#2ca02c", fontsize=7, rotation=90, va="bottom")
     for k, event in enumerate(result.events):
         ax.plot([event.index], [event.score], marker="v", ms=10, color="#d62728", ls="none",
                 label="detection" if k == 0 else None)
         text = "\n".join(textwrap.wrap(event.explanation, 28))
         ax.annotate(text, (event.index, event.score), xytext=(4, 10 + 26 * (k % 2)), textcoords="offset points",
                     fontsize=7, color="#8c1c13", bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#d62728", lw=0.6))
+    bottom = min(0.0, float(np.nanmin(result.scores))) if ok.any() else 0.0  # centred scores go below 0
     ax.set_xlim(0, max(result.n_events, 1))
-    ax.set_ylim(0, top)
+    ax.set_ylim(bottom - 0.05 * (top - bottom), top)
     ax.set_xlabel("event index in the user's history (oldest = 0)")
     ax.set_ylabel("drift score")
     ax.set_title(title or f"user {result.user_id}: {result.n_events} events, {len(result.events)} detection(s)")
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=7, frameon=False)
     ax.grid(alpha=0.25)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
