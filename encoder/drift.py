@@ -103,7 +103,7 @@ class DriftConfig:
     threshold: float | None = None
     explain_terms: int = 3
     centre: bool = True  # score = distance minus the mean of the segment's earlier distances (the user's own level)
-    alpha_max: float = 0.5  # drift-aware recommendation: the short-term weight at and above the threshold
+    alpha_max: float = 0.25  # drift-aware recommendation: the short-term weight at and above the threshold
     calibration: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="A model folder saved by `interestbert finetune` (or an id).")
     p.add_argument("--output", required=True, help="The Parquet file to write (user_id, rank, item_id, score, ...).")
     p.add_argument("--k", type=int, default=10, help="Items per user (default 10).")
-    p.add_argument("--drift-aware", action=argparse.BooleanOptionalAction, default=True,
-                   help="Blend in the recent window as the drift score rises (default) or use long-term interest "
-                        "only.")
+    p.add_argument("--drift-aware", action=argparse.BooleanOptionalAction, default=False,
+                   help="Blend in the recent window as the drift score rises, or use long-term interest only (the "
+                        "default: on the benchmark the blend did not beat it, see README).")
     p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
     _add_drift_args(p)
     p.set_defaults(func=_cmd_recommend)

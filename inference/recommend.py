@@ -27,7 +27,6 @@ from interestbert.encoder.head import mask_seen
 
 TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
 RECENT = 20  # "a detection in the last RECENT events" marks a user as recently drifted
-DEFAULT_ALPHA_MAX = 0.5
 CHUNK = 256
 
 
@@ -66,8 +65,12 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
 
 
 def short_term_weight(score: np.ndarray, threshold: float, alpha_max: float) -> np.ndarray:
-    """``a = alpha_max * clip(score / threshold, 0, 1)``; 0 where the score is unknown (NaN)."""
-    return (alpha_max * np.clip(np.nan_to_num(score, nan=0.0) / threshold, 0.0, 1.0)).astype(np.float32)
+    """``a = alpha_max * clip(score / threshold, 0, 1)``; 0 where the score is unknown (NaN). A threshold at or
+    below 0 (centred scores can calibrate there) makes it a step: ``alpha_max`` at or above the threshold."""
+    score = np.nan_to_num(score, nan=-np.inf)
+    if threshold <= 0:
+        return np.where(score >= threshold, alpha_max, 0.0).astype(np.float32)
+    return (alpha_max * np.clip(score / threshold, 0.0, 1.0)).astype(np.float32)
 
 
 def blend(vectors: UserVectors, threshold: float, alpha_max: float) -> np.ndarray:

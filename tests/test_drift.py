@@ -197,7 +197,7 @@ def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_
     out = tmp_path / "recs.parquet"
     base = ["recommend", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
             "--k", "5", "--limit-users", "12", "--window", "6", "--target-false-alarms", "20"]
-    assert main(base + ["--output", str(out)]) == 0
+    assert main(base + ["--output", str(out), "--drift-aware"]) == 0
     recs = pq.read_table(out).to_pandas()
     assert len(recs) == 60 and recs.groupby("user_id").size().eq(5).all()
     events = synthetic_data.events.to_pandas()
@@ -205,7 +205,7 @@ def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_
         assert not set(group.item_id) & set(events[events.user_id == user].item_id)
     assert recs.short_term_weight.between(0, 1).all()
     plain = tmp_path / "plain.parquet"
-    assert main(base + ["--output", str(plain), "--no-drift-aware"]) == 0
+    assert main(base + ["--output", str(plain)]) == 0  # the default: long-term interest only
     plain_recs = pq.read_table(plain).to_pandas()
     assert (plain_recs.short_term_weight == 0).all() and len(plain_recs) == 60
     still = recs[recs.short_term_weight == 0].user_id.unique()  # no drift: the same list as long-only
