@@ -124,7 +124,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_drift_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help="Events in the short-term window (default: the model's "
-                                                             "calibration, else 8).")
+                                                             "calibration, else 4).")
     p.add_argument("--stride", type=int, default=None, help="Evaluate every N events (default: 2).")
     p.add_argument("--target-false-alarms", type=float, default=None, metavar="PER_1000",
                    help="Alarms per 1,000 events when calibrating (default 2).")

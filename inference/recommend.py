@@ -4,11 +4,12 @@ For each user, at the end of the history (or of a prefix, for evaluation):
 
 - ``long``: the embedding of the whole verbalised history (what the strategy head is trained on);
 - ``short``: the embedding of the newest ``window`` events, the DriftMonitor's view of the present;
-- the drift score: the monitor's score at the newest event, from a scan of the last ``window + TAIL`` events;
+- the drift score: the monitor's score at the newest event, from a scan of the last ``2 * window + TAIL`` events
+  (its reference is the long-term interest within that tail, not the whole history);
 
 and the interest vector is ``normalize(a * short + (1 - a) * long)`` with ``a = alpha_max * min(1, score /
-threshold)``: long-term only while nothing drifts (score 0 gives ``a = 0``), up to ``alpha_max`` of short-term when
-the score reaches the calibrated threshold. Items are then scored by the model's strategy head (or, for a model
+threshold)``: long-term only while nothing drifts (score 0 gives ``a = 0``; see `short_term_weight` for a threshold
+at or below 0), up to ``alpha_max`` of short-term when the score reaches the calibrated threshold. Items are then scored by the model's strategy head (or, for a model
 without one, by cosine to the item texts), the user's seen items excluded.
 """
 
@@ -36,7 +37,7 @@ class UserVectors:
 
     long: np.ndarray  # (n, dim)
     short: np.ndarray  # (n, dim)
-    score: np.ndarray  # (n,) NaN where the history is shorter than two windows
+    score: np.ndarray  # (n,) NaN where the tail holds too few events for a score
     recent_detection: np.ndarray  # (n,) bool: a detection among the last RECENT events
 
 
