@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
