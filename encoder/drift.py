@@ -394,7 +394,7 @@ class DriftMonitor:
             after = [e.item_text for e in recent[-w:]]
             before = [e.item_text for e in recent[:-w]]
             moved_from, moved_to = explain(before, after, self.config.explain_terms) if explain_events else ((), ())
-            detection = DriftEvent(user_id, i, int(event.timestamp), round(score, 6), i - w + 1, moved_from, moved_to)
+            detection = DriftEvent(user_id, i, int(event.timestamp), score, i - w + 1, moved_from, moved_to)
             state.pending.clear()  # a new segment starts with the newest window
             state.ref_sum, state.ref_count = None, 0
             state.dist_n, state.dist_mean = 0, 0.0
