@@ -31,13 +31,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.drift import DriftConfig, DriftMonitor, Event, History, histories_from_verbaliser
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
+from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
+from interestbert.inference.drift import switch_points
 
 MARGIN = 10
 # per dataset: folder, the monitor's window/stride (the defaults everywhere), and the lengths of A's and B's
@@ -101,7 +104,7 @@ def make_streams(histories: list[History], part: tuple[int, int], n: int, rng) -
     return out
 
 
-def synthetic_streams(n: int, rng):
+def synthetic_streams(n: int):
     """synthetic-shop, seed 1: users with their recorded switches; control = the same generator's users cut before
     their first switch (no change inside)."""
     import tempfile
@@ -110,8 +113,7 @@ def synthetic_streams(n: int, rng):
 
     folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
     synthetic.generate(folder, seed=1, n_users=max(9 * n, 900), n_items=1500)
-    data = load_card_data(load_card("synthetic-shop"), folder)
-    return data, folder
+    return load_card_data(load_card("synthetic-shop"), folder)
 
 
 def synthetic_split(histories: list[History], switches: dict[str, list[int]], n: int, window: int, rng) -> dict:
@@ -243,16 +245,13 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder) -> dict:
     spec = DATASETS[name]
     rng = np.random.default_rng(seed)
     if spec["folder"] is None:
-        data, _ = synthetic_streams(n, rng)
+        data = synthetic_streams(n)
     else:
         data = load_card_data(name, data_dir / spec["folder"])
     verbaliser = Verbaliser(data, encoder.tokenizer, 128)
     histories = histories_from_verbaliser(verbaliser)
     if spec["folder"] is None:
-        switches: dict[str, list[int]] = {}
-        for u, i in zip(data.switches["user_id"], data.switches["event_index"]):
-            switches.setdefault(u, []).append(int(i))
-        sets = synthetic_split(histories, switches, n, spec["window"], rng)
+        sets = synthetic_split(histories, switch_points(data), n, spec["window"], rng)
     else:
         sets = make_streams(histories, spec["part"], n, rng)
     all_streams = [h for s in sets.values() for h in s["spliced"] + s["control"]]
@@ -384,34 +383,23 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true", help="Rebuild drift.md from the saved JSON files.")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.report_only:
-        done = [headline(json.loads((out / f"{n}.json").read_text()))
-                for n in DATASETS if (out / f"{n}.json").is_file()]
-        saved = out / "streaming_cost.json"
-        cost = json.loads(saved.read_text()) if saved.is_file() else None
-        atomic_write_text(out / "drift.json", json.dumps({"datasets": done, "streaming_cost": cost}, indent=2) + "\n")
-        atomic_write_text(out / "drift.md", markdown(done, cost))
-        print(markdown(done, cost))
-        return 0
-    encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=128).merge_adapter()
-    command = "python benchmarks/drift.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    hardware = f"{platform.processor() or platform.machine()}, torch threads {__import__('torch').get_num_threads()}"
-    results = []
-    for name in args.datasets:
-        started = time.perf_counter()
-        result = run_dataset(name, Path(args.data_dir), args.streams, args.seed, encoder)
-        result.update(seconds=round(time.perf_counter() - started), command=command,
-                      date=dt.date.today().isoformat(), hardware=hardware)
-        atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
-        results.append(result)
-        print(markdown([result], None), flush=True)
-    cost = None if args.no_cost else streaming_cost(encoder)
-    if cost:
-        atomic_write_text(out / "streaming_cost.json", json.dumps(cost, indent=2) + "\n")
-    done = [json.loads((out / f"{n}.json").read_text()) for n in DATASETS if (out / f"{n}.json").is_file()]
-    if cost is None and (out / "streaming_cost.json").is_file():
-        cost = json.loads((out / "streaming_cost.json").read_text())
-    atomic_write_text(out / "drift.json", json.dumps({"datasets": done, "streaming_cost": cost}, indent=2) + "\n")
+    if not args.report_only:
+        encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=128).merge_adapter()
+        command = "python benchmarks/drift.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        hardware = f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
+        for name in args.datasets:
+            started = time.perf_counter()
+            result = run_dataset(name, Path(args.data_dir), args.streams, args.seed, encoder)
+            result.update(seconds=round(time.perf_counter() - started), command=command,
+                          date=dt.date.today().isoformat(), hardware=hardware)
+            write_json(out / f"{name}.json", result)
+            print(markdown([result], None), flush=True)
+        if not args.no_cost:
+            write_json(out / "streaming_cost.json", streaming_cost(encoder))
+    done = [headline(r) for r in read_results(out, DATASETS)]
+    saved = out / "streaming_cost.json"
+    cost = json.loads(saved.read_text()) if saved.is_file() else None
+    write_json(out / "drift.json", {"datasets": done, "streaming_cost": cost})
     atomic_write_text(out / "drift.md", markdown(done, cost))
     print(markdown(done, cost))
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.drift import DriftConfig, DriftMonitor
 from interestbert.encoder.files import atomic_write_text
+from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.data import leave_one_out
@@ -114,10 +114,10 @@ def main(argv=None) -> int:
     for name in args.datasets:
         result = run_dataset(name, Path(args.data_dir), Path(args.models) if args.models else None, args.limit_users)
         result.update(command=command, date=dt.date.today().isoformat())
-        atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
-    done = [json.loads((out / f"{n}.json").read_text()) for n in FOLDERS if (out / f"{n}.json").is_file()]
-    atomic_write_text(out / "drift_aware.json", json.dumps(done, indent=2) + "\n")
+    done = read_results(out, FOLDERS)
+    write_json(out / "drift_aware.json", done)
     atomic_write_text(out / "drift_aware.md", markdown(done))
     return 0
 

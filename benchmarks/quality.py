@@ -31,6 +31,7 @@ import torch
 
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.files import atomic_write_text
+from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
@@ -175,10 +176,10 @@ def main(argv=None) -> int:
                              Path(args.sasrec_dir) if args.sasrec_dir else None, args.head_warmup_epochs,
                              args.train_minutes)
         result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
-        atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
-    done = [json.loads((out / f"{n}.json").read_text()) for n in DATASETS if (out / f"{n}.json").is_file()]
-    atomic_write_text(out / "quality.json", json.dumps(done, indent=2) + "\n")
+    done = read_results(out, DATASETS)
+    write_json(out / "quality.json", done)
     atomic_write_text(out / "quality.md", markdown(done))
     return 0
 

@@ -19,12 +19,13 @@ terms whose share fell most are what the user moved *from*, those whose share ro
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,12 @@ class DriftMonitor:
     def __init__(self, encode: Callable[[list[str]], np.ndarray], config: DriftConfig | None = None,
                  separator: str = "\n", batch_size: int = 64):
         self.encode_fn = encode
+        try:
+            params = inspect.signature(encode).parameters
+        except (TypeError, ValueError):  # some builtins have no signature
+            params = {}
+        self._plain_encode = not ({"batch_size", "show_progress_bar"} <= params.keys()
+                                  or any(p.kind is p.VAR_KEYWORD for p in params.values()))
         self.config = config or DriftConfig()
         self.separator = separator
         self.batch_size = batch_size
@@ -187,10 +194,7 @@ class DriftMonitor:
             except (ValueError, TypeError) as err:
                 raise InterestBertError(f"{path}: not a drift calibration ({err}); delete it and calibrate "
                                         "again.") from None
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        config.__post_init__()
-        return cls(encode, config, separator)
+        return cls(encode, replace(config, **overrides), separator)
 
     def save_pretrained(self, model_dir: str | Path) -> Path:
         """Writes the calibration to ``model_dir/interestbert/drift.json``."""
@@ -213,18 +217,19 @@ class DriftMonitor:
         threshold = self._threshold()
         plans = [self._plan(h) for h in histories]
         vectors = self._encode([text for _, _, texts in plans for text in texts], show_progress_bar)
-        results, start = [], 0
-        for history, (events, stats, texts) in zip(histories, plans):
-            block = vectors[start: start + len(texts)]
-            start += len(texts)
-            results.append(self._replay(history.user_id, events, block, threshold, stats))
-        return results
+        return [self._replay(h.user_id, events, block, threshold, stats)
+                for h, (events, stats, _), block in zip(histories, plans, _split(vectors, plans))]
 
     def eval_positions(self, n_events: int) -> range:
         """Event indices after which the monitor embeds the newest window: every ``stride``-th event once a window
         is full. Distances start once a full earlier window exists (event ``2 * window - 1``); centred scores
         after `MIN_DISTANCES` distances more."""
-        return range(_first_eval(self.config.window, self.config.stride), n_events, self.config.stride)
+        return range(self.first_evaluated, n_events, self.config.stride)
+
+    @property
+    def first_evaluated(self) -> int:
+        """The first event index at which the newest window is embedded (then every ``stride`` events)."""
+        return _first_eval(self.config.window, self.config.stride)
 
     def _plan(self, history: History) -> tuple[list[Event], tuple[int, int], list[str]]:
         events, stats = sort_events(history.events)
@@ -269,8 +274,8 @@ class DriftMonitor:
         state.recent.append(event)
         state.n += 1
         i = state.n - 1
-        w, s = self.config.window, self.config.stride
-        if i < _first_eval(w, s) or (i - _first_eval(w, s)) % s:
+        w, first = self.config.window, self.first_evaluated
+        if i < first or (i - first) % self.config.stride:
             return None
         text = self.separator.join(e.text for e in list(state.recent)[-w:])
         vector = self._encode([text], False)[0]
@@ -318,25 +323,22 @@ class DriftMonitor:
                                     f"but a rate of {target:g} false alarms per 1,000 events needs at least "
                                     f"{needed:,} events; pass more histories or a higher target.")
         vectors = self._encode([text for _, _, texts in plans for text in texts], show_progress_bar)
-        blocks, start = [], 0
-        for _, _, texts in plans:
-            blocks.append(vectors[start: start + len(texts)])
-            start += len(texts)
+        blocks = _split(vectors, plans)
         truth = {u: sorted(int(p) for p in points) for u, points in (change_points or {}).items()}
 
+        def replay_all(threshold: float) -> list[ScanResult]:
+            return [self._replay(h.user_id, events, block, threshold, stats, explain_events=False)
+                    for h, (events, stats, _), block in zip(histories, plans, blocks)]
+
         def false_rate(threshold: float) -> float:
-            false = 0
-            for history, (events, stats, _), block in zip(histories, plans, blocks):
-                result = self._replay(history.user_id, events, block, threshold, stats, explain_events=False)
-                false += count_false_alarms([e.index for e in result.events], truth.get(history.user_id, []),
-                                            margin)
+            false = sum(count_false_alarms([e.index for e in r.events], truth.get(r.user_id, []), margin)
+                        for r in replay_all(threshold))
             return 1000 * false / n_events
 
         # the rate falls as the threshold rises (a reset after each alarm makes it only roughly monotone, so
-        # bisect on the score grid and keep the lowest threshold seen to meet the target)
-        highest = max((float(np.nanmax(r.scores)) for (events, stats, _), block, h in zip(plans, blocks, histories)
-                       for r in [self._replay(h.user_id, events, block, math.inf, stats, explain_events=False)]
-                       if np.isfinite(r.scores).any()), default=1.0)
+        # bisect and keep the lowest threshold seen to meet the target)
+        scored = [r.scores[np.isfinite(r.scores)] for r in replay_all(math.inf)]
+        highest = max((float(x.max()) for x in scored if len(x)), default=1.0)
         lo, hi = -1.0, highest + 1e-6  # at `hi` nothing crosses (centred scores can be below 0)
         best = hi
         for _ in range(30):
@@ -364,10 +366,9 @@ class DriftMonitor:
     def _encode(self, texts: list[str], show_progress_bar: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        try:
-            out = self.encode_fn(texts, batch_size=self.batch_size, show_progress_bar=show_progress_bar)
-        except TypeError:  # a plain callable of texts
-            out = self.encode_fn(texts)
+        if self._plain_encode:  # a callable of texts alone
+            return np.asarray(self.encode_fn(texts), dtype=np.float32)
+        out = self.encode_fn(texts, batch_size=self.batch_size, show_progress_bar=show_progress_bar)
         return np.asarray(out, dtype=np.float32)
 
     def _step(self, user_id: str, state: _UserState, event: Event, vector: np.ndarray, threshold: float,
@@ -400,6 +401,12 @@ class DriftMonitor:
             state.dist_n, state.dist_mean = 0, 0.0
         state.pending.append((i, vector))
         return score, detection
+
+
+def _split(vectors: np.ndarray, plans: list) -> list[np.ndarray]:
+    """The rows of ``vectors`` (all plans' window texts, in order) cut back into one block per plan."""
+    ends = np.cumsum([len(texts) for _, _, texts in plans], dtype=np.int64)
+    return [vectors[end - len(texts): end] for (_, _, texts), end in zip(plans, ends.tolist())]
 
 
 def _first_eval(window: int, stride: int) -> int:

@@ -70,6 +70,16 @@ def rank_examples(
 
 
 @torch.no_grad()
+def score_items(encoder: InterestEncoder, interest, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """``(n, n_items)`` scores of interest vectors: the strategy head's ``A · interest + b'``, or, for a model
+    without a head, the cosine to ``item_vectors`` (the item texts' embeddings)."""
+    x = torch.as_tensor(interest).float()
+    if encoder.head is not None:
+        return encoder.head(x.to(encoder.head.weight.device))
+    return x.to(item_vectors.device) @ item_vectors.T
+
+
+@torch.no_grad()
 def ranks_for_interest(encoder: InterestEncoder, verbaliser: Verbaliser, examples: Examples, interest,
                        item_vectors: torch.Tensor | None = None) -> np.ndarray:
     """0-based target ranks for given interest vectors ``(len(examples), dim)`` (one per example): the strategy
@@ -79,11 +89,7 @@ def ranks_for_interest(encoder: InterestEncoder, verbaliser: Verbaliser, example
     out = []
     for lo in range(0, len(examples), EVAL_CHUNK):
         chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
-        x = torch.as_tensor(interest[lo: lo + EVAL_CHUNK]).float()
-        if encoder.head is not None:
-            scores = encoder.head(x.to(encoder.head.weight.device))  # (chunk, n_items)
-        else:
-            scores = x.to(item_vectors.device) @ item_vectors.T  # (chunk, n_items)
+        scores = score_items(encoder, interest[lo: lo + EVAL_CHUNK], item_vectors)  # (chunk, n_items)
         mask_seen(scores, seen_items(verbaliser, chunk))
         out.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

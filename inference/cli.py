@@ -156,17 +156,13 @@ def _drift_monitor(args, data, encoder, verbaliser):
         raise InterestBertError(f"--target-false-alarms is {args.target_false_alarms}; it must be > 0.")
     overrides = {k: v for k, v in (("window", args.window), ("stride", args.stride)) if v is not None}
     folder = _model_folder(args.model)
+    saved = DriftMonitor.from_pretrained(folder, encoder.encode).config if folder is not None else DriftConfig()
+    changed = any(getattr(saved, k) != v for k, v in overrides.items())
     try:
-        if folder is not None:
-            monitor = DriftMonitor.from_pretrained(folder, encoder.encode, verbaliser.separator)
-            changed = any(getattr(monitor.config, k) != v for k, v in overrides.items())
-            for k, v in overrides.items():
-                setattr(monitor.config, k, v)
-            monitor.config.__post_init__()
-        else:
-            monitor, changed = DriftMonitor(encoder.encode, DriftConfig(**overrides), verbaliser.separator), False
+        config = dataclasses.replace(saved, **overrides)  # validates the options
     except ValueError as err:
         raise InterestBertError(f"drift options: {err}") from None
+    monitor = DriftMonitor(encoder.encode, config, verbaliser.separator)
     monitor.batch_size = args.batch_size
     reason = None
     if args.calibrate:

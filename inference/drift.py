@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, DriftMonitor, History, ScanResult,
                                         count_false_alarms, histories_from_verbaliser)
 from interestbert.encoder.errors import InterestBertError
-from interestbert.encoder.files import atomic_write_text
+from interestbert.encoder.files import atomic_write, atomic_write_text
 
 MARGIN = 10  # a detection within this many events after a true switch is a hit
 DEFAULT_TARGET = 2.0  # false alarms per 1,000 events when calibrating on the fly
@@ -63,12 +63,11 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     pick = np.sort(order[:enough])
     histories = histories_from_verbaliser(verbaliser, pick, n_events[pick] - 2)
     why = reason or "the model has no drift calibration"
-    switches = switch_table(data) if data is not None else None
+    switches = switch_points(data) if data is not None else None
     known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
     print(f"calibrating the drift threshold ({why}): {target:g} false alarms per 1,000 events on the training "
           f"split of {len(pick):,} users{known}")
-    change_points = None if switches is None else {h.user_id: [p for p, _ in switches.get(h.user_id, [])]
-                                                    for h in histories}
+    change_points = None if switches is None else {h.user_id: switches.get(h.user_id, []) for h in histories}
     record = monitor.calibrate(histories, target, change_points=change_points, margin=MARGIN,
                                show_progress_bar=show_progress_bar)
     print(f"  threshold {record['threshold']:.4f} ({record['achieved_false_alarms_per_1000_events']:.2f} alarms "
@@ -103,9 +102,7 @@ def write_events(results: list[ScanResult], path: Path) -> None:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def summarise(results: list[ScanResult], monitor: DriftMonitor, calibration: Calibration,
@@ -200,10 +197,10 @@ def plot_timeline(result: ScanResult, threshold: float, path: Path, switches: li
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=7, frameon=False)
     ax.grid(alpha=0.25)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def pick_plot_users(results: list[ScanResult], switches: dict | None, k: int) -> list[ScanResult]:
@@ -211,6 +208,12 @@ def pick_plot_users(results: list[ScanResult], switches: dict | None, k: int) ->
     def key(r: ScanResult):
         return (-(bool(r.events) and bool((switches or {}).get(r.user_id))), -bool(r.events), r.user_id)
     return sorted(results, key=key)[:k]
+
+
+def switch_points(data) -> dict[str, list[int]] | None:
+    """The card's recorded switches per user as event indices, when the data has them."""
+    table = switch_table(data)
+    return None if table is None else {u: [p for p, _ in v] for u, v in table.items()}
 
 
 def switch_table(data) -> dict[str, list[tuple[int, str]]] | None:
@@ -237,7 +240,7 @@ def run_drift(data, verbaliser, monitor: DriftMonitor, calibration: Calibration,
     results = monitor.scan_many(histories, show_progress_bar=True)
     switches = switch_table(data)
     summary = summarise(results, monitor, calibration,
-                        None if switches is None else {u: [p for p, _ in v] for u, v in switches.items()})
+                        switch_points(data))
     write_scores(results, out / "scores.parquet")
     write_events(results, out / "events.parquet")
     atomic_write_text(out / "summary.json", json.dumps(dict(summary, card=data.card.name, model=model_name),

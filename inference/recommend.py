@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from interestbert.encoder.drift import DriftMonitor, histories_from_verbaliser
+from interestbert.encoder.drift import DriftMonitor, History, histories_from_verbaliser
+from interestbert.encoder.files import atomic_write
 from interestbert.encoder.head import mask_seen
+from interestbert.finetune.evaluate import score_items
 
 TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
 RECENT = 20  # "a detection in the last RECENT events" marks a user as recently drifted
@@ -52,12 +53,12 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
     short_texts = [monitor.separator.join(e.text for e in h.events[-w:]) for h in histories]
     short = encoder.encode(short_texts, batch_size=batch_size, show_progress_bar=False)
     # the drift scan of each tail, cut so that the newest event falls on the stride's grid and is evaluated
-    first, stride = monitor.eval_positions(1 << 30).start, monitor.config.stride
+    first, stride = monitor.first_evaluated, monitor.config.stride
     tails = []
     for h in histories:
         events = h.events[-(TAIL + 2 * w):]
         shift = (len(events) - 1 - first) % stride if len(events) - 1 >= first else 0
-        tails.append(type(h)(h.user_id, events[shift:]))
+        tails.append(History(h.user_id, events[shift:]))
     scans = monitor.scan_many(tails, show_progress_bar=show_progress_bar)
     score = np.asarray([r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan
                         for r in scans], dtype=np.float32)
@@ -81,15 +82,6 @@ def blend(vectors: UserVectors, threshold: float, alpha_max: float) -> np.ndarra
     return mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
 
 
-@torch.no_grad()
-def item_scores(encoder, interest: np.ndarray, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-    """``(n, n_items)`` scores: the strategy head, or cosine to the item texts for a model without one."""
-    x = torch.as_tensor(interest, dtype=torch.float32)
-    if encoder.head is not None:
-        return encoder.head(x.to(encoder.head.weight.device)).float().cpu()
-    return x @ item_vectors.cpu().T
-
-
 def strategies(vectors: UserVectors, threshold: float, alpha_max: float) -> dict[str, np.ndarray]:
     """The interest vectors of the three strategies compared by the benchmark."""
     return {"long-only": vectors.long, "short-only": vectors.short,
@@ -102,7 +94,7 @@ def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: i
     top_items, top_scores = [], []
     for lo in range(0, len(users), CHUNK):
         rows = users[lo: lo + CHUNK]
-        scores = item_scores(encoder, interest[lo: lo + CHUNK], item_vectors)
+        scores = score_items(encoder, interest[lo: lo + CHUNK], item_vectors).float().cpu()
         seen = [np.unique(verbaliser.event_items[verbaliser.offsets[u]: verbaliser.offsets[u + 1]]).tolist()
                 for u in rows.tolist()]
         mask_seen(scores, seen)
@@ -125,8 +117,4 @@ def write_recommendations(path: str | os.PathLike, verbaliser, users: np.ndarray
         "drift_score": pa.array(np.repeat(drift, k), pa.float32()),
         "short_term_weight": pa.array(np.repeat(alpha, k), pa.float32()),
     })
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))

@@ -230,7 +230,7 @@ def test_end_of_history_score_is_the_monitor_score_at_the_newest_event(tiny_bert
     vectors = user_vectors(Encoder(), verbaliser, monitor, users, ends)
     for k, history in enumerate(histories_from_verbaliser(verbaliser, users, ends)):
         # the newest event is evaluated in a scan that starts where the tail does
-        first = monitor.eval_positions(1 << 30).start
+        first = monitor.first_evaluated
         shift = (len(history.events) - 1 - first) % 2
         scan = monitor.scan(History(history.user_id, history.events[shift:]))
         assert scan.indices[-1] == len(history.events) - shift - 1
