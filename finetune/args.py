@@ -20,6 +20,11 @@ class FinetuneArguments:
     model_name_or_path: str = field(default=DEFAULT_BASE_MODEL, metadata={"help": "Base model id or folder."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a different model in output_dir."})
     max_seq_length: int = field(default=128, metadata={"help": "Token budget of a history text."})
+    interest_horizons: str = field(
+        default="1:0.5,4:0.3,all:0.2",
+        metadata={"help": "The interest vector: the newest N events' text embeddings, weighted and summed "
+                          "(N:WEIGHT,...; all = the whole history within max_seq_length). 'all:1' is plain mean "
+                          "pooling of the whole history."})
     max_item_length: int = field(default=48, metadata={"help": "Token budget of an item text (contrastive term)."})
     max_train_prefixes_per_user: int | None = field(
         default=None, metadata={"help": "Train on each user's last K history prefixes only (default: all)."})
@@ -51,10 +56,11 @@ class FinetuneArguments:
     full_softmax_max_items: int = field(default=50_000, metadata={"help": "Catalogues larger than this use a "
                                                                           "sampled softmax."})
     num_negatives: int = field(default=8192, metadata={"help": "Uniform negatives of the sampled softmax."})
-    head_warmup_epochs: int = field(default=30, metadata={"help": "Before the joint training, fit the head alone "
-                                                                    "for N epochs on frozen-encoder history vectors "
-                                                                    "(encoded once): cheap, and a strong start on a "
-                                                                    "CPU budget (0: off)."})
+    head_warmup_epochs: int = field(default=100, metadata={"help": "Before the joint training, fit the head alone "
+                                                                     "for at most N epochs on frozen-encoder history "
+                                                                     "vectors (encoded once), keeping the epoch with "
+                                                                     "the best validation NDCG@10: cheap, and a strong "
+                                                                     "start on a CPU budget (0: off)."})
     head_warmup_max_examples: int | None = field(
         default=20_000, metadata={"help": "Training examples encoded for the head warm-up (a fixed seeded sample "
                                           "when there are more; None: all)."})
@@ -90,6 +96,9 @@ class FinetuneArguments:
             raise ValueError(f"`head_warmup_max_examples` should be positive, got {self.head_warmup_max_examples}.")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"`head_warmup_epochs` should be >= 0, got {self.head_warmup_epochs}.")
+        from interestbert.encoder.model import parse_horizons
+
+        parse_horizons(self.interest_horizons)  # raises with the expected form
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"`mixed_precision` should be auto, no or bf16, got {self.mixed_precision!r}.")
 

@@ -55,9 +55,8 @@ def rank_examples(
     ranks = []
     for lo in tqdm(range(0, len(index), EVAL_CHUNK), desc="evaluate", disable=not show_progress_bar, leave=False):
         chunk = examples.subset(index[lo: lo + EVAL_CHUNK])
-        texts = verbaliser.texts_for_indices(chunk.users, chunk.ends)
-        interest = encoder.model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
-                                        show_progress_bar=False).float()  # (chunk, dim)
+        interest = torch.as_tensor(encoder.encode_histories(verbaliser, chunk.users, chunk.ends,
+                                                            batch_size=batch_size, show_progress_bar=False))
         ranks.append(ranks_for_interest(encoder, verbaliser, chunk, interest, item_vectors))
     if was_training:
         encoder.model.train()

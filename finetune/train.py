@@ -10,6 +10,7 @@ continues exactly where it stopped and ends with the same weights as an uninterr
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -31,15 +32,16 @@ from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.head import StrategyHead
-from interestbert.encoder.model import InterestEncoder
+from interestbert.encoder.model import InterestEncoder, parse_horizons
 from interestbert.encoder.verbalise import Verbaliser
 
 from .args import FinetuneArguments
 from .checkpoint import check_config, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import Examples, Split, leave_one_out
-from .evaluate import metrics_from_ranks, metrics_table, popularity_ranks, rank_examples
+from .evaluate import metrics_from_ranks, metrics_table, popularity_ranks, rank_examples, ranks_for_interest
 
 RESULTS_FILE = "all_results.json"
+WARMUP_PATIENCE = 10  # head warm-up epochs without a better validation NDCG@10 before it stops
 CHECKPOINTS = "checkpoints"
 
 
@@ -51,8 +53,14 @@ class Trainable(nn.Module):
         self.st = sentence_transformer
         self.head = head
 
-    def forward(self, history: dict, items: dict | None = None, candidates: torch.Tensor | None = None):
-        interest = self.st(history)["sentence_embedding"]  # (batch, dim)
+    def forward(self, history: list, items: dict | None = None, candidates: torch.Tensor | None = None):
+        """``history``: per interest horizon, (tokens of its distinct texts, each example's row among them,
+        weight); the interest is the normalised weighted sum (see `InterestEncoder.encode_histories`)."""
+        if len(history) == 1:
+            interest = self.st(history[0][0])["sentence_embedding"][history[0][1]]  # (batch, dim)
+        else:
+            interest = F.normalize(sum(weight * self.st(tokens)["sentence_embedding"][rows]
+                                       for tokens, rows, weight in history), dim=-1)
         item_vectors = self.st(items)["sentence_embedding"] if items is not None else None  # (batch, dim)
         logits = self.head(interest.float(), candidates)  # (batch, n_items | n_candidates)
         return interest, item_vectors, logits
@@ -116,6 +124,7 @@ def build(args: FinetuneArguments) -> Run:
         raise InterestBertError(f"--model_name_or_path {args.model_name_or_path}: the model could not be loaded "
                                 f"({first}); pass a BERT-family folder or Hub id, or a folder saved by "
                                 "interestbert.") from None
+    encoder.horizons = parse_horizons(args.interest_horizons)
     verbaliser = Verbaliser(data, encoder.tokenizer, args.max_seq_length)
     split = leave_one_out(verbaliser, args.max_train_prefixes_per_user)
     if len(split.train) == 0:
@@ -130,9 +139,13 @@ def build(args: FinetuneArguments) -> Run:
                                 f"({encoder.head.n_items} items) than data card {data.card.name} "
                                 f"({len(verbaliser.item_ids)}); start from the base model instead.")
     encoder.head.to(accelerator.device)
+    validation = split.validation
+    if args.max_eval_users and len(validation) > args.max_eval_users:
+        pick = np.sort(np.random.default_rng(args.seed).choice(len(validation), args.max_eval_users, replace=False))
+        validation = validation.subset(pick)
     warm_state = {}
     if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
-        warm_state = warm_up_head(encoder, verbaliser, split.train, args, accelerator)
+        warm_state = warm_up_head(encoder, verbaliser, split.train, args, accelerator, validation)
 
     module = Trainable(encoder.model, encoder.head)
     lora = [p for n, p in module.st.named_parameters() if p.requires_grad]
@@ -148,34 +161,36 @@ def build(args: FinetuneArguments) -> Run:
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)  # the scheduler steps once per update, by hand
-
-    validation = split.validation
-    if args.max_eval_users and len(validation) > args.max_eval_users:
-        pick = np.sort(np.random.default_rng(args.seed).choice(len(validation), args.max_eval_users, replace=False))
-        validation = validation.subset(pick)
     return Run(args, accelerator, encoder, verbaliser, split, validation, module, optimizer, scheduler, total_steps,
                batches_per_epoch)
 
 
 def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Examples, args: FinetuneArguments,
-                 accelerator) -> dict:
+                 accelerator, validation: Examples | None = None) -> dict:
     """Fits ``A`` and ``b'`` alone on the frozen encoder's history vectors, encoded once: many cheap epochs of
-    the head's cross-entropy before the expensive joint training. Every process computes the same result.
-    Returns the AdamW state of each head parameter, so the joint optimizer continues from it."""
+    the head's cross-entropy before the expensive joint training. With ``validation`` examples (also encoded
+    once), NDCG@10 is measured after every epoch, the best epoch's head is kept, and the warm-up stops after
+    `WARMUP_PATIENCE` epochs without improvement: the head overfits a small catalogue within tens of epochs.
+    Every process computes the same result. Returns the AdamW state of each head parameter (at the kept epoch),
+    so the joint optimizer continues from it."""
     cap = args.head_warmup_max_examples
     if cap is not None and len(train) > cap:
         train = train.subset(np.sort(np.random.default_rng([args.seed, 7]).choice(len(train), cap, replace=False)))
-    texts = verbaliser.texts_for_indices(train.users, train.ends)
+    show = not args.disable_tqdm and accelerator.is_main_process
     with torch.no_grad():
-        interest = encoder.model.encode(texts, batch_size=args.per_device_eval_batch_size, convert_to_tensor=True,
-                                        show_progress_bar=not args.disable_tqdm and accelerator.is_main_process)
-    interest = interest.float().to(accelerator.device)  # (n_train, dim)
+        interest = encoder.encode_histories(verbaliser, train.users, train.ends,
+                                            batch_size=args.per_device_eval_batch_size, show_progress_bar=show)
+        valid = None if validation is None or not len(validation) else encoder.encode_histories(
+            verbaliser, validation.users, validation.ends, batch_size=args.per_device_eval_batch_size)
+    interest = torch.as_tensor(interest).float().to(accelerator.device)  # (n_train, dim)
     targets = torch.as_tensor(train.targets, device=accelerator.device)
     head = encoder.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     batch = 256
-    for _ in range(args.head_warmup_epochs):
+    best = (-1.0, 0, None)  # validation NDCG@10, epoch, (weights, moments)
+    epoch = 0
+    for epoch in range(1, args.head_warmup_epochs + 1):
         order = torch.randperm(len(targets), generator=gen).to(accelerator.device)
         for lo in range(0, len(order), batch):
             rows = order[lo: lo + batch]
@@ -183,8 +198,22 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    accelerator.print(f"head warm-up: {args.head_warmup_epochs} epochs over {len(targets):,} frozen history "
-                      f"vectors, last batch loss {loss.item():.4f}")
+        if valid is None:
+            continue
+        ndcg = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, validation, valid))["ndcg@10"]
+        if ndcg > best[0]:
+            best = (ndcg, epoch, [(p.detach().clone(), copy.deepcopy(optimizer.state[p])) for p in head.parameters()])
+        elif epoch - best[1] >= WARMUP_PATIENCE:
+            break
+    kept = ""
+    if best[2] is not None:
+        with torch.no_grad():
+            for param, (weights, moments) in zip(head.parameters(), best[2]):
+                param.copy_(weights)
+                optimizer.state[param] = moments
+        kept = f", kept epoch {best[1]} (validation NDCG@10 {best[0]:.4f})"
+    accelerator.print(f"head warm-up: {epoch} epochs over {len(targets):,} frozen history vectors{kept}, "
+                      f"last batch loss {loss.item():.4f}")
     return {param: optimizer.state[param] for param in head.parameters()}
 
 
@@ -231,12 +260,24 @@ def sample_candidates(n_items: int, targets: torch.Tensor, num_negatives: int, s
     return candidates, torch.searchsorted(candidates, targets)
 
 
+def history_inputs(run: Run, ex: Examples) -> list:
+    """`Trainable`'s history input for examples: per interest horizon, the tokens of its distinct texts (each
+    tokenised once), each example's row among them, and the horizon's weight."""
+    out = []
+    for events, weight in run.encoder.horizons:
+        texts, rows = np.unique(np.asarray(run.verbaliser.texts_for_indices(ex.users, ex.ends, events), dtype=object),
+                                return_inverse=True)
+        tokens = run.encoder.tokenizer(texts.tolist(), padding=True, truncation=True, max_length=run.args.max_seq_length,
+                                       return_tensors="pt").to(run.accelerator.device)
+        out.append((dict(tokens), torch.as_tensor(rows.reshape(-1), device=run.accelerator.device), weight))
+    return out
+
+
 def step_loss(run: Run, batch: np.ndarray, step: int) -> tuple[torch.Tensor, dict]:
     args, device = run.args, run.accelerator.device
     ex = run.split.train.subset(batch)
     tok = run.encoder.tokenizer
-    texts = run.verbaliser.texts_for_indices(ex.users, ex.ends)
-    history = tok(texts, padding=True, truncation=True, max_length=args.max_seq_length, return_tensors="pt").to(device)
+    history = history_inputs(run, ex)
     targets = torch.as_tensor(ex.targets, device=device)
     items = None
     if args.contrastive_weight > 0:
@@ -247,7 +288,7 @@ def step_loss(run: Run, batch: np.ndarray, step: int) -> tuple[torch.Tensor, dic
     if run.split.n_items > args.full_softmax_max_items:
         candidates, labels = sample_candidates(run.split.n_items, targets, args.num_negatives, args.seed, step)
     with run.accelerator.autocast():
-        interest, item_vectors, logits = run.module(dict(history), dict(items) if items is not None else None,
+        interest, item_vectors, logits = run.module(history, dict(items) if items is not None else None,
                                                     candidates)
     ce = F.cross_entropy(logits.float(), labels)
     loss = args.ce_weight * ce

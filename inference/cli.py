@@ -240,8 +240,7 @@ def _cmd_recommend(args) -> int:
         drift = vectors.score
         alpha = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
     else:
-        interest = encoder.encode(verbaliser.texts_for_indices(users), batch_size=args.batch_size,
-                                  show_progress_bar=True)
+        interest = encoder.encode_histories(verbaliser, users, batch_size=args.batch_size, show_progress_bar=True)
         drift = np.full(len(users), np.nan, np.float32)
         alpha = np.zeros(len(users), np.float32)
     item_vectors = None if encoder.head is not None else item_text_vectors(encoder, verbaliser, args.batch_size)

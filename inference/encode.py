@@ -89,9 +89,9 @@ def encode_users(
                                                            disable=not show_progress_bar) as bar:
             for lo in range(0, len(idx), chunk_users):
                 chunk = idx[lo: lo + chunk_users]
-                texts = verbaliser.texts_for_indices(chunk)
+                vectors = encoder.encode_histories(verbaliser, chunk, batch_size=batch_size,
+                                                   show_progress_bar=False)  # (chunk, dim)
                 cut += verbaliser.stats.cut
-                vectors = encoder.encode(texts, batch_size=batch_size, show_progress_bar=False)  # (chunk, dim)
                 writer.write_table(pa.table({
                     "user_id": pa.array([verbaliser.users[i] for i in chunk.tolist()], pa.string()),
                     "n_events": pa.array(n_events[chunk], pa.int32()),

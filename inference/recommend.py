@@ -2,7 +2,8 @@
 
 For each user, at the end of the history (or of a prefix, for evaluation):
 
-- ``long``: the embedding of the whole verbalised history (what the strategy head is trained on);
+- ``long``: the model's interest vector of the history (`InterestEncoder.encode_histories`: what the strategy head
+  is trained on);
 - ``short``: the embedding of the newest ``window`` events, the DriftMonitor's view of the present;
 - the drift score: the monitor's score at the newest event, from a scan of the last ``2 * window + TAIL`` events
   (its reference is the long-term interest within that tail, not the whole history);
@@ -47,8 +48,8 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
     users = np.asarray(users, dtype=np.int64)
     ends = verbaliser.n_events[users] if ends is None else np.asarray(ends, dtype=np.int64)
     w = monitor.config.window
-    long = encoder.encode(verbaliser.texts_for_indices(users, ends), batch_size=batch_size,
-                          show_progress_bar=show_progress_bar)
+    long = encoder.encode_histories(verbaliser, users, ends, batch_size=batch_size,
+                                    show_progress_bar=show_progress_bar)
     histories = histories_from_verbaliser(verbaliser, users, ends)
     short_texts = [monitor.separator.join(e.text for e in h.events[-w:]) for h in histories]
     short = encoder.encode(short_texts, batch_size=batch_size, show_progress_bar=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import replace
 import subprocess
 import sys
@@ -179,8 +180,7 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
 def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert, synthetic_dir):
     args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_learning_rate=5e-2)
     run = train_module.build(args)
-    texts = run.verbaliser.texts_for_indices(run.split.train.users, run.split.train.ends)
-    interest = torch.as_tensor(run.encoder.encode(texts))
+    interest = torch.as_tensor(run.encoder.encode_histories(run.verbaliser, run.split.train.users, run.split.train.ends))
     targets = torch.as_tensor(run.split.train.targets)
 
     def head_loss() -> float:
@@ -189,11 +189,23 @@ def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert
 
     before = head_loss()
     train_module.warm_up_head(run.encoder, run.verbaliser, run.split.train, replace(args, head_warmup_epochs=20),
-                              run.accelerator)
+                              run.accelerator, run.validation)
     after = head_loss()
     assert after < before - 0.2, (before, after)
     again = train_module.build(replace(args, head_warmup_epochs=20, output_dir=str(tmp_path / "again")))
     torch.testing.assert_close(again.encoder.head.weight, run.encoder.head.weight)
+
+
+def test_head_warm_up_keeps_its_best_validation_epoch(tmp_path, tiny_bert, synthetic_dir, capsys):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_learning_rate=5e-2, head_warmup_epochs=60)
+    run = train_module.build(args)
+    printed = capsys.readouterr().out
+    match = re.search(r"head warm-up: (\d+) epochs .* kept epoch (\d+) \(validation NDCG@10 ([0-9.]+)\)", printed)
+    assert match, printed
+    done, kept, ndcg = int(match[1]), int(match[2]), float(match[3])
+    assert kept <= done <= 60 and (done == 60 or done - kept == train_module.WARMUP_PATIENCE)
+    # the head left behind is the kept epoch's: its validation NDCG@10 is the one printed
+    assert train_module.evaluate_validation(run)["ndcg@10"] == pytest.approx(ndcg, abs=1e-4)
 
 
 def test_head_warm_up_encodes_at_most_its_cap(tmp_path, tiny_bert, synthetic_dir, capsys):

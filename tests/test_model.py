@@ -163,3 +163,40 @@ def test_register_in_hub_cache_is_idempotent_and_leaves_real_downloads_alone():
     assert first is not None and (first / "config.json").is_file()
     assert register_in_hub_cache(DEFAULT_BASE_MODEL) == first
     assert register_in_hub_cache("google-bert/bert-base-uncased") is None  # not packaged: nothing to do
+
+
+def test_interest_horizons_parse_and_validate():
+    from interestbert.encoder.model import WHOLE_HISTORY, format_horizons, parse_horizons
+
+    assert parse_horizons(None) == WHOLE_HISTORY == parse_horizons("all:1") == parse_horizons("all")
+    assert parse_horizons("1:2, 4:1, all:1") == ((1, 0.5), (4, 0.25), (None, 0.25))
+    assert parse_horizons([[1, 0.5], [None, 0.5]]) == ((1, 0.5), (None, 0.5))
+    assert parse_horizons(format_horizons(parse_horizons("1:0.5,4:0.3,all:0.2"))) == parse_horizons(
+        "1:0.5,4:0.3,all:0.2")
+    for bad, match in [("1:x", "EVENTS:WEIGHT"), ("0:1", ">= 1"), ("1:0", "positive"), ("1:1,1:2", "repeat"),
+                       ("", "at least one")]:
+        with pytest.raises(ValueError, match=match):
+            parse_horizons(bad)
+
+
+def test_encode_histories_is_the_weighted_sum_of_horizon_texts_and_survives_saving(tiny_encoder, synthetic_data,
+                                                                                   tmp_path):
+    from interestbert.encoder import InterestEncoder, Verbaliser
+
+    verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 48)
+    users, ends = np.arange(12), np.full(12, 9)
+    whole = tiny_encoder.encode(verbaliser.texts_for_indices(users, ends))
+    assert np.allclose(tiny_encoder.encode_histories(verbaliser, users, ends), whole, atol=1e-6), "default: plain"
+
+    tiny_encoder.horizons = ((1, 0.6), (None, 0.4))
+    newest = tiny_encoder.encode(verbaliser.texts_for_indices(users, ends, max_events=1))
+    expected = 0.6 * newest + 0.4 * whole
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = tiny_encoder.encode_histories(verbaliser, users, ends)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, whole, atol=1e-3), "the newest event must move the interest"
+
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    loaded = InterestEncoder.from_pretrained(tmp_path / "m", max_seq_length=64)
+    assert loaded.horizons == ((1, 0.6), (None, 0.4))
+    assert np.allclose(loaded.encode_histories(verbaliser, users, ends), got, atol=1e-5)

@@ -135,3 +135,22 @@ def test_bad_arguments(tokenizer, synthetic_data):
         verbaliser.texts([verbaliser.users[0]], [10_000])
     with pytest.raises(KeyError, match="no events"):
         verbaliser.text("nobody")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=shop(), budget=st.integers(8, 60), keep=st.integers(1, 5))
+def test_max_events_keeps_only_the_newest_events(tokenizer, data, budget, keep):
+    titles, histories = data
+    verbaliser = Verbaliser(make_data(load_card("synthetic-shop"), histories, titles), tokenizer, budget)
+    whole = verbaliser.texts()
+    newest = verbaliser.texts(max_events=keep)
+    for k, user in enumerate(verbaliser.users):
+        n = int(verbaliser.n_events[k])
+        pieces = [verbaliser.event_text(user, p) for p in range(n)]
+        kept = next(s for s in range(n) if verbaliser.separator.join(pieces[s:]) == newest[k])
+        assert n - kept <= keep, "never more than max_events events"
+        # within max_events, as many as the budget holds: the same suffix as the whole text, or a longer one cut
+        whole_kept = next(s for s in range(n) if verbaliser.separator.join(pieces[s:]) == whole[k])
+        assert kept == max(whole_kept, n - keep)
+    with pytest.raises(ValueError, match="max_events"):
+        verbaliser.texts(max_events=0)
