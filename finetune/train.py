@@ -168,11 +168,9 @@ def build(args: FinetuneArguments) -> Run:
 def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Examples, args: FinetuneArguments,
                  accelerator, validation: Examples | None = None) -> dict:
     """Fits ``A`` and ``b'`` alone on the frozen encoder's history vectors, encoded once: many cheap epochs of
-    the head's cross-entropy before the expensive joint training. With ``validation`` examples (also encoded
-    once), NDCG@10 is measured after every epoch, the best epoch's head is kept, and the warm-up stops after
-    `WARMUP_PATIENCE` epochs without improvement: the head overfits a small catalogue within tens of epochs.
-    Every process computes the same result. Returns the AdamW state of each head parameter (at the kept epoch),
-    so the joint optimizer continues from it."""
+    the head's cross-entropy before the expensive joint training (see `fit_head`). Every process computes the same
+    result. Returns the AdamW state of each head parameter (at the kept epoch), so the joint optimizer continues
+    from it."""
     cap = args.head_warmup_max_examples
     if cap is not None and len(train) > cap:
         train = train.subset(np.sort(np.random.default_rng([args.seed, 7]).choice(len(train), cap, replace=False)))
@@ -182,25 +180,40 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
                                             batch_size=args.per_device_eval_batch_size, show_progress_bar=show)
         valid = None if validation is None or not len(validation) else encoder.encode_histories(
             verbaliser, validation.users, validation.ends, batch_size=args.per_device_eval_batch_size)
-    interest = torch.as_tensor(interest).float().to(accelerator.device)  # (n_train, dim)
-    targets = torch.as_tensor(train.targets, device=accelerator.device)
+    optimizer, summary = fit_head(encoder, verbaliser, interest, train.targets, args.head_warmup_epochs,
+                                  args.head_learning_rate, args.weight_decay, args.seed,
+                                  None if valid is None else (validation, valid))
+    accelerator.print(f"head warm-up: {summary}")
+    return {param: optimizer.state[param] for param in encoder.head.parameters()}
+
+
+def fit_head(encoder: InterestEncoder, verbaliser: Verbaliser, interest, targets, epochs: int, lr: float,
+             weight_decay: float = 0.0, seed: int = 0, validation: tuple[Examples, np.ndarray] | None = None):
+    """Trains ``encoder.head`` alone on fixed interest vectors ``(n, dim)`` with AdamW, batches of 256.
+
+    With ``validation`` (examples and their interest vectors), NDCG@10 is measured after every epoch, the best
+    epoch's head is kept, and training stops after `WARMUP_PATIENCE` epochs without improvement: the head
+    overfits a small catalogue within tens of epochs. Returns the optimizer (its state at the kept epoch) and a
+    one-line summary."""
+    device = encoder.head.weight.device
+    interest = torch.as_tensor(interest).float().to(device)  # (n, dim)
+    targets = torch.as_tensor(targets, device=device)
     head = encoder.head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
-    batch = 256
-    best = (-1.0, 0, None)  # validation NDCG@10, epoch, (weights, moments)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    best = (-1.0, 0, None)  # validation NDCG@10, epoch, [(weights, moments) per parameter]
     epoch = 0
-    for epoch in range(1, args.head_warmup_epochs + 1):
-        order = torch.randperm(len(targets), generator=gen).to(accelerator.device)
-        for lo in range(0, len(order), batch):
-            rows = order[lo: lo + batch]
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(targets), generator=gen).to(device)
+        for lo in range(0, len(order), 256):
+            rows = order[lo: lo + 256]
             loss = F.cross_entropy(head(interest[rows]), targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if valid is None:
+        if validation is None:
             continue
-        ndcg = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, validation, valid))["ndcg@10"]
+        ndcg = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, *validation))["ndcg@10"]
         if ndcg > best[0]:
             best = (ndcg, epoch, [(p.detach().clone(), copy.deepcopy(optimizer.state[p])) for p in head.parameters()])
         elif epoch - best[1] >= WARMUP_PATIENCE:
@@ -212,9 +225,8 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
                 param.copy_(weights)
                 optimizer.state[param] = moments
         kept = f", kept epoch {best[1]} (validation NDCG@10 {best[0]:.4f})"
-    accelerator.print(f"head warm-up: {epoch} epochs over {len(targets):,} frozen history vectors{kept}, "
-                      f"last batch loss {loss.item():.4f}")
-    return {param: optimizer.state[param] for param in head.parameters()}
+    return optimizer, (f"{epoch} epochs over {len(targets):,} frozen history vectors{kept}, "
+                       f"last batch loss {loss.item():.4f}")
 
 
 def _check_output_dir(args: FinetuneArguments, accelerator) -> None:
@@ -351,6 +363,9 @@ def train(run: Run) -> dict:
                disable=args.disable_tqdm or not acc.is_main_process)
     run.module.train()
     last_eval_step = None
+    if state["global_step"] == 0 and args.head_warmup_epochs and not state["log"]:
+        evaluate_and_keep_best()  # the warmed-up head is a candidate too: joint steps may only make it worse
+        last_eval_step = 0
     try:
         while state["global_step"] < run.total_steps and not state["stopped_early"]:
             batches = epoch_batches(run, state["epoch"])
