@@ -222,6 +222,9 @@ def test_end_of_history_score_is_the_monitor_score_at_the_newest_event(tiny_bert
     class Encoder:
         encode = staticmethod(bag_of_words)
 
+        def encode_histories(self, verbaliser, users, ends, **_):
+            return bag_of_words(verbaliser.texts_for_indices(users, ends))
+
     verbaliser = Verbaliser(synthetic_data, AutoTokenizer.from_pretrained(str(tiny_bert)), 128)
     monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=10.0),
                            separator=verbaliser.separator)
