@@ -154,7 +154,9 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| {r['dataset']} ({r['users']:,} users) | {model} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | "
                          f"{m['mrr@10']:.4f} | {ratio} | {train} | {r['hardware']} |")
     notes = [f"- {r['dataset']}: {100 * r['test_targets_tied_with_previous_event']:.1f} % of test targets share the "
-             f"timestamp of the event before; schedule {r['schedule']}" for r in results]
+             f"timestamp of the event before; interest horizons "
+             f"{r['schedule'].get('interest_horizons', 'all:1 (a run from before horizons existed)')}; schedule "
+             f"{r['schedule']}; {r.get('date', 'date not recorded')}" for r in results]
     return "\n".join(lines + ["", *notes]) + "\n"
 
 
