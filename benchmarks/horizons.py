@@ -88,7 +88,8 @@ def run_dataset(name: str, data_dir: Path, max_train: int, seed: int) -> dict:
                               validation=(split.validation, valid))
         test = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, split.test,
                                                      combine(vectors["test"], horizons)))
-        rows[format_horizons(horizons)] = {**test, "fit": summary, "fit_seconds": round(time.perf_counter() - started)}
+        rows[format_horizons(horizons)] = {**test, "fit": summary,
+                                           "fit_seconds": round(time.perf_counter() - started)}
         print(f"{name} {variant}: test NDCG@10 {test['ndcg@10']:.4f} ({summary})", flush=True)
     return {"dataset": name, "users": len(split.test), "items": split.n_items, "train_examples": len(train),
             "encode_seconds": round(encode_seconds),

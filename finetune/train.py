@@ -279,8 +279,8 @@ def history_inputs(run: Run, ex: Examples) -> list:
     for events, weight in run.encoder.horizons:
         texts, rows = np.unique(np.asarray(run.verbaliser.texts_for_indices(ex.users, ex.ends, events), dtype=object),
                                 return_inverse=True)
-        tokens = run.encoder.tokenizer(texts.tolist(), padding=True, truncation=True, max_length=run.args.max_seq_length,
-                                       return_tensors="pt").to(run.accelerator.device)
+        tokens = run.encoder.tokenizer(texts.tolist(), padding=True, truncation=True,
+                                       max_length=run.args.max_seq_length, return_tensors="pt").to(run.accelerator.device)
         out.append((dict(tokens), torch.as_tensor(rows.reshape(-1), device=run.accelerator.device), weight))
     return out
 

@@ -180,7 +180,8 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
 def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert, synthetic_dir):
     args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_learning_rate=5e-2)
     run = train_module.build(args)
-    interest = torch.as_tensor(run.encoder.encode_histories(run.verbaliser, run.split.train.users, run.split.train.ends))
+    train = run.split.train
+    interest = torch.as_tensor(run.encoder.encode_histories(run.verbaliser, train.users, train.ends))
     targets = torch.as_tensor(run.split.train.targets)
 
     def head_loss() -> float:
