@@ -85,7 +85,7 @@ def run_dataset(name: str, data_dir: Path, max_train: int, seed: int) -> dict:
         valid = combine(vectors["validation"], horizons)
         _, summary = fit_head(encoder, verbaliser, combine(vectors["train"], horizons), train.targets,
                               defaults.head_warmup_epochs, defaults.head_learning_rate, seed=seed,
-                              validation=(split.validation, valid))
+                              validation=(split.validation, valid), patience=defaults.head_warmup_patience)
         test = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, split.test,
                                                      combine(vectors["test"], horizons)))
         rows[format_horizons(horizons)] = {**test, "fit": summary,

@@ -61,6 +61,8 @@ class FinetuneArguments:
                                                                      "vectors (encoded once), keeping the epoch with "
                                                                      "the best validation NDCG@10: cheap, and a strong "
                                                                      "start on a CPU budget (0: off)."})
+    head_warmup_patience: int = field(default=10, metadata={"help": "Stop the head warm-up after N epochs without "
+                                                                    "a better validation NDCG@10."})
     head_warmup_max_examples: int | None = field(
         default=20_000, metadata={"help": "Training examples encoded for the head warm-up (a fixed seeded sample "
                                           "when there are more; None: all)."})
@@ -94,6 +96,8 @@ class FinetuneArguments:
             raise ValueError("`ce_weight` and `contrastive_weight` should be >= 0 and not both 0.")
         if self.head_warmup_max_examples is not None and self.head_warmup_max_examples <= 0:
             raise ValueError(f"`head_warmup_max_examples` should be positive, got {self.head_warmup_max_examples}.")
+        if self.head_warmup_patience <= 0:
+            raise ValueError(f"`head_warmup_patience` should be positive, got {self.head_warmup_patience}.")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"`head_warmup_epochs` should be >= 0, got {self.head_warmup_epochs}.")
         from interestbert.encoder.model import parse_horizons

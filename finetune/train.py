@@ -41,7 +41,6 @@ from .data import Examples, Split, leave_one_out
 from .evaluate import metrics_from_ranks, metrics_table, popularity_ranks, rank_examples, ranks_for_interest
 
 RESULTS_FILE = "all_results.json"
-WARMUP_PATIENCE = 10  # head warm-up epochs without a better validation NDCG@10 before it stops
 CHECKPOINTS = "checkpoints"
 
 
@@ -182,17 +181,18 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
             verbaliser, validation.users, validation.ends, batch_size=args.per_device_eval_batch_size)
     optimizer, summary = fit_head(encoder, verbaliser, interest, train.targets, args.head_warmup_epochs,
                                   args.head_learning_rate, args.weight_decay, args.seed,
-                                  None if valid is None else (validation, valid))
+                                  None if valid is None else (validation, valid), args.head_warmup_patience)
     accelerator.print(f"head warm-up: {summary}")
     return {param: optimizer.state[param] for param in encoder.head.parameters()}
 
 
 def fit_head(encoder: InterestEncoder, verbaliser: Verbaliser, interest, targets, epochs: int, lr: float,
-             weight_decay: float = 0.0, seed: int = 0, validation: tuple[Examples, np.ndarray] | None = None):
+             weight_decay: float = 0.0, seed: int = 0, validation: tuple[Examples, np.ndarray] | None = None,
+             patience: int = 10):
     """Trains ``encoder.head`` alone on fixed interest vectors ``(n, dim)`` with AdamW, batches of 256.
 
     With ``validation`` (examples and their interest vectors), NDCG@10 is measured after every epoch, the best
-    epoch's head is kept, and training stops after `WARMUP_PATIENCE` epochs without improvement: the head
+    epoch's head is kept, and training stops after ``patience`` epochs without improvement: the head
     overfits a small catalogue within tens of epochs. Returns the optimizer (its state at the kept epoch) and a
     one-line summary."""
     device = encoder.head.weight.device
@@ -216,7 +216,7 @@ def fit_head(encoder: InterestEncoder, verbaliser: Verbaliser, interest, targets
         ndcg = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, *validation))["ndcg@10"]
         if ndcg > best[0]:
             best = (ndcg, epoch, [(p.detach().clone(), copy.deepcopy(optimizer.state[p])) for p in head.parameters()])
-        elif epoch - best[1] >= WARMUP_PATIENCE:
+        elif epoch - best[1] >= patience:
             break
     kept = ""
     if best[2] is not None:
