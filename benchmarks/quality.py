@@ -39,7 +39,8 @@ from interestbert.finetune.data import leave_one_out
 from interestbert.finetune.evaluate import metrics_from_ranks, popularity_ranks, rank_examples
 from interestbert.finetune.train import finetune
 
-# Shorter CPU schedules than a GPU would use: the last K training prefixes per user, a step cap and a time cap.
+# Shorter CPU schedules than a GPU would use: a step cap and a time cap on the joint training (the head warm-up
+# samples at most `head_warmup_max_examples` prefixes); ml-1m trains on the last K prefixes per user.
 DATASETS = {
     "amazon-beauty": dict(folder="amazon-beauty-10core", prefixes=None, max_steps=250, minutes=12),
     "amazon-office": dict(folder="amazon-office-2014-5core", prefixes=None, max_steps=300, minutes=12),
