@@ -359,3 +359,18 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_bert, syntheti
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
     assert {p.name for p in (out / "checkpoints" / "checkpoint-6").glob("rng_state_*.safetensors")} == {
         "rng_state_0.safetensors", "rng_state_1.safetensors"}
+
+
+def test_training_interest_equals_the_encoders_interest(tmp_path, tiny_bert, synthetic_dir):
+    """The interest the loss sees is the one evaluation, `encode` and `recommend` use (`encode_histories`)."""
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, interest_horizons="1:0.6,all:0.4")
+    run = train_module.build(args)
+    assert run.encoder.horizons == ((1, 0.6), (None, 0.4))
+    ex = run.split.train.subset(slice(0, 24))
+    run.module.eval()
+    with torch.no_grad():
+        interest, _, _ = run.module(train_module.history_inputs(run, ex))
+    expected = run.encoder.encode_histories(run.verbaliser, ex.users, ex.ends)
+    np.testing.assert_allclose(interest.numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="EVENTS:WEIGHT"):
+        replace(args, interest_horizons="newest:1")
