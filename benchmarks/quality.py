@@ -1,4 +1,5 @@
-"""Quality benchmark: interestbert fine-tuned vs untrained (zero-shot) vs popularity vs SASRec, per dataset.
+"""Quality benchmark: interestbert fine-tuned (strategy head, and with the sequence head) vs untrained (zero-shot)
+vs popularity vs SASRec, per dataset.
 
 Protocol (DESIGN.md): leave-one-out in time, full ranking over every catalogue item, the user's seen items excluded,
 HR@10 / NDCG@10 / MRR@10 on the test item, ties broken by catalogue order. Every row of a dataset is scored on the
@@ -17,6 +18,7 @@ Run (CPU, in the background; each dataset's result is written as soon as it is d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -50,6 +52,7 @@ DATASETS = {
 MAX_SEQ_LENGTH = 128
 # A gentle adapter and a quicker head: in short CPU runs the head (one row per item) is what learns the catalogue.
 LORA_LR, HEAD_LR = 1e-4, 5e-3
+SEQUENCE_MINUTES = 10  # the sequence head (`--sequence_head`, defaults otherwise) trains after the encoder
 
 
 def tied_share(verbaliser: Verbaliser, split) -> float:
@@ -93,12 +96,18 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
         eval_steps=5 if smoke else 50,
         max_eval_users=100 if smoke else 600, early_stopping_patience=3, save_steps=10**9, do_test=False,
         learning_rate=LORA_LR, head_learning_rate=HEAD_LR, warmup_ratio=0.1, head_warmup_epochs=head_warmup,
+        sequence_head=True, sequence_epochs=3 if smoke else 200, sequence_max_minutes=SEQUENCE_MINUTES,
         disable_tqdm=True, seed=42)
     results = finetune(args)
     tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH)
-    ranks = rank_examples(tuned, verbaliser, test, batch_size=64)
+    ranks = rank_examples(tuned, verbaliser, test, batch_size=64, use_sequence_head=False)
     rows["interestbert fine-tuned"] = {**metrics_from_ranks(ranks), "train_seconds": results["train_runtime_s"],
                                        "steps": results["global_step"], "best_step": results["best_step"]}
+    sequence = results["sequence_head"]
+    ranks = rank_examples(tuned, verbaliser, test, use_sequence_head=True)
+    rows["interestbert fine-tuned + sequence head"] = {
+        **metrics_from_ranks(ranks), "train_seconds": results["train_runtime_s"] + sequence["train_runtime_s"],
+        "sequence_epochs": sequence["epochs"], "sequence_best_epoch": sequence["best_epoch"]}
 
     sasrec = run_sasrec(name, folder, out, recbole_python, sasrec_dir, smoke)
     if sasrec is not None:
@@ -118,7 +127,10 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
                      "head_warmup_max_examples": args.head_warmup_max_examples,
                      "interest_horizons": args.interest_horizons,
                      "max_steps": args.max_steps, "max_minutes": args.max_time_minutes, "batch_size": 32,
-                     "train_examples": results["train_examples"]},
+                     "train_examples": results["train_examples"],
+                     "sequence_head": {**dataclasses.asdict(args.sequence_options()),
+                                       "learning_rate": args.sequence_learning_rate,
+                                       "max_minutes": SEQUENCE_MINUTES, "sequences": sequence["sequences"]}},
         "hardware": hardware(),
         "rows": rows,
     }

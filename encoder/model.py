@@ -189,11 +189,12 @@ class InterestEncoder:
         ((1, 384), dtype('float32'))
     """
 
-    def __init__(self, model, base_model: str, lora: LoraOptions, head=None, horizons=None):
+    def __init__(self, model, base_model: str, lora: LoraOptions, head=None, horizons=None, sequence_head=None):
         self.model = model
         self.base_model = base_model
         self.lora = lora
         self.head = head  # StrategyHead or None (an untrained model scores items by their text embeddings)
+        self.sequence_head = sequence_head  # SequenceHead or None (see `interestbert.encoder.sequence`)
         self.horizons = parse_horizons(horizons)  # see `encode_histories`
 
     # ---------------------------------------------------------------------------------------------- loading
@@ -256,12 +257,15 @@ class InterestEncoder:
 
         head_dir = os.path.join(folder, CONFIG_DIR)
         head = StrategyHead.from_pretrained(head_dir).to(st.device) if StrategyHead.exists(head_dir) else None
+        from .sequence import SequenceHead
+
+        sequence = SequenceHead.from_pretrained(head_dir).to(st.device) if SequenceHead.exists(head_dir) else None
         config_file = os.path.join(head_dir, CONFIG_NAME)
         horizons = None
         if os.path.isfile(config_file):
             with open(config_file, encoding="utf-8") as f:
                 horizons = json.load(f).get("interest_horizons")
-        return cls(st, base, saved, head, horizons)
+        return cls(st, base, saved, head, horizons, sequence)
 
     # ---------------------------------------------------------------------------------------------- saving
 
@@ -285,16 +289,20 @@ class InterestEncoder:
             _atomic_write_text(tmp / CONFIG_DIR / CONFIG_NAME, json.dumps(self.config(), indent=2) + "\n")
             if self.head is not None:
                 self.head.save_pretrained(tmp / CONFIG_DIR)
+            if self.sequence_head is not None:
+                self.sequence_head.save_pretrained(tmp / CONFIG_DIR)
             for entry in sorted(tmp.iterdir()):
                 dest = target / entry.name
                 if dest.is_dir() and entry.is_dir() and entry.name == CONFIG_DIR:
                     # keep other interestbert parts (training args, calibration) saved by their owners, but never
-                    # a strategy head that belongs to the adapter being replaced
-                    if self.head is None:
-                        from .head import HEAD_CONFIG, HEAD_WEIGHTS
+                    # a head that belongs to the adapter being replaced
+                    from .head import HEAD_CONFIG, HEAD_WEIGHTS
+                    from .sequence import SEQUENCE_CONFIG, SEQUENCE_WEIGHTS
 
-                        for stale in (HEAD_CONFIG, HEAD_WEIGHTS):
-                            (dest / stale).unlink(missing_ok=True)
+                    stale = ((HEAD_CONFIG, HEAD_WEIGHTS) if self.head is None else ()) + \
+                        ((SEQUENCE_CONFIG, SEQUENCE_WEIGHTS) if self.sequence_head is None else ())
+                    for name in stale:
+                        (dest / name).unlink(missing_ok=True)
                     for sub in entry.iterdir():
                         os.replace(sub, dest / sub.name)
                     continue
@@ -320,6 +328,8 @@ class InterestEncoder:
             "embedding_dim": self.embedding_dim,
             "interest_horizons": [list(h) for h in self.horizons],
             "strategy_head": None if self.head is None else {"n_items": self.head.n_items},
+            "sequence_head": None if self.sequence_head is None else {"n_items": self.sequence_head.n_items,
+                                                                      **asdict(self.sequence_head.options)},
         }
 
     # ---------------------------------------------------------------------------------------------- using

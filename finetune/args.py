@@ -73,6 +73,23 @@ class FinetuneArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"],
                                            metadata={"help": "Layers that get an adapter."})
+    sequence_head: bool = field(default=False, metadata={"help": "After the encoder, also train a sequence head: a "
+                                                                 "small causal transformer over the newest items' "
+                                                                 "text embeddings plus learned item vectors, "
+                                                                 "SASRec-style (minutes on a CPU). evaluate and "
+                                                                 "recommend use it when the model has one."})
+    sequence_dim: int = field(default=128, metadata={"help": "Width of the sequence head."})
+    sequence_layers: int = field(default=2, metadata={"help": "Transformer layers of the sequence head."})
+    sequence_attention_heads: int = field(default=2, metadata={"help": "Attention heads of the sequence head."})
+    sequence_dropout: float = field(default=0.3, metadata={"help": "Dropout of the sequence head."})
+    sequence_max_events: int = field(default=50, metadata={"help": "Newest events the sequence head reads."})
+    sequence_epochs: int = field(default=200, metadata={"help": "Most epochs of the sequence head."})
+    sequence_learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of the sequence head."})
+    sequence_batch_size: int = field(default=128, metadata={"help": "Users per step of the sequence head."})
+    sequence_patience: int = field(default=10, metadata={"help": "Stop the sequence head after N epochs without a "
+                                                                 "better validation NDCG@10."})
+    sequence_max_minutes: float | None = field(default=None, metadata={"help": "Stop the sequence head's training "
+                                                                               "after this long."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, none on CPU), no, bf16."})
     logging_steps: int = field(default=10, metadata={"help": "Update the progress bar's loss every N steps."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
@@ -103,8 +120,27 @@ class FinetuneArguments:
         from interestbert.encoder.model import parse_horizons
 
         parse_horizons(self.interest_horizons)  # raises with the expected form
+        self.sequence_options()  # raises on a bad shape
+        for name in ("sequence_epochs", "sequence_batch_size", "sequence_patience"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}.")
+        if self.sequence_learning_rate <= 0:
+            raise ValueError(f"`sequence_learning_rate` should be positive, got {self.sequence_learning_rate}.")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"`mixed_precision` should be auto, no or bf16, got {self.mixed_precision!r}.")
+
+    def sequence_options(self):
+        from interestbert.encoder.sequence import SequenceOptions
+
+        return SequenceOptions(dim=self.sequence_dim, layers=self.sequence_layers, heads=self.sequence_attention_heads,
+                               dropout=self.sequence_dropout, max_events=self.sequence_max_events)
+
+    def sequence_training(self):
+        from .sequence import SequenceTraining
+
+        return SequenceTraining(epochs=self.sequence_epochs, learning_rate=self.sequence_learning_rate,
+                                batch_size=self.sequence_batch_size, patience=self.sequence_patience,
+                                max_minutes=self.sequence_max_minutes, seed=self.seed)
 
     def result_config(self) -> dict:
         """The options that determine the trained weights (stored in checkpoints, compared on resume)."""

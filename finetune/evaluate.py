@@ -40,11 +40,18 @@ def rank_examples(
     batch_size: int = 64,
     accelerator=None,
     show_progress_bar: bool = False,
+    use_sequence_head: bool = True,
 ) -> np.ndarray:
-    """0-based rank of each example's target among all items (seen items excluded), in example order.
+    """0-based rank of each example's target among all items (seen items excluded), in example order: by the
+    model's sequence head when it has one (and ``use_sequence_head``), else by its strategy head, else by cosine
+    to the item texts.
 
     With an ``accelerator`` of several processes, each scores a contiguous shard and the ranks are gathered.
     """
+    if use_sequence_head and encoder.sequence_head is not None:
+        from .sequence import sequence_ranks
+
+        return sequence_ranks(encoder.sequence_head, verbaliser, examples)
     if encoder.head is None and item_vectors is None:
         item_vectors = item_text_vectors(encoder, verbaliser, batch_size)
     index = np.arange(len(examples))

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def build(args: FinetuneArguments) -> Run:
                                 f"({first}); pass a BERT-family folder or Hub id, or a folder saved by "
                                 "interestbert.") from None
     encoder.horizons = parse_horizons(args.interest_horizons)
+    encoder.sequence_head = None  # a sequence head belongs to the encoder it was trained on; retrained in `finish`
     verbaliser = Verbaliser(data, encoder.tokenizer, args.max_seq_length)
     split = leave_one_out(verbaliser, args.max_train_prefixes_per_user)
     if len(split.train) == 0:
@@ -444,12 +446,44 @@ def finish(run: Run, state: dict) -> dict:
         if args.eval_on_test_baselines:
             results["popularity_test"] = metrics_from_ranks(popularity_ranks(run.verbaliser, run.split, "test"))
             rows["popularity"] = results["popularity_test"]
+    if args.sequence_head:
+        results.update(train_and_save_sequence_head(run, best))
+        if "sequence_test" in results:
+            rows["interestbert sequence head"] = results["sequence_test"]
     if acc.is_main_process:
         atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
         if rows:
             acc.print(f"\ntest split, {len(run.split.test):,} users, full ranking, seen items excluded:")
             acc.print(metrics_table(rows))
         acc.print(f"best model (step {state['best_step']}) in {out}; metrics in {out / RESULTS_FILE}")
+    return results
+
+
+def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
+    """On the main process: the sequence head trained on ``best``'s item text embeddings, saved beside it in
+    output_dir, scored on test; returns what all_results.json gets from it."""
+    from interestbert.encoder.model import CONFIG_DIR, CONFIG_NAME
+
+    from .sequence import sequence_ranks, train_sequence_head
+
+    args, acc = run.args, run.accelerator
+    out = Path(args.output_dir)
+    results = {}
+    if acc.is_main_process:
+        vectors = best.encode(run.verbaliser.item_texts, batch_size=args.per_device_eval_batch_size)
+        head, summary = train_sequence_head(run.verbaliser, run.split, vectors, args.sequence_options(),
+                                            args.sequence_training(), device=str(acc.device),
+                                            show_progress_bar=not args.disable_tqdm, print_fn=acc.print)
+        head.save_pretrained(out / CONFIG_DIR)
+        config_file = out / CONFIG_DIR / CONFIG_NAME
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["sequence_head"] = {"n_items": head.n_items, **dataclasses.asdict(head.options)}
+        atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
+        best.sequence_head = head
+        results["sequence_head"] = summary
+        if args.do_test:
+            results["sequence_test"] = metrics_from_ranks(sequence_ranks(head, run.verbaliser, run.split.test))
+    acc.wait_for_everyone()
     return results
 
 

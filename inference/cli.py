@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-aware", action=argparse.BooleanOptionalAction, default=False,
                    help="Blend in the recent window as the drift score rises, or use long-term interest only (the "
                         "default: on the benchmark the blend did not beat it, see README).")
+    p.add_argument("--scorer", choices=("auto", "sequence", "strategy"), default="auto",
+                   help="Score items with the model's sequence head (reads the order of the newest events) or its "
+                        "strategy head (the pooled interest vector, the one --drift-aware blends). auto: the "
+                        "sequence head when the model has one and --drift-aware is off.")
     p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
     _add_drift_args(p)
     p.set_defaults(func=_cmd_recommend)
@@ -220,18 +224,31 @@ def _cmd_recommend(args) -> int:
 
     from interestbert.encoder.verbalise import Verbaliser
     from interestbert.finetune.evaluate import item_text_vectors
-    from interestbert.inference.recommend import (blend, recommend, short_term_weight, user_vectors,
-                                                  write_recommendations)
+    from interestbert.inference.recommend import (blend, recommend, recommend_sequence, short_term_weight,
+                                                  user_vectors, write_recommendations)
 
     _check_positive(args.k, "--k")
     data = _load_data(args.card, args.data_dir)
     encoder = load_encoder(args.model, args.max_seq_length, args.device)
-    if encoder.head is not None and encoder.head.item_ids != data.items["item_id"][:]:
-        raise InterestBertError(f"model {args.model} was trained on another catalogue ({encoder.head.n_items} items) "
-                                f"than data card {data.card.name} ({len(data.items)}); use the card it was "
-                                "trained on.")
+    for head in (encoder.head, encoder.sequence_head):
+        _check_catalogue(args.model, head, data, "use the card it was trained on.")
     verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
     users = _limit(len(verbaliser.users), args.limit_users)
+    scorer = args.scorer
+    if scorer == "auto":
+        scorer = "sequence" if encoder.sequence_head is not None and not args.drift_aware else "strategy"
+    if scorer == "sequence":
+        if encoder.sequence_head is None:
+            raise InterestBertError(f"model {args.model} has no sequence head; train one with `interestbert finetune "
+                                    "--sequence_head`, or pass --scorer strategy.")
+        if args.drift_aware:
+            raise InterestBertError("--drift-aware blends the strategy head's interest vectors; pass --scorer "
+                                    "strategy with it, or --no-drift-aware for the sequence head.")
+        items, scores = recommend_sequence(encoder.sequence_head, verbaliser, users, args.k)
+        nan = np.full(len(users), np.nan, np.float32)
+        write_recommendations(args.output, verbaliser, users, items, scores, nan, np.zeros(len(users), np.float32))
+        print(f"top-{args.k} for {len(users):,} users (sequence head) -> {args.output}")
+        return 0
     if args.drift_aware:
         monitor, _ = _drift_monitor(args, data, encoder, verbaliser)
         vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=args.batch_size,
@@ -316,9 +333,8 @@ def _cmd_evaluate(args) -> int:
     _check_positive(args.batch_size, "--batch-size")
     data = _load_data(args.card, args.data_dir)
     encoder = load_encoder(args.model, args.max_seq_length, args.device)
-    if encoder.head is not None and encoder.head.item_ids != data.items["item_id"][:]:
-        raise InterestBertError(f"model {args.model} was trained on another catalogue ({encoder.head.n_items} items) "
-                                f"than data card {data.card.name} ({len(data.items)}); evaluate it on its own card.")
+    for head in (encoder.head, encoder.sequence_head):
+        _check_catalogue(args.model, head, data, "evaluate it on its own card.")
     verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
     split = leave_one_out(verbaliser)
     examples = split[args.split]
@@ -327,11 +343,14 @@ def _cmd_evaluate(args) -> int:
         examples = examples.subset(slice(0, args.limit_users))
         split = dataclasses.replace(split, **{args.split: examples})
     name = "interestbert" + (" (fine-tuned)" if encoder.head is not None else " (untrained, zero-shot)")
-    rows = {
-        name: metrics_from_ranks(rank_examples(encoder, verbaliser, examples, batch_size=args.batch_size,
-                                               show_progress_bar=True), args.k),
-        "popularity": metrics_from_ranks(popularity_ranks(verbaliser, split, args.split), args.k),
-    }
+    rows = {}
+    if encoder.sequence_head is not None:
+        rows["interestbert (sequence head)"] = metrics_from_ranks(
+            rank_examples(encoder, verbaliser, examples), args.k)
+        name = "interestbert (strategy head)"
+    rows[name] = metrics_from_ranks(rank_examples(encoder, verbaliser, examples, batch_size=args.batch_size,
+                                                  show_progress_bar=True, use_sequence_head=False), args.k)
+    rows["popularity"] = metrics_from_ranks(popularity_ranks(verbaliser, split, args.split), args.k)
     print(f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
           f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped)")
     print(metrics_table(rows, args.k))
@@ -397,6 +416,13 @@ def load_encoder(model: str | None, max_seq_length: int | None = None, device: s
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InterestBertError(f"model {name!r} could not be loaded ({first}); pass a folder saved by interestbert, "
                                 "a BERT-family model folder, or a Hub id reachable from this machine.") from None
+
+
+def _check_catalogue(model: str | None, head, data, fix: str) -> None:
+    """A model's head (strategy or sequence) must score the card's own catalogue, row for row."""
+    if head is not None and head.item_ids != data.items["item_id"][:]:
+        raise InterestBertError(f"model {model} was trained on another catalogue ({head.n_items} items) than data "
+                                f"card {data.card.name} ({len(data.items)}); {fix}")
 
 
 def _load_data(card: str, data_dir: str | None):

@@ -89,6 +89,12 @@ def strategies(vectors: UserVectors, threshold: float, alpha_max: float) -> dict
             "drift-aware": blend(vectors, threshold, alpha_max)}
 
 
+def seen_in_history(verbaliser, users: np.ndarray) -> list[list[int]]:
+    """The catalogue rows each user has interacted with (excluded from their recommendations)."""
+    return [np.unique(verbaliser.event_items[verbaliser.offsets[u]: verbaliser.offsets[u + 1]]).tolist()
+            for u in users.tolist()]
+
+
 def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: int,
               item_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item positions and scores per user, the user's seen items excluded."""
@@ -96,12 +102,25 @@ def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: i
     for lo in range(0, len(users), CHUNK):
         rows = users[lo: lo + CHUNK]
         scores = score_items(encoder, interest[lo: lo + CHUNK], item_vectors).float().cpu()
-        seen = [np.unique(verbaliser.event_items[verbaliser.offsets[u]: verbaliser.offsets[u + 1]]).tolist()
-                for u in rows.tolist()]
+        seen = seen_in_history(verbaliser, rows)
         mask_seen(scores, seen)
         value, index = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         top_items.append(index.numpy())
         top_scores.append(value.numpy())
+    return np.concatenate(top_items), np.concatenate(top_scores)
+
+
+def recommend_sequence(head, verbaliser, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item positions and scores per user from a `SequenceHead` reading each whole history (its newest
+    ``max_events``), the user's seen items excluded."""
+    top_items, top_scores = [], []
+    for lo in range(0, len(users), CHUNK):
+        rows = users[lo: lo + CHUNK]
+        histories = head.histories(verbaliser, rows, verbaliser.n_events[rows])
+        seen = seen_in_history(verbaliser, rows)
+        value, index = head.topk(histories, k, exclude=seen)
+        top_items.append(index.cpu().numpy())
+        top_scores.append(value.float().cpu().numpy())
     return np.concatenate(top_items), np.concatenate(top_scores)
 
 
