@@ -1,7 +1,7 @@
 """interestbert.encoder: the model and its inputs.
 
-Data cards and their loader, the verbaliser, the LoRA `InterestEncoder`, the `StrategyHead` and the
-`DriftMonitor`. This package never imports
+Data cards and their loader, the verbaliser, the LoRA `InterestEncoder`, the `StrategyHead`, the `SequenceHead`
+and the `DriftMonitor`. This package never imports
 `interestbert.finetune` or `interestbert.inference`.
 """
 
@@ -10,6 +10,7 @@ from .drift import DriftConfig, DriftEvent, DriftMonitor, Event, History, histor
 from .errors import DataCardError, InterestBertError
 from .head import StrategyHead
 from .model import DEFAULT_BASE_MODEL, InterestEncoder, LoraOptions
+from .sequence import SequenceHead, SequenceOptions
 from .verbalise import Verbaliser
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "InterestBertError",
     "InterestEncoder",
     "LoraOptions",
+    "SequenceHead",
+    "SequenceOptions",
     "StrategyHead",
     "Verbaliser",
     "available_cards",

@@ -11,6 +11,7 @@ continues exactly where it stopped and ends with the same weights as an uninterr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,6 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

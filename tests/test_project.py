@@ -43,7 +43,8 @@ def test_public_api_of_the_encoder_package():
 
     assert sorted(encoder.__all__) == sorted([
         "DEFAULT_BASE_MODEL", "CardData", "DataCard", "DataCardError", "DriftConfig", "DriftEvent", "DriftMonitor",
-        "Event", "History", "InterestBertError", "InterestEncoder", "LoraOptions", "StrategyHead", "Verbaliser",
+        "Event", "History", "InterestBertError", "InterestEncoder", "LoraOptions", "SequenceHead", "SequenceOptions",
+        "StrategyHead", "Verbaliser",
         "available_cards", "histories_from_verbaliser", "load_card", "load_card_data"])
     for name in encoder.__all__:
         assert getattr(encoder, name) is not None
