@@ -115,7 +115,8 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
             raise RuntimeError(f"{name}: the SASRec run ranked other users than ours; re-export the split.")
         rows["SASRec (RecBole 1.2.1)"] = {**metrics_from_ranks(np.asarray(sasrec["ranks"][: len(test)])),
                                           "train_seconds": sasrec.get("train_seconds"),
-                                          "epochs": sasrec.get("epochs")}
+                                          "epochs": sasrec.get("epochs"), "hardware": sasrec.get("hardware"),
+                                          "date": sasrec.get("date")}
     return {
         "dataset": name,
         "users": len(test),
@@ -155,6 +156,17 @@ def run_sasrec(name: str, folder: Path, out: Path, recbole_python: str | None, s
     return None
 
 
+def with_peer_provenance(result: dict, sasrec_dir: Path | None) -> dict:
+    """Fills the SASRec row's own machine and date from its result file when the row lacks them (a run read
+    from ``--sasrec-dir`` was made on its own day, maybe on another machine)."""
+    row = result["rows"].get("SASRec (RecBole 1.2.1)")
+    path = None if sasrec_dir is None else sasrec_dir / f"{result['dataset']}.json"
+    if row is not None and "hardware" not in row and path is not None and path.is_file():
+        peer = json.loads(path.read_text())
+        row.update(hardware=peer.get("hardware"), date=peer.get("date"))
+    return result
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| dataset | model | HR@10 | NDCG@10 | MRR@10 | NDCG@10 vs SASRec | training time | hardware |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -164,8 +176,9 @@ def markdown(results: list[dict]) -> str:
             ratio = f"{m['ndcg@10'] / sasrec:.2f}x" if sasrec else "n/a"
             secs = m.get("train_seconds")
             train = "-" if not secs else f"{secs / 60:.1f} min"
+            where = r["hardware"] if not m.get("hardware") else f"{m['hardware']} ({m.get('date', 'undated')})"
             lines.append(f"| {r['dataset']} ({r['users']:,} users) | {model} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | "
-                         f"{m['mrr@10']:.4f} | {ratio} | {train} | {r['hardware']} |")
+                         f"{m['mrr@10']:.4f} | {ratio} | {train} | {where} |")
     notes = [f"- {r['dataset']}: {100 * r['test_targets_tied_with_previous_event']:.1f} % of test targets share the "
              f"timestamp of the event before; interest horizons "
              f"{r['schedule'].get('interest_horizons', 'all:1 (a run from before horizons existed)')}; schedule "
@@ -184,18 +197,19 @@ def main(argv=None) -> int:
     parser.add_argument("--head-warmup-epochs", type=int, default=FinetuneArguments.head_warmup_epochs,
                         help="Fit the head on frozen vectors first (0: off).")
     parser.add_argument("--train-minutes", type=float, default=None, help="Override the per-dataset time cap.")
+    parser.add_argument("--report-only", action="store_true", help="Rebuild quality.md from the saved JSON files.")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    sasrec_dir = Path(args.sasrec_dir) if args.sasrec_dir else None
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for name in args.datasets:
+    for name in [] if args.report_only else args.datasets:
         started = time.perf_counter()
-        result = run_dataset(name, Path(args.data_dir), out, args.smoke, args.recbole_python,
-                             Path(args.sasrec_dir) if args.sasrec_dir else None, args.head_warmup_epochs,
-                             args.train_minutes)
+        result = run_dataset(name, Path(args.data_dir), out, args.smoke, args.recbole_python, sasrec_dir,
+                             args.head_warmup_epochs, args.train_minutes)
         result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
-    done = read_results(out, DATASETS)
+    done = [with_peer_provenance(r, sasrec_dir) for r in read_results(out, DATASETS)]
     write_json(out / "quality.json", done)
     atomic_write_text(out / "quality.md", markdown(done))
     return 0
