@@ -135,6 +135,9 @@ class SequenceHead(nn.Module):
         rows = self.rows() if rows is None else rows
         pad = histories < 0
         n = histories.shape[1]
+        if n > self.options.max_events:
+            raise ValueError(f"histories of {n} positions are longer than the head's max_events "
+                             f"({self.options.max_events}); keep the newest {self.options.max_events}.")
         x = rows[histories.clamp(min=0)] * (~pad).unsqueeze(-1) + self.position[-n:]
         x = self.drop(self.norm(x))
         causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), 1)
@@ -217,7 +220,7 @@ class SequenceHead(nn.Module):
         head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32),
                    options=SequenceOptions(**config["options"]))
         head.load_state_dict(tensors)
-        return head
+        return head.eval()  # ready to score: no dropout (call .train() to train it further)
 
     @staticmethod
     def exists(folder: str | os.PathLike) -> bool:

@@ -49,8 +49,11 @@ def test_save_load_round_trip_and_cold_start_rows(tmp_path):
     histories = torch.tensor([[-1, -1, 0, 1, 2, 3], [-1, -1, -1, -1, 4, 0]])
     before = head.scores(histories)
     head.save_pretrained(tmp_path)
-    loaded = SequenceHead.from_pretrained(tmp_path).eval()
+    loaded = SequenceHead.from_pretrained(tmp_path)
+    assert not loaded.training  # loaded to score: no dropout
     torch.testing.assert_close(loaded.scores(histories), before)
+    with pytest.raises(ValueError, match="longer than the head's max_events"):
+        loaded.scores(torch.zeros(1, 7, dtype=torch.long))
     assert loaded.item_ids == head.item_ids and json.loads((tmp_path / SEQUENCE_CONFIG).read_text())["options"][
         "dim"] == 16
 
