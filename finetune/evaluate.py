@@ -86,34 +86,32 @@ def score_items(encoder: InterestEncoder, interest, item_vectors: torch.Tensor |
 
 
 @torch.no_grad()
-def ranks_for_interest(encoder: InterestEncoder, verbaliser: Verbaliser, examples: Examples, interest,
-                       item_vectors: torch.Tensor | None = None) -> np.ndarray:
-    """0-based target ranks for given interest vectors ``(len(examples), dim)`` (one per example): the strategy
-    head's scores, or cosine to ``item_vectors`` for a model without a head; seen items excluded."""
+def ranks_by_chunk(verbaliser: Verbaliser, examples: Examples, score_chunk) -> np.ndarray:
+    """0-based target ranks, seen items excluded, with ``score_chunk(lo, chunk)`` giving the ``(len(chunk),
+    n_items)`` scores of examples ``lo .. lo + len(chunk)`` (scored `EVAL_CHUNK` at a time)."""
     from .metrics import target_ranks
 
     out = []
     for lo in range(0, len(examples), EVAL_CHUNK):
         chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
-        scores = score_items(encoder, interest[lo: lo + EVAL_CHUNK], item_vectors)  # (chunk, n_items)
+        scores = score_chunk(lo, chunk)  # (chunk, n_items)
         mask_seen(scores, seen_items(verbaliser, chunk))
         out.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
+def ranks_for_interest(encoder: InterestEncoder, verbaliser: Verbaliser, examples: Examples, interest,
+                       item_vectors: torch.Tensor | None = None) -> np.ndarray:
+    """0-based target ranks for given interest vectors ``(len(examples), dim)`` (one per example): the strategy
+    head's scores, or cosine to ``item_vectors`` for a model without a head; seen items excluded."""
+    return ranks_by_chunk(verbaliser, examples, lambda lo, chunk: score_items(
+        encoder, interest[lo: lo + len(chunk)], item_vectors))
+
+
 def popularity_ranks(verbaliser: Verbaliser, split: Split, name: str) -> np.ndarray:
     """Ranks under the popularity baseline: items by interactions before the target, seen items excluded."""
-    from .metrics import target_ranks
-
-    examples = split[name]
     counts = torch.as_tensor(split.popularity[name], dtype=torch.float32)
-    ranks = []
-    for lo in range(0, len(examples), EVAL_CHUNK):
-        chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
-        scores = counts.repeat(len(chunk), 1)  # (chunk, n_items)
-        mask_seen(scores, seen_items(verbaliser, chunk))
-        ranks.append(target_ranks(scores, torch.as_tensor(chunk.targets)).numpy())
-    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    return ranks_by_chunk(verbaliser, split[name], lambda lo, chunk: counts.repeat(len(chunk), 1))
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, float]:

@@ -16,13 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interestbert.encoder.head import mask_seen
 from interestbert.encoder.sequence import SequenceHead, SequenceOptions, right_aligned, sequence_loss
 from interestbert.encoder.verbalise import Verbaliser
 
-from .data import Examples, Split, seen_items
-from .evaluate import EVAL_CHUNK, metrics_from_ranks
-from .metrics import target_ranks
+from .data import Examples, Split
+from .evaluate import metrics_from_ranks, ranks_by_chunk
 
 
 @dataclass
@@ -51,19 +49,15 @@ def training_sequences(verbaliser: Verbaliser, split: Split, max_events: int) ->
     return inputs, targets
 
 
-@torch.no_grad()
 def sequence_ranks(head: SequenceHead, verbaliser: Verbaliser, examples: Examples) -> np.ndarray:
     """0-based rank of each example's target under the sequence head (full ranking, seen items excluded)."""
     was_training = head.training
     head.eval()
-    out = []
-    for lo in range(0, len(examples), EVAL_CHUNK):
-        chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
-        scores = head.scores(head.histories(verbaliser, chunk.users, chunk.ends).to(head.text.device))
-        mask_seen(scores, seen_items(verbaliser, chunk))
-        out.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
+    with torch.no_grad():
+        ranks = ranks_by_chunk(verbaliser, examples, lambda lo, chunk: head.scores(
+            head.histories(verbaliser, chunk.users, chunk.ends).to(head.text.device)))
     head.train(was_training)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return ranks
 
 
 def train_sequence_head(verbaliser: Verbaliser, split: Split, item_embeddings, options: SequenceOptions,

@@ -11,7 +11,6 @@ continues exactly where it stopped and ends with the same weights as an uninterr
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -475,11 +474,11 @@ def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
                                             args.sequence_training(), device=str(acc.device),
                                             show_progress_bar=not args.disable_tqdm, print_fn=acc.print)
         head.save_pretrained(out / CONFIG_DIR)
+        best.sequence_head = head
         config_file = out / CONFIG_DIR / CONFIG_NAME
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        config["sequence_head"] = {"n_items": head.n_items, **dataclasses.asdict(head.options)}
+        config["sequence_head"] = best.config()["sequence_head"]
         atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
-        best.sequence_head = head
         results["sequence_head"] = summary
         if args.do_test:
             results["sequence_test"] = metrics_from_ranks(sequence_ranks(head, run.verbaliser, run.split.test))

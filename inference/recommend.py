@@ -95,33 +95,33 @@ def seen_in_history(verbaliser, users: np.ndarray) -> list[list[int]]:
             for u in users.tolist()]
 
 
-def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: int,
-              item_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` item positions and scores per user, the user's seen items excluded."""
+def top_k_by_chunk(verbaliser, users: np.ndarray, k: int, score_chunk) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item positions and scores per user, the user's seen items excluded, with ``score_chunk(lo,
+    rows)`` giving the ``(len(rows), n_items)`` scores of ``users[lo : lo + len(rows)]``."""
     top_items, top_scores = [], []
     for lo in range(0, len(users), CHUNK):
         rows = users[lo: lo + CHUNK]
-        scores = score_items(encoder, interest[lo: lo + CHUNK], item_vectors).float().cpu()
-        seen = seen_in_history(verbaliser, rows)
-        mask_seen(scores, seen)
+        scores = score_chunk(lo, rows).float().cpu()
+        mask_seen(scores, seen_in_history(verbaliser, rows))
         value, index = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         top_items.append(index.numpy())
         top_scores.append(value.numpy())
     return np.concatenate(top_items), np.concatenate(top_scores)
 
 
+def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: int,
+              item_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item positions and scores per user, the user's seen items excluded."""
+    return top_k_by_chunk(verbaliser, users, k, lambda lo, rows: score_items(
+        encoder, interest[lo: lo + len(rows)], item_vectors))
+
+
+@torch.no_grad()
 def recommend_sequence(head, verbaliser, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item positions and scores per user from a `SequenceHead` reading each whole history (its newest
     ``max_events``), the user's seen items excluded."""
-    top_items, top_scores = [], []
-    for lo in range(0, len(users), CHUNK):
-        rows = users[lo: lo + CHUNK]
-        histories = head.histories(verbaliser, rows, verbaliser.n_events[rows])
-        seen = seen_in_history(verbaliser, rows)
-        value, index = head.topk(histories, k, exclude=seen)
-        top_items.append(index.cpu().numpy())
-        top_scores.append(value.float().cpu().numpy())
-    return np.concatenate(top_items), np.concatenate(top_scores)
+    return top_k_by_chunk(verbaliser, users, k, lambda lo, rows: head.scores(
+        head.histories(verbaliser, rows, verbaliser.n_events[rows]).to(head.text.device)))
 
 
 def write_recommendations(path: str | os.PathLike, verbaliser, users: np.ndarray, items: np.ndarray,
