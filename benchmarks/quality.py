@@ -53,6 +53,7 @@ MAX_SEQ_LENGTH = 128
 # A gentle adapter and a quicker head: in short CPU runs the head (one row per item) is what learns the catalogue.
 LORA_LR, HEAD_LR = 1e-4, 5e-3
 SEQUENCE_MINUTES = 10  # the sequence head (`--sequence_head`, defaults otherwise) trains after the encoder
+SASREC = "SASRec (RecBole 1.2.1)"
 
 
 def tied_share(verbaliser: Verbaliser, split) -> float:
@@ -111,12 +112,7 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
 
     sasrec = run_sasrec(name, folder, out, recbole_python, sasrec_dir, smoke)
     if sasrec is not None:
-        if sasrec["user_ids"][: len(test)] != [verbaliser.users[u] for u in test.users.tolist()]:
-            raise RuntimeError(f"{name}: the SASRec run ranked other users than ours; re-export the split.")
-        rows["SASRec (RecBole 1.2.1)"] = {**metrics_from_ranks(np.asarray(sasrec["ranks"][: len(test)])),
-                                          "train_seconds": sasrec.get("train_seconds"),
-                                          "epochs": sasrec.get("epochs"), "hardware": sasrec.get("hardware"),
-                                          "date": sasrec.get("date")}
+        rows[SASREC] = sasrec_row(name, sasrec, test_user_ids(verbaliser, test))
     return {
         "dataset": name,
         "users": len(test),
@@ -156,14 +152,32 @@ def run_sasrec(name: str, folder: Path, out: Path, recbole_python: str | None, s
     return None
 
 
-def with_peer_provenance(result: dict, sasrec_dir: Path | None) -> dict:
-    """Fills the SASRec row's own machine and date from its result file when the row lacks them (a run read
-    from ``--sasrec-dir`` was made on its own day, maybe on another machine)."""
-    row = result["rows"].get("SASRec (RecBole 1.2.1)")
+def test_user_ids(verbaliser: Verbaliser, test) -> list[str]:
+    return [verbaliser.users[u] for u in test.users.tolist()]
+
+
+def sasrec_row(name: str, sasrec: dict, user_ids: list[str]) -> dict:
+    """The SASRec row from a `recbole_peer.py` result, after checking that it ranked exactly our test users."""
+    if sasrec["user_ids"][: len(user_ids)] != user_ids:
+        raise RuntimeError(f"{name}: the SASRec run ranked other users than ours; re-export the split.")
+    return {**metrics_from_ranks(np.asarray(sasrec["ranks"][: len(user_ids)])),
+            "train_seconds": sasrec.get("train_seconds"), "epochs": sasrec.get("epochs"),
+            "best_epoch": sasrec.get("best_epoch"), "stop_reason": sasrec.get("stop_reason"),
+            "hardware": sasrec.get("hardware"), "date": sasrec.get("date")}
+
+
+def attach_peer(result: dict, data_dir: Path, sasrec_dir: Path | None) -> dict:
+    """With ``--report-only --sasrec-dir``: (re)builds the dataset's SASRec row from ``<sasrec-dir>/<card>.json``
+    (a peer run beside ours, finished after our rows were written), checked against our test users."""
     path = None if sasrec_dir is None else sasrec_dir / f"{result['dataset']}.json"
-    if row is not None and "hardware" not in row and path is not None and path.is_file():
-        peer = json.loads(path.read_text())
-        row.update(hardware=peer.get("hardware"), date=peer.get("date"))
+    if path is None or not path.is_file():
+        return result
+    name = result["dataset"]
+    data = load_card_data(name, data_dir / DATASETS[name]["folder"])
+    tokenizer = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH).tokenizer
+    verbaliser = Verbaliser(data, tokenizer, MAX_SEQ_LENGTH)
+    test = leave_one_out(verbaliser).test
+    result["rows"][SASREC] = sasrec_row(name, json.loads(path.read_text()), test_user_ids(verbaliser, test))
     return result
 
 
@@ -171,11 +185,13 @@ def markdown(results: list[dict]) -> str:
     lines = ["| dataset | model | HR@10 | NDCG@10 | MRR@10 | NDCG@10 vs SASRec | training time | hardware |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
-        sasrec = r["rows"].get("SASRec (RecBole 1.2.1)", {}).get("ndcg@10")
+        sasrec = r["rows"].get(SASREC, {}).get("ndcg@10")
         for model, m in r["rows"].items():
             ratio = f"{m['ndcg@10'] / sasrec:.2f}x" if sasrec else "n/a"
             secs = m.get("train_seconds")
             train = "-" if not secs else f"{secs / 60:.1f} min"
+            if m.get("stop_reason"):  # the peer: how long it trained and why it stopped (cap or early stopping)
+                train += f" ({m['epochs']:g} epochs, best {m['best_epoch']:g}, {m['stop_reason']})"
             where = r["hardware"] if not m.get("hardware") else f"{m['hardware']} ({m.get('date', 'undated')})"
             lines.append(f"| {r['dataset']} ({r['users']:,} users) | {model} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | "
                          f"{m['mrr@10']:.4f} | {ratio} | {train} | {where} |")
@@ -192,7 +208,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--recbole-python", default=None, help="Python of RecBole's venv: run SASRec now.")
-    parser.add_argument("--sasrec-dir", default=None, help="Folder of earlier recbole_peer.py results (<card>.json).")
+    parser.add_argument("--sasrec-dir", default=None,
+                        help="Folder of recbole_peer.py results (<card>.json): read after our rows; with --report-only "
+                             "they replace the saved SASRec rows (a peer run beside ours, checked user by user).")
     parser.add_argument("--smoke", action="store_true", help="A few steps on 200 users, to check the script.")
     parser.add_argument("--head-warmup-epochs", type=int, default=FinetuneArguments.head_warmup_epochs,
                         help="Fit the head on frozen vectors first (0: off).")
@@ -209,7 +227,11 @@ def main(argv=None) -> int:
         result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
-    done = [with_peer_provenance(r, sasrec_dir) for r in read_results(out, DATASETS)]
+    done = read_results(out, DATASETS)
+    if args.report_only:
+        done = [attach_peer(r, Path(args.data_dir), sasrec_dir) for r in done]
+        for r in done:
+            write_json(out / f"{r['dataset']}.json", r)
     write_json(out / "quality.json", done)
     atomic_write_text(out / "quality.md", markdown(done))
     return 0
