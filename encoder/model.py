@@ -349,9 +349,28 @@ class InterestEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         self.model.eval()
-        out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar,
-                                convert_to_numpy=True, **kwargs)
+        # an untouched adapter adds exactly zero: skip its matmuls (~60 % of encode time on a CPU). The flag is
+        # set on the layers directly: peft's enable_adapters() would also change which weights require grad.
+        bypass = self._zero_lora_layers()
+        for layer in bypass:
+            layer._disable_adapters = True
+        try:
+            out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                    convert_to_numpy=True, **kwargs)
+        finally:
+            for layer in bypass:
+                layer._disable_adapters = False
         return np.asarray(out, dtype=np.float32)
+
+    def _zero_lora_layers(self) -> list:
+        """The LoRA layers, when the adapter is active, unmerged and every ``lora_B`` is zero (a fresh adapter,
+        before any training step: its ``B·A·x`` is exactly zero); otherwise an empty list."""
+        from peft.tuners.lora.layer import LoraLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        fresh = all(not m.merged and not m.disable_adapters and not any(bool(b.weight.any()) for b in m.lora_B.values())
+                    for m in layers)
+        return layers if fresh else []
 
     def encode_histories(self, verbaliser, users=None, ends=None, batch_size: int = 32,
                          show_progress_bar: bool | None = None) -> np.ndarray:

@@ -53,6 +53,24 @@ def test_fresh_adapter_trains_only_lora_and_starts_at_the_base(tiny_bert):
     np.testing.assert_allclose(encoder.encode(TEXTS), base, atol=1e-6)
 
 
+def test_a_fresh_adapter_is_skipped_exactly_and_a_trained_one_is_not(tiny_bert):
+    import torch
+
+    encoder = InterestEncoder.from_pretrained(str(tiny_bert))
+    layers = encoder._zero_lora_layers()
+    assert layers, "a fresh adapter (B = 0) is skipped while encoding"
+    trainable = {n for n, p in encoder.model.named_parameters() if p.requires_grad}
+    with_adapter = encoder.model.encode(TEXTS, convert_to_numpy=True)  # through the LoRA layers
+    np.testing.assert_array_equal(encoder.encode(TEXTS), with_adapter)  # exactly, not just close
+    assert not any(m.disable_adapters for m in layers), "the adapter is active again after encode"
+    assert {n for n, p in encoder.model.named_parameters() if p.requires_grad} == trainable
+    with torch.no_grad():  # as after a training step: B is no longer zero, so the adapter must be used
+        for layer in layers:
+            layer.lora_B["default"].weight.add_(0.5)
+    assert encoder._zero_lora_layers() == []
+    assert np.abs(encoder.encode(TEXTS) - with_adapter).max() > 1e-4
+
+
 def test_encode_returns_unit_norm_float32_rows(tiny_encoder):
     vectors = tiny_encoder.encode(TEXTS, batch_size=2)
     assert vectors.shape == (3, 32) and vectors.dtype == np.float32
