@@ -349,8 +349,9 @@ class InterestEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         self.model.eval()
-        # an untouched adapter adds exactly zero: skip its matmuls (~60 % of encode time on a CPU). The flag is
-        # set on the layers directly: peft's enable_adapters() would also change which weights require grad.
+        # an untouched adapter adds exactly zero: skip its matmuls (1.1-1.3x faster encoding measured on this
+        # CPU). The flag is set on the layers directly: peft's enable_adapters() would also change which weights
+        # require grad.
         bypass = self._zero_lora_layers()
         for layer in bypass:
             layer._disable_adapters = True
@@ -368,8 +369,8 @@ class InterestEncoder:
         from peft.tuners.lora.layer import LoraLayer
 
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        fresh = all(not m.merged and not m.disable_adapters and not any(bool(b.weight.any()) for b in m.lora_B.values())
-                    for m in layers)
+        fresh = all(not m.merged and not m.disable_adapters
+                    and not any(bool(b.weight.any()) for b in m.lora_B.values()) for m in layers)
         return layers if fresh else []
 
     def encode_histories(self, verbaliser, users=None, ends=None, batch_size: int = 32,
