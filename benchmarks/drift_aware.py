@@ -28,7 +28,8 @@ from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.data import leave_one_out
-from interestbert.finetune.evaluate import item_text_vectors, metrics_from_ranks, ranks_for_interest
+from interestbert.encoder.scoring import scorer_for
+from interestbert.finetune.metrics import RankingMetrics
 from interestbert.inference.drift import ensure_calibrated
 from interestbert.inference.recommend import strategies, user_vectors
 
@@ -52,7 +53,7 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
     split = leave_one_out(verbaliser)
     monitor = DriftMonitor(encoder.encode, DriftConfig(), separator=verbaliser.separator, batch_size=64)
     calibration = ensure_calibrated(monitor, verbaliser, 2.0, show_progress_bar=False, data=data)
-    item_vectors = None if encoder.head is not None else item_text_vectors(encoder, verbaliser)
+    scorer = scorer_for(encoder, verbaliser, "strategy" if encoder.head is not None else "text")
     threshold = monitor.config.threshold
 
     def evaluate(examples, alphas):
@@ -65,10 +66,10 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
                 if strategy != "drift-aware" and alpha != alphas[0]:
                     continue
                 key = strategy if strategy != "drift-aware" else f"drift-aware (alpha_max {alpha})"
-                ranks = ranks_for_interest(encoder, verbaliser, examples, interest, item_vectors)
+                ranks = scorer.rank_examples(examples, interest=interest)
                 recent = vectors.recent_detection
-                out[key] = {"all": metrics_from_ranks(ranks),
-                            "recent_drift": metrics_from_ranks(ranks[recent]) if recent.any() else None}
+                out[key] = {"all": RankingMetrics.of(ranks),
+                            "recent_drift": RankingMetrics.of(ranks[recent]) if recent.any() else None}
         return out, vectors
 
     start = time.perf_counter()

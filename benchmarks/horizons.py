@@ -30,7 +30,8 @@ from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder, form
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
 from interestbert.finetune.data import leave_one_out
-from interestbert.finetune.evaluate import metrics_from_ranks, ranks_for_interest
+from interestbert.encoder.scoring import StrategyHeadScorer
+from interestbert.finetune.evaluate import evaluate
 from interestbert.finetune.train import fit_head
 from results_io import read_results, write_json
 
@@ -86,8 +87,8 @@ def run_dataset(name: str, data_dir: Path, max_train: int, seed: int) -> dict:
         _, summary = fit_head(encoder, verbaliser, combine(vectors["train"], horizons), train.targets,
                               defaults.head_warmup_epochs, defaults.head_learning_rate, seed=seed,
                               validation=(split.validation, valid), patience=defaults.head_warmup_patience)
-        test = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, split.test,
-                                                     combine(vectors["test"], horizons)))
+        test = evaluate(StrategyHeadScorer(encoder.head, verbaliser), split.test,
+                        interest=combine(vectors["test"], horizons))
         rows[format_horizons(horizons)] = {**test, "fit": summary,
                                            "fit_seconds": round(time.perf_counter() - started)}
         print(f"{name} {variant}: test NDCG@10 {test['ndcg@10']:.4f} ({summary})", flush=True)

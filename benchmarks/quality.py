@@ -38,7 +38,9 @@ from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
 from interestbert.finetune.data import leave_one_out
-from interestbert.finetune.evaluate import metrics_from_ranks, popularity_ranks, rank_examples
+from interestbert.encoder.scoring import scorer_for
+from interestbert.finetune.evaluate import evaluate, popularity_scorer
+from interestbert.finetune.metrics import RankingMetrics
 from interestbert.finetune.train import finetune
 
 # Shorter CPU schedules than a GPU would use: a step cap and a time cap on the joint training (the head warm-up
@@ -81,12 +83,11 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
     test = split.test if not smoke else split.test.subset(slice(0, 200))
     rows: dict[str, dict] = {}
 
-    pop = popularity_ranks(verbaliser, split, "test")[: len(test)]
-    rows["popularity"] = {**metrics_from_ranks(pop), "train_seconds": 0.0}
+    rows["popularity"] = {**evaluate(popularity_scorer(verbaliser, split, "test"), test), "train_seconds": 0.0}
 
     start = time.perf_counter()
-    zero = rank_examples(base, verbaliser, test, batch_size=64, show_progress_bar=True)
-    rows["interestbert untrained (zero-shot)"] = {**metrics_from_ranks(zero), "train_seconds": 0.0,
+    zero = evaluate(scorer_for(base, verbaliser, "text"), test, show_progress_bar=True)
+    rows["interestbert untrained (zero-shot)"] = {**zero, "train_seconds": 0.0,
                                                  "score_seconds": round(time.perf_counter() - start, 1)}
 
     model_dir = out / "models" / name
@@ -101,13 +102,12 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
         disable_tqdm=True, seed=42)
     results = finetune(args)
     tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH)
-    ranks = rank_examples(tuned, verbaliser, test, batch_size=64, use_sequence_head=False)
-    rows["interestbert fine-tuned"] = {**metrics_from_ranks(ranks), "train_seconds": results["train_runtime_s"],
+    strategy = evaluate(scorer_for(tuned, verbaliser, "strategy"), test)
+    rows["interestbert fine-tuned"] = {**strategy, "train_seconds": results["train_runtime_s"],
                                        "steps": results["global_step"], "best_step": results["best_step"]}
     sequence = results["sequence_head"]
-    ranks = rank_examples(tuned, verbaliser, test, use_sequence_head=True)
     rows["interestbert fine-tuned + sequence head"] = {
-        **metrics_from_ranks(ranks), "train_seconds": results["train_runtime_s"] + sequence["train_runtime_s"],
+        **evaluate(scorer_for(tuned, verbaliser, "sequence"), test), "train_seconds": results["train_runtime_s"] + sequence["train_runtime_s"],
         "sequence_epochs": sequence["epochs"], "sequence_best_epoch": sequence["best_epoch"]}
 
     sasrec = run_sasrec(name, folder, out, recbole_python, sasrec_dir, smoke)
@@ -160,7 +160,7 @@ def sasrec_row(name: str, sasrec: dict, user_ids: list[str]) -> dict:
     """The SASRec row from a `recbole_peer.py` result, after checking that it ranked exactly our test users."""
     if sasrec["user_ids"][: len(user_ids)] != user_ids:
         raise RuntimeError(f"{name}: the SASRec run ranked other users than ours; re-export the split.")
-    return {**metrics_from_ranks(np.asarray(sasrec["ranks"][: len(user_ids)])),
+    return {**RankingMetrics.of(np.asarray(sasrec["ranks"][: len(user_ids)])),
             "train_seconds": sasrec.get("train_seconds"), "epochs": sasrec.get("epochs"),
             "best_epoch": sasrec.get("best_epoch"), "stop_reason": sasrec.get("stop_reason"),
             "hardware": sasrec.get("hardware"), "date": sasrec.get("date")}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write_text
+from .scoring import mask_seen
 
 HEAD_WEIGHTS = "strategy_head.safetensors"
 HEAD_CONFIG = "strategy_head.json"
@@ -130,11 +131,3 @@ class StrategyHead(nn.Module):
     def exists(folder: str | os.PathLike) -> bool:
         return (Path(folder) / HEAD_CONFIG).is_file() and (Path(folder) / HEAD_WEIGHTS).is_file()
 
-
-def mask_seen(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Sets ``scores[row, exclude[row]]`` to -inf in place (the user's already-seen items)."""
-    rows = [r for r, items in enumerate(exclude) for _ in items]
-    cols = [c for items in exclude for c in items]
-    if cols:
-        scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
-    return scores

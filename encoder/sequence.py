@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .files import atomic_write_text
-from .head import mask_seen
+from .scoring import mask_seen
 
 SEQUENCE_WEIGHTS = "sequence_head.safetensors"
 SEQUENCE_CONFIG = "sequence_head.json"

@@ -101,14 +101,3 @@ def _counts(verbaliser: Verbaliser, users: np.ndarray, ends: np.ndarray, n_items
     np.add.at(delta, starts + ends, -1)
     mask = np.cumsum(delta[:-1]) > 0
     return np.bincount(verbaliser.event_items[mask], minlength=n_items).astype(np.int64)
-
-
-def seen_items(verbaliser: Verbaliser, examples: Examples) -> list[np.ndarray]:
-    """For each example, the catalogue rows of the items in its history, minus its own target (so a repeat
-    purchase is not masked away)."""
-    out = []
-    for u, end, target in zip(examples.users.tolist(), examples.ends.tolist(), examples.targets.tolist()):
-        start = verbaliser.offsets[u]
-        history = np.unique(verbaliser.event_items[start: start + end])
-        out.append(history[history != target])
-    return out

@@ -1,8 +1,9 @@
 """Full-ranking evaluation: every item scored, the user's seen items excluded, one held-out target per user.
 
-A model with a strategy head scores items with ``A · interest + b'``; a model without one (the untrained base)
-scores them by the cosine of their text embedding to the interest vector (zero-shot). The popularity baseline
-scores items by their interaction count before the target, on the same examples.
+Scoring is `interestbert.encoder.scoring`'s: a model's sequence head, its strategy head, or (for the untrained
+base) the cosine of the interest vector to the item texts (zero-shot); the popularity baseline scores items by
+their interaction count before the target, on the same examples. This module shards the examples across
+processes, feeds the ranks to `RankingMetrics`, and formats the table.
 """
 
 from __future__ import annotations
@@ -10,114 +11,64 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from interestbert.encoder.head import mask_seen
-from interestbert.encoder.model import InterestEncoder
-from interestbert.encoder.verbalise import Verbaliser
+from interestbert.encoder.scoring import PopularityScorer, Scorer, scorer_for
 
-from .data import Examples, Split, seen_items
+from .data import Examples, Split
 from .metrics import RankingMetrics
 
-EVAL_CHUNK = 256  # examples scored at once: (chunk, n_items) floats
 
-
-@torch.no_grad()
-def item_text_vectors(encoder: InterestEncoder, verbaliser: Verbaliser, batch_size: int = 64) -> torch.Tensor:
-    """``(n_items, dim)`` unit-norm embeddings of the catalogue's texts, on the encoder's device."""
-    vectors = encoder.encode(verbaliser.item_texts, batch_size=batch_size, show_progress_bar=False)
-    return torch.as_tensor(vectors, device=encoder.device)
-
-
-@torch.no_grad()
-def rank_examples(
-    encoder: InterestEncoder,
-    verbaliser: Verbaliser,
-    examples: Examples,
-    *,
-    item_vectors: torch.Tensor | None = None,
-    batch_size: int = 64,
-    accelerator=None,
-    show_progress_bar: bool = False,
-    use_sequence_head: bool = True,
-) -> np.ndarray:
-    """0-based rank of each example's target among all items (seen items excluded), in example order: by the
-    model's sequence head when it has one (and ``use_sequence_head``), else by its strategy head, else by cosine
-    to the item texts.
+def rank_examples(scorer: Scorer, examples: Examples, *, accelerator=None, show_progress_bar: bool = False,
+                  **inputs) -> np.ndarray:
+    """0-based rank of each example's target under ``scorer`` (seen items excluded), in example order.
 
     With an ``accelerator`` of several processes, each scores a contiguous shard and the ranks are gathered.
+    ``inputs`` (``interest=`` vectors computed ahead) have one row per example.
     """
-    if use_sequence_head and encoder.sequence_head is not None:
-        from .sequence import sequence_ranks
-
-        return sequence_ranks(encoder.sequence_head, verbaliser, examples)
-    if encoder.head is None and item_vectors is None:
-        item_vectors = item_text_vectors(encoder, verbaliser, batch_size)
     index = np.arange(len(examples))
-    if accelerator is not None and accelerator.num_processes > 1:
+    sharded = accelerator is not None and accelerator.num_processes > 1
+    if sharded:
         index = np.array_split(index, accelerator.num_processes)[accelerator.process_index]
-    was_training = encoder.model.training
-    encoder.model.eval()
-    ranks = []
-    for lo in tqdm(range(0, len(index), EVAL_CHUNK), desc="evaluate", disable=not show_progress_bar, leave=False):
-        chunk = examples.subset(index[lo: lo + EVAL_CHUNK])
-        interest = torch.as_tensor(encoder.encode_histories(verbaliser, chunk.users, chunk.ends,
-                                                            batch_size=batch_size, show_progress_bar=False))
-        ranks.append(ranks_for_interest(encoder, verbaliser, chunk, interest, item_vectors))
-    if was_training:
-        encoder.model.train()
-    ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
-    if accelerator is not None and accelerator.num_processes > 1:
+    part = examples.subset(index)
+    ranks = scorer.rank_examples(part, show_progress_bar=show_progress_bar,
+                                 **{k: v[index] for k, v in inputs.items()})
+    if sharded:
         from accelerate.utils import gather_object
 
         ranks = np.concatenate(gather_object([ranks]))
     return ranks
 
 
-@torch.no_grad()
-def score_items(encoder: InterestEncoder, interest, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-    """``(n, n_items)`` scores of interest vectors: the strategy head's ``A · interest + b'``, or, for a model
-    without a head, the cosine to ``item_vectors`` (the item texts' embeddings)."""
-    x = torch.as_tensor(interest).float()
-    if encoder.head is not None:
-        return encoder.head(x.to(encoder.head.weight.device))
-    return x.to(item_vectors.device) @ item_vectors.T
-
-
-@torch.no_grad()
-def ranks_by_chunk(verbaliser: Verbaliser, examples: Examples, score_chunk) -> np.ndarray:
-    """0-based target ranks, seen items excluded, with ``score_chunk(lo, chunk)`` giving the ``(len(chunk),
-    n_items)`` scores of examples ``lo .. lo + len(chunk)`` (scored `EVAL_CHUNK` at a time)."""
-    from .metrics import target_ranks
-
-    out = []
-    for lo in range(0, len(examples), EVAL_CHUNK):
-        chunk = examples.subset(slice(lo, lo + EVAL_CHUNK))
-        scores = score_chunk(lo, chunk)  # (chunk, n_items)
-        mask_seen(scores, seen_items(verbaliser, chunk))
-        out.append(target_ranks(scores, torch.as_tensor(chunk.targets, device=scores.device)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
-def ranks_for_interest(encoder: InterestEncoder, verbaliser: Verbaliser, examples: Examples, interest,
-                       item_vectors: torch.Tensor | None = None) -> np.ndarray:
-    """0-based target ranks for given interest vectors ``(len(examples), dim)`` (one per example): the strategy
-    head's scores, or cosine to ``item_vectors`` for a model without a head; seen items excluded."""
-    return ranks_by_chunk(verbaliser, examples, lambda lo, chunk: score_items(
-        encoder, interest[lo: lo + len(chunk)], item_vectors))
-
-
-def popularity_ranks(verbaliser: Verbaliser, split: Split, name: str) -> np.ndarray:
-    """Ranks under the popularity baseline: items by interactions before the target, seen items excluded."""
-    counts = torch.as_tensor(split.popularity[name], dtype=torch.float32)
-    return ranks_by_chunk(verbaliser, split[name], lambda lo, chunk: counts.repeat(len(chunk), 1))
-
-
-def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, float]:
+def evaluate(scorer: Scorer, examples: Examples, ks: Sequence[int] = (10,), **kwargs) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR@k (and ``n``) of ``scorer`` on ``examples``; ``kwargs`` as in `rank_examples`."""
     metrics = RankingMetrics(ks)
-    metrics.update_ranks(ranks)
+    metrics.update_ranks(rank_examples(scorer, examples, **kwargs))
     return metrics.compute()
+
+
+def popularity_scorer(verbaliser, split: Split, name: str) -> PopularityScorer:
+    """The popularity baseline for one split: items by their interactions before that split's targets."""
+    return PopularityScorer(split.popularity[name], verbaliser)
+
+
+def evaluate_model(encoder, verbaliser, split: Split, name: str = "test", ks: Sequence[int] = (10,),
+                   batch_size: int = 64, show_progress_bar: bool = False, baselines: bool = True,
+                   accelerator=None) -> dict[str, dict]:
+    """The evaluation table of a model on one split: each of its heads (sequence, strategy) or, for a model
+    without one, the zero-shot text cosine; then popularity. Returns ``{row name: metrics}``."""
+    examples = split[name]
+    kinds = [k for k, head in (("sequence", encoder.sequence_head), ("strategy", encoder.head)) if head is not None]
+    labels = {"sequence": "interestbert (sequence head)",
+              "strategy": "interestbert (strategy head)" if "sequence" in kinds else "interestbert (fine-tuned)",
+              "text": "interestbert (untrained, zero-shot)"}
+    rows = {}
+    for kind in kinds or ["text"]:
+        scorer = scorer_for(encoder, verbaliser, kind, batch_size=batch_size)
+        rows[labels[kind]] = evaluate(scorer, examples, ks, accelerator=accelerator,
+                                      show_progress_bar=show_progress_bar)
+    if baselines:
+        rows["popularity"] = evaluate(popularity_scorer(verbaliser, split, name), examples, ks)
+    return rows
 
 
 def format_metrics(name: str, metrics: dict, ks: Sequence[int] = (10,)) -> str:

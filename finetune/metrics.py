@@ -1,8 +1,9 @@
 """Full-ranking metrics as objects with `update()` / `compute()`, like RecBole's and torchmetrics'.
 
-A target's rank is the number of items scored above it, plus the tied items with a smaller index (ties broken
-by catalogue order, deterministically, never in the target's favour by accident of sorting). Already-seen items
-are excluded by the caller (score -inf) before `update`.
+A target's rank is `interestbert.encoder.scoring.target_ranks`: the number of items scored above it, plus the
+tied items with a smaller index (ties broken by catalogue order, deterministically). Already-seen items are
+excluded by the caller (score -inf) before `update`; the evaluation (`interestbert.finetune.evaluate`) feeds the
+ranks of a `Scorer` through `update_ranks`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of ``targets[i]`` in ``scores[i]`` (``(batch, n_items)``, higher is better): ``(batch,)``."""
-    target_scores = scores.gather(1, targets[:, None])  # (batch, 1)
-    above = (scores > target_scores).sum(dim=1)
-    index = torch.arange(scores.shape[1], device=scores.device)[None, :]  # (1, n_items)
-    tied_before = ((scores == target_scores) & (index < targets[:, None])).sum(dim=1)
-    return above + tied_before
+from interestbert.encoder.scoring import target_ranks
 
 
 class RankingMetrics:
@@ -40,6 +34,13 @@ class RankingMetrics:
             raise ValueError(f"`ks` should be positive cut-offs, got {ks!r}.")
         self.ks = tuple(sorted({int(k) for k in ks}))
         self._ranks: list[np.ndarray] = []
+
+    @classmethod
+    def of(cls, ranks, ks: Sequence[int] = (10,)) -> dict[str, float]:
+        """The metrics of precomputed 0-based ranks (a subset of users, a peer's ranks)."""
+        metrics = cls(ks)
+        metrics.update_ranks(ranks)
+        return metrics.compute()
 
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """Adds a batch: ``scores`` ``(batch, n_items)``, ``targets`` ``(batch,)`` item indices."""

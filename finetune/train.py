@@ -10,7 +10,6 @@ continues exactly where it stopped and ends with the same weights as an uninterr
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -33,12 +32,14 @@ from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.head import StrategyHead
 from interestbert.encoder.model import InterestEncoder, parse_horizons
+from interestbert.encoder.scoring import StrategyHeadScorer, scorer_for
 from interestbert.encoder.verbalise import Verbaliser
 
 from .args import FinetuneArguments
 from .checkpoint import check_config, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import Examples, Split, leave_one_out
-from .evaluate import metrics_from_ranks, metrics_table, popularity_ranks, rank_examples, ranks_for_interest
+from .evaluate import evaluate, metrics_table, popularity_scorer
+from .loop import fit_epochs
 
 RESULTS_FILE = "all_results.json"
 CHECKPOINTS = "checkpoints"
@@ -190,44 +191,30 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
 def fit_head(encoder: InterestEncoder, verbaliser: Verbaliser, interest, targets, epochs: int, lr: float,
              weight_decay: float = 0.0, seed: int = 0, validation: tuple[Examples, np.ndarray] | None = None,
              patience: int = 10):
-    """Trains ``encoder.head`` alone on fixed interest vectors ``(n, dim)`` with AdamW, batches of 256.
+    """Trains ``encoder.head`` alone on fixed interest vectors ``(n, dim)`` with AdamW, batches of 256, through the
+    shared epoch loop (`interestbert.finetune.loop.fit_epochs`).
 
     With ``validation`` (examples and their interest vectors), NDCG@10 is measured after every epoch, the best
     epoch's head is kept, and training stops after ``patience`` epochs without improvement: the head
     overfits a small catalogue within tens of epochs. Returns the optimizer (its state at the kept epoch) and a
     one-line summary."""
-    device = encoder.head.weight.device
+    head = encoder.head
+    device = head.weight.device
     interest = torch.as_tensor(interest).float().to(device)  # (n, dim)
     targets = torch.as_tensor(targets, device=device)
-    head = encoder.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    best = (-1.0, 0, None)  # validation NDCG@10, epoch, [(weights, moments) per parameter]
-    epoch = 0
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(targets), generator=gen).to(device)
-        for lo in range(0, len(order), 256):
-            rows = order[lo: lo + 256]
-            loss = F.cross_entropy(head(interest[rows]), targets[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if validation is None:
-            continue
-        ndcg = metrics_from_ranks(ranks_for_interest(encoder, verbaliser, *validation))["ndcg@10"]
-        if ndcg > best[0]:
-            best = (ndcg, epoch, [(p.detach().clone(), copy.deepcopy(optimizer.state[p])) for p in head.parameters()])
-        elif epoch - best[1] >= patience:
-            break
-    kept = ""
-    if best[2] is not None:
-        with torch.no_grad():
-            for param, (weights, moments) in zip(head.parameters(), best[2]):
-                param.copy_(weights)
-                optimizer.state[param] = moments
-        kept = f", kept epoch {best[1]} (validation NDCG@10 {best[0]:.4f})"
-    return optimizer, (f"{epoch} epochs over {len(targets):,} frozen history vectors{kept}, "
-                       f"last batch loss {loss.item():.4f}")
+    validate = None
+    if validation is not None:
+        scorer = StrategyHeadScorer(head, verbaliser)
+        examples, vectors = validation
+        validate = lambda: evaluate(scorer, examples, interest=vectors)["ndcg@10"]  # noqa: E731
+    result = fit_epochs(head, optimizer, len(targets), lambda rows: F.cross_entropy(head(interest[rows]), targets[rows]),
+                        epochs=epochs, batch_size=256, generator=torch.Generator().manual_seed(seed),
+                        validate=validate, patience=patience, device=device)
+    kept = "" if validate is None else \
+        f", kept epoch {result.best_epoch} (validation NDCG@10 {result.best_metric:.4f})"
+    return optimizer, (f"{result.epochs} epochs over {len(targets):,} frozen history vectors{kept}, "
+                       f"last batch loss {result.last_loss:.4f}")
 
 
 def _check_output_dir(args: FinetuneArguments, accelerator) -> None:
@@ -314,9 +301,8 @@ def step_loss(run: Run, batch: np.ndarray, step: int) -> tuple[torch.Tensor, dic
 
 
 def evaluate_validation(run: Run) -> dict:
-    ranks = rank_examples(run.encoder, run.verbaliser, run.validation, batch_size=run.args.per_device_eval_batch_size,
-                          accelerator=run.accelerator)
-    return metrics_from_ranks(ranks)
+    scorer = scorer_for(run.encoder, run.verbaliser, "strategy", batch_size=run.args.per_device_eval_batch_size)
+    return evaluate(scorer, run.validation, accelerator=run.accelerator)
 
 
 def train(run: Run) -> dict:
@@ -439,11 +425,11 @@ def finish(run: Run, state: dict) -> dict:
     rows = {}
     if args.do_test:
         test = run.split.test
-        results["test"] = metrics_from_ranks(rank_examples(best, run.verbaliser, test,
-                                                           batch_size=args.per_device_eval_batch_size, accelerator=acc))
+        scorer = scorer_for(best, run.verbaliser, "strategy", batch_size=args.per_device_eval_batch_size)
+        results["test"] = evaluate(scorer, test, accelerator=acc)
         rows["interestbert fine-tuned"] = results["test"]
         if args.eval_on_test_baselines:
-            results["popularity_test"] = metrics_from_ranks(popularity_ranks(run.verbaliser, run.split, "test"))
+            results["popularity_test"] = evaluate(popularity_scorer(run.verbaliser, run.split, "test"), test)
             rows["popularity"] = results["popularity_test"]
     if args.sequence_head:
         results.update(train_and_save_sequence_head(run, best))
@@ -463,7 +449,7 @@ def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
     output_dir, scored on test; returns what all_results.json gets from it."""
     from interestbert.encoder.model import CONFIG_DIR, CONFIG_NAME
 
-    from .sequence import sequence_ranks, train_sequence_head
+    from .sequence import train_sequence_head
 
     args, acc = run.args, run.accelerator
     out = Path(args.output_dir)
@@ -481,7 +467,7 @@ def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
         atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
         results["sequence_head"] = summary
         if args.do_test:
-            results["sequence_test"] = metrics_from_ranks(sequence_ranks(head, run.verbaliser, run.split.test))
+            results["sequence_test"] = evaluate(scorer_for(best, run.verbaliser, "sequence"), run.split.test)
     acc.wait_for_everyone()
     return results
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
@@ -23,7 +22,8 @@ from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
 from interestbert.finetune.data import leave_one_out
-from interestbert.finetune.evaluate import metrics_from_ranks, metrics_table, rank_examples
+from interestbert.encoder.scoring import scorer_for
+from interestbert.finetune.evaluate import evaluate, metrics_table
 from interestbert.finetune.train import finetune
 from interestbert.inference.encode import encode_users
 
@@ -67,7 +67,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     base = InterestEncoder.from_pretrained(base_model, max_seq_length=max_seq_length).merge_adapter()
     verbaliser = Verbaliser(data, base.tokenizer, max_seq_length)
     split = leave_one_out(verbaliser)
-    base_metrics = metrics_from_ranks(rank_examples(base, verbaliser, split.test))
+    base_metrics = evaluate(scorer_for(base, verbaliser, "text"), split.test)
     rows = {"interestbert fine-tuned": results["test"], "base model, zero-shot": base_metrics,
             "popularity": results["popularity_test"]}
     print(metrics_table(rows))
@@ -84,12 +84,11 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
 
     print(f"[6/6] recommendations: the {TOP_K} unseen items the fine-tuned strategy head scores highest")
     sections = []
-    for u in shown.tolist():
+    top, _ = scorer_for(tuned, verbaliser, "strategy").topk(shown, k=TOP_K)
+    for u, picks in zip(shown.tolist(), top):
         user = verbaliser.users[u]
         lo, hi = int(verbaliser.offsets[u]), int(verbaliser.offsets[u + 1])
-        interest = torch.as_tensor(tuned.encode([verbaliser.text(user)]))
-        top = tuned.head.topk(interest, k=TOP_K, exclude=[verbaliser.event_items[lo:hi].tolist()])
-        recs = [(verbaliser.item_ids[i], verbaliser.item_texts[i]) for i in top.indices[0].tolist()]
+        recs = [(verbaliser.item_ids[i], verbaliser.item_texts[i]) for i in picks.tolist()]
         tail = [verbaliser.event_text(user, p) for p in range(max(0, hi - lo - TAIL_EVENTS), hi - lo)]
         sections.append((user, hi - lo, tail, recs, drift[user]))
         print(f"\n  user {user} ({hi - lo} events), latest {len(tail)}:")

@@ -11,7 +11,8 @@ For each user, at the end of the history (or of a prefix, for evaluation):
 and the interest vector is ``normalize(a * short + (1 - a) * long)`` with ``a = alpha_max * min(1, score /
 threshold)``: long-term only while nothing drifts (score 0 gives ``a = 0``; see `short_term_weight` for a threshold
 at or below 0), up to ``alpha_max`` of short-term when the score reaches the calibrated threshold. Items are then scored by the model's strategy head (or, for a model
-without one, by cosine to the item texts), the user's seen items excluded.
+without one, by cosine to the item texts), the user's seen items excluded; `recommend_users` does it all, through
+`interestbert.encoder.scoring`, and the sequence head recommends from the order of the newest events instead.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from interestbert.encoder.drift import DriftMonitor, History, histories_from_verbaliser
 from interestbert.encoder.files import atomic_write
-from interestbert.encoder.head import mask_seen
-from interestbert.finetune.evaluate import score_items
+from interestbert.encoder.scoring import InterestScorer, scorer_for
 
 TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
 RECENT = 20  # "a detection in the last RECENT events" marks a user as recently drifted
-CHUNK = 256
 
 
 @dataclass
@@ -89,45 +87,61 @@ def strategies(vectors: UserVectors, threshold: float, alpha_max: float) -> dict
             "drift-aware": blend(vectors, threshold, alpha_max)}
 
 
-def seen_in_history(verbaliser, users: np.ndarray) -> list[list[int]]:
-    """The catalogue rows each user has interacted with (excluded from their recommendations)."""
-    return [np.unique(verbaliser.event_items[verbaliser.offsets[u]: verbaliser.offsets[u + 1]]).tolist()
-            for u in users.tolist()]
+@dataclass
+class Recommendations:
+    """Top-k of many users: catalogue rows and scores ``(n, k)``, best first; the drift score at each user's newest
+    event and the short-term weight it gave (NaN and 0 without the drift-aware blend); the scorer's name."""
+
+    users: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+    drift: np.ndarray
+    short_term_weight: np.ndarray
+    scorer: str
 
 
-def top_k_by_chunk(verbaliser, users: np.ndarray, k: int, score_chunk) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` item positions and scores per user, the user's seen items excluded, with ``score_chunk(lo,
-    rows)`` giving the ``(len(rows), n_items)`` scores of ``users[lo : lo + len(rows)]``."""
-    top_items, top_scores = [], []
-    for lo in range(0, len(users), CHUNK):
-        rows = users[lo: lo + CHUNK]
-        scores = score_chunk(lo, rows).float().cpu()
-        mask_seen(scores, seen_in_history(verbaliser, rows))
-        value, index = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        top_items.append(index.numpy())
-        top_scores.append(value.numpy())
-    return np.concatenate(top_items), np.concatenate(top_scores)
+def recommend_users(encoder, verbaliser, users: np.ndarray, k: int = 10, scorer: str = "auto",
+                    monitor: DriftMonitor | None = None, batch_size: int = 64,
+                    show_progress_bar: bool = False) -> Recommendations:
+    """Top-``k`` unseen items for each of ``users`` (positions in ``verbaliser.users``) at the end of their history.
+
+    Args:
+        scorer: ``auto``, ``sequence``, ``strategy`` or ``text`` (see `interestbert.encoder.scoring.scorer_for`);
+            ``auto`` with a ``monitor`` means the strategy head (or the text cosine), the heads that read the
+            interest vector the blend changes.
+        monitor: A calibrated `DriftMonitor`: recommend from the drift-aware blend of short- and long-term
+            interest (see the module docstring) instead of the long-term interest alone.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    if monitor is not None and scorer == "auto":
+        scorer = "strategy" if encoder.head is not None else "text"
+    if monitor is not None and scorer == "sequence":
+        raise ValueError("the drift-aware blend changes the interest vector, which the sequence head does not read; "
+                         "use the strategy head with it, or recommend without the blend.")
+    chosen = scorer_for(encoder, verbaliser, scorer, batch_size=batch_size)
+    drift = np.full(len(users), np.nan, np.float32)
+    alpha = np.zeros(len(users), np.float32)
+    inputs = {}
+    if monitor is not None:
+        vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=batch_size,
+                               show_progress_bar=show_progress_bar)
+        inputs["interest"] = blend(vectors, monitor.config.threshold, monitor.config.alpha_max)
+        drift = vectors.score
+        alpha = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
+    elif isinstance(chosen, InterestScorer):
+        inputs["interest"] = encoder.encode_histories(verbaliser, users, batch_size=batch_size,
+                                                      show_progress_bar=show_progress_bar)
+    items, scores = chosen.topk(users, k, **inputs)
+    return Recommendations(users, items, scores, drift, alpha, chosen.name)
 
 
-def recommend(encoder, verbaliser, interest: np.ndarray, users: np.ndarray, k: int,
-              item_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` item positions and scores per user, the user's seen items excluded."""
-    return top_k_by_chunk(verbaliser, users, k, lambda lo, rows: score_items(
-        encoder, interest[lo: lo + len(rows)], item_vectors))
-
-
-@torch.no_grad()
-def recommend_sequence(head, verbaliser, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` item positions and scores per user from a `SequenceHead` reading each whole history (its newest
-    ``max_events``), the user's seen items excluded."""
-    return top_k_by_chunk(verbaliser, users, k, lambda lo, rows: head.scores(
-        head.histories(verbaliser, rows, verbaliser.n_events[rows]).to(head.text.device)))
-
-
-def write_recommendations(path: str | os.PathLike, verbaliser, users: np.ndarray, items: np.ndarray,
-                          scores: np.ndarray, drift: np.ndarray, alpha: np.ndarray) -> None:
+def write_recommendations(path: str | os.PathLike, verbaliser, recs: Recommendations) -> None:
+    """``user_id``, ``rank`` (1 = best), ``item_id``, ``score``, ``drift_score``, ``short_term_weight``: one row per
+    recommended item, written atomically."""
     import pyarrow.parquet as pq
 
+    users, items, scores = recs.users, recs.items, recs.scores
+    drift, alpha = recs.drift, recs.short_term_weight
     k = items.shape[1]
     table = pa.table({
         "user_id": pa.array(np.repeat([verbaliser.users[u] for u in users.tolist()], k).tolist(), pa.string()),

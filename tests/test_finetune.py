@@ -19,7 +19,8 @@ from interestbert.encoder import InterestBertError
 from interestbert.encoder.head import StrategyHead
 from interestbert.finetune import train as train_module
 from interestbert.finetune.args import FinetuneArguments
-from interestbert.finetune.data import leave_one_out, seen_items
+from interestbert.encoder.scoring import seen_rows
+from interestbert.finetune.data import leave_one_out
 from interestbert.finetune.metrics import RankingMetrics, target_ranks
 
 
@@ -68,7 +69,8 @@ def test_leave_one_out_split(synthetic_data, tiny_bert):
     last2 = leave_one_out(v, max_train_prefixes_per_user=2)
     assert len(last2.train) == 2 * len(v.users)
     assert set(last2.train.ends[last2.train.users == u]) == {n[u] - 4, n[u] - 3}
-    seen = seen_items(v, split.test.subset([row]))[0]
+    test = split.test.subset([row])
+    seen = seen_rows(v, test.users, test.ends, keep=test.targets)[0]
     assert items[-1] not in seen and set(seen) == set(items[:-1]) - {items[-1]}
 
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from interestbert.encoder.sequence import SEQUENCE_CONFIG, SequenceHead, SequenceOptions, right_aligned
-from interestbert.finetune.sequence import (SequenceTraining, sequence_ranks, train_sequence_head,
-                                            training_sequences)
+from interestbert.finetune.sequence import SequenceTraining, train_sequence_head, training_sequences
 
 SMALL = SequenceOptions(dim=16, layers=1, heads=2, dropout=0.0, max_events=6)
 
@@ -117,7 +116,8 @@ def test_sequence_head_learns_the_order_of_a_history(cyclic_card, tiny_bert):
     from interestbert.encoder import load_card_data
     from interestbert.encoder.verbalise import Verbaliser
     from interestbert.finetune.data import leave_one_out
-    from interestbert.finetune.evaluate import metrics_from_ranks, popularity_ranks
+    from interestbert.encoder.scoring import SequenceHeadScorer
+    from interestbert.finetune.evaluate import evaluate, popularity_scorer
     from transformers import AutoTokenizer
 
     card, data_dir = cyclic_card
@@ -128,8 +128,8 @@ def test_sequence_head_learns_the_order_of_a_history(cyclic_card, tiny_bert):
     head, summary = train_sequence_head(verbaliser, split, vectors, options,
                                         SequenceTraining(epochs=60, learning_rate=1e-2, batch_size=32, patience=60),
                                         show_progress_bar=False, print_fn=lambda *_: None)
-    test = metrics_from_ranks(sequence_ranks(head, verbaliser, split.test))
-    popularity = metrics_from_ranks(popularity_ranks(verbaliser, split, "test"))
+    test = evaluate(SequenceHeadScorer(head, verbaliser), split.test)
+    popularity = evaluate(popularity_scorer(verbaliser, split, "test"), split.test)
     assert summary["log"][-1]["loss"] < summary["log"][0]["loss"] - 0.5
     assert test["ndcg@10"] > 0.8 > popularity["ndcg@10"] + 0.3, (test, popularity)
     # the same seed gives the same head

@@ -1,0 +1,112 @@
+"""What the commands load, with every failure as one sentence (`InterestBertError`): a card's data, a model, a
+selection of users, a drift monitor with its calibration.
+
+The command line (`interestbert.inference.cli`) parses options and calls these; library users can call them too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from interestbert.encoder.errors import InterestBertError
+
+logger = logging.getLogger(__name__)
+
+
+def check_positive(value: int, flag: str) -> None:
+    if value <= 0:
+        raise InterestBertError(f"{flag} is {value}; it must be a positive integer.")
+
+
+def load_data(card: str, data_dir: str | None):
+    from interestbert.encoder.cards import load_card_data
+
+    return load_card_data(card, data_dir)
+
+
+def load_encoder(model: str | None, max_seq_length: int | None = None, device: str | None = None):
+    """The encoder for ``--model`` (default: the base model with a fresh adapter), merged for inference."""
+    from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
+
+    name = model or DEFAULT_BASE_MODEL
+    if max_seq_length is not None:
+        check_positive(max_seq_length, "--max-seq-length")
+    try:
+        return InterestEncoder.from_pretrained(name, max_seq_length=max_seq_length, device=device).merge_adapter()
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InterestBertError(f"model {name!r} could not be loaded ({first}); pass a folder saved by interestbert, "
+                                "a BERT-family model folder, or a Hub id reachable from this machine.") from None
+
+
+def check_catalogue(model: str | None, encoder, data, fix: str) -> None:
+    """A model's heads (strategy and sequence) must score the card's own catalogue, row for row."""
+    for head in (encoder.head, encoder.sequence_head):
+        if head is not None and head.item_ids != data.items["item_id"][:]:
+            raise InterestBertError(f"model {model} was trained on another catalogue ({head.n_items} items) than "
+                                    f"data card {data.card.name} ({len(data.items)}); {fix}")
+
+
+def first_users(n: int, limit: int | None) -> np.ndarray:
+    """Positions of the first ``limit`` of ``n`` users (all when None)."""
+    if limit is None:
+        return np.arange(n)
+    check_positive(limit, "--limit-users")
+    return np.arange(min(n, limit))
+
+
+def select_users(verbaliser, users: list[str] | None, limit: int | None) -> np.ndarray:
+    """Positions of the given user ids (all must have events), or of the first ``limit`` users."""
+    if users:
+        missing = [u for u in users if u not in verbaliser.user_index]
+        if missing:
+            raise InterestBertError(f"--users: {len(missing)} of the given users have no events in this card "
+                                    f"(first: {missing[0]!r}); pass user ids exactly as in the events file.")
+        return np.asarray([verbaliser.user_index[u] for u in users], dtype=np.int64)
+    return first_users(len(verbaliser.users), limit)
+
+
+def model_folder(model: str | None) -> str | None:
+    """``model`` when it is a local folder (one a calibration can be read from and written to), else None."""
+    return model if model is not None and Path(model).is_dir() else None
+
+
+def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int | None = None,
+                  stride: int | None = None, target_false_alarms: float | None = None, calibrate: bool = False,
+                  save_calibration: bool = False, batch_size: int = 64):
+    """The drift monitor of a model with its calibration: the model's saved one, or made now on the card's
+    training split when it has none, when ``calibrate`` asks for it, or when ``window``/``stride`` differ from
+    the saved ones. Returns ``(monitor, Calibration)``."""
+    from interestbert.encoder.drift import DriftConfig, DriftMonitor
+    from interestbert.inference.drift import ensure_calibrated
+
+    for value, flag in ((window, "--window"), (stride, "--stride")):
+        if value is not None:
+            check_positive(value, flag)
+    if target_false_alarms is not None and not target_false_alarms > 0:
+        raise InterestBertError(f"--target-false-alarms is {target_false_alarms}; it must be > 0.")
+    overrides = {k: v for k, v in (("window", window), ("stride", stride)) if v is not None}
+    folder = model_folder(model)
+    saved = DriftMonitor.from_pretrained(folder, encoder.encode).config if folder is not None else DriftConfig()
+    changed = any(getattr(saved, k) != v for k, v in overrides.items())
+    try:
+        config = dataclasses.replace(saved, **overrides)  # validates the options
+    except ValueError as err:
+        raise InterestBertError(f"drift options: {err}") from None
+    monitor = DriftMonitor(encoder.encode, config, verbaliser.separator)
+    monitor.batch_size = batch_size
+    reason = None
+    if calibrate:
+        reason = "asked for by --calibrate"
+    elif changed and monitor.calibrated:
+        reason = "the model's calibration is for another --window or --stride"
+    calibration = ensure_calibrated(monitor, verbaliser, target_false_alarms, reason=reason, data=data)
+    if save_calibration:
+        if folder is None:
+            raise InterestBertError("--save-calibration needs --model to be a model folder to write into.")
+        logger.info("saved the drift calibration to %s", monitor.save_pretrained(folder))
+    return monitor, calibration
