@@ -89,6 +89,7 @@ def export_split(card: str, data_dir: str, out_dir: str) -> dict:
     user's events in our order, with the position in the history as timestamp.
     """
     from interestbert.encoder.cards import load_card_data
+    from interestbert.encoder.files import atomic_write_text
 
     data = load_card_data(card, data_dir)
     catalogue = list(data.items["item_id"])
@@ -122,9 +123,9 @@ def export_split(card: str, data_dir: str, out_dir: str) -> dict:
         for pos, j in enumerate(range(a, b)):
             lines.append(f"{token}\ti{index[items[j]]}\t{pos}")
         n_events += b - a
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-    (folder / "items.json").write_text(json.dumps(catalogue))
-    (folder / "users.json").write_text(json.dumps(kept))
+    atomic_write_text(folder / f"{name}.inter", "\n".join(lines) + "\n")
+    atomic_write_text(folder / "items.json", json.dumps(catalogue))
+    atomic_write_text(folder / "users.json", json.dumps(kept))
     counts = {
         "card": str(card),
         "dataset": name,
@@ -137,7 +138,7 @@ def export_split(card: str, data_dir: str, out_dir: str) -> dict:
         "items_with_events": len({items[j] for u, a, b in runs if b - a >= MIN_EVENTS for j in range(a, b)}),
         "last_event_tied_share": data.stats.get("last_event_tied_share"),
     }
-    (folder / "meta.json").write_text(json.dumps(counts, indent=1))
+    atomic_write_text(folder / "meta.json", json.dumps(counts, indent=1))
     return counts
 
 

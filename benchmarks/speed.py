@@ -37,6 +37,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from interestbert.encoder.files import atomic_write_text  # noqa: E402
+
 
 def timed(fns: dict, repeats: int) -> dict:
     """``{name: (median seconds, each run's seconds, last result)}``. The callables take turns, one run each per
@@ -163,12 +165,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -191,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     res["machine"]["load_average_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     name = "speed-smoke" if args.smoke else "speed"
-    write_atomic(args.out / f"{name}.json", json.dumps(res, indent=2) + "\n")
-    write_atomic(args.out / f"{name}.md", markdown(res))
+    atomic_write_text(args.out / f"{name}.json", json.dumps(res, indent=2) + "\n")
+    atomic_write_text(args.out / f"{name}.md", markdown(res))
     print(markdown(res))
 
 

@@ -10,7 +10,7 @@ starts from the newest window, so one shift raises one alarm and the next compar
 has a window of history and a few distances.
 
 The threshold comes from `DriftMonitor.calibrate`, which picks it on real histories so that alarms stay at a
-target number per 1,000 events; it is saved beside the model (``interestbert/drift.json``) and used by default.
+target number per 1,000 events; it is saved beside the model (``interestbert/drift/config.json``, through `ModelFolder`) and used by default.
 
 Batch (`scan`) and streaming (`update`) share one state machine, so they give the same detections on the same
 history. The explanation of an event compares the item texts of the window before with the window after: the
@@ -20,7 +20,6 @@ terms whose share fell most are what the user moved *from*, those whose share ro
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import re
 from collections import Counter, deque
@@ -31,10 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InterestBertError
-from .files import atomic_write_text
+from .model_folder import ModelFolder
 
-DRIFT_FILE = "drift.json"
-SUBFOLDER = "interestbert"
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
 _WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
@@ -186,21 +183,21 @@ class DriftMonitor:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, encode: Callable, separator: str = "\n", **overrides):
         """A monitor with the calibration saved in ``model_dir`` (uncalibrated defaults when there is none)."""
-        path = Path(model_dir) / SUBFOLDER / DRIFT_FILE
+        folder = ModelFolder(model_dir)
+        saved = folder.load_drift()
         config = DriftConfig()
-        if path.is_file():
+        if saved is not None:
             try:
-                config = DriftConfig(**json.loads(path.read_text(encoding="utf-8")))
+                config = DriftConfig(**saved)
             except (ValueError, TypeError) as err:
-                raise InterestBertError(f"{path}: not a drift calibration ({err}); delete it and calibrate "
-                                        "again.") from None
+                raise InterestBertError(f"{folder.drift_file()}: not a drift calibration ({err}); delete it and "
+                                        "calibrate again.") from None
         return cls(encode, replace(config, **overrides), separator)
 
     def save_pretrained(self, model_dir: str | Path) -> Path:
-        """Writes the calibration to ``model_dir/interestbert/drift.json``."""
-        path = Path(model_dir) / SUBFOLDER / DRIFT_FILE
-        atomic_write_text(path, json.dumps(asdict(self.config), indent=2) + "\n")
-        return path
+        """Writes the calibration to ``model_dir/interestbert/drift/config.json`` (and the model card, when the
+        folder holds a model); returns the file."""
+        return ModelFolder(model_dir).save_drift(asdict(self.config))
 
     @property
     def calibrated(self) -> bool:

@@ -30,6 +30,13 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flushes every file under ``folder`` to disk (before the folder, or its files, are renamed into place)."""
+    for file in Path(folder).rglob("*"):
+        if file.is_file():
+            fsync_path(file)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Calls ``write(tmp)`` on a temporary sibling of ``path`` (parent folders created), flushes it to disk and
     renames it to ``path``; a failed write leaves no file behind.
@@ -88,17 +95,23 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a saved model is meant to be read by others
     try:
         yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                fsync_path(file)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Makes the complete folder ``tmp`` (a sibling of ``path``) become ``path``: its files flushed to disk, an
+    existing ``path`` moved aside and removed only after the rename, the parent folder flushed."""
+    tmp, path = Path(tmp), Path(path)
+    fsync_tree(tmp)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -3,29 +3,23 @@
 ``A`` has one row per item, initialised from the encoder's embedding of the item's text (times ``init_scale``, so
 that the logits of unit vectors have a useful spread); ``b'`` starts at the log popularity of each item in the
 training data. Both are trained with the encoder. An item the head has never seen gets a row from its text alone
-(`add_items`), the same way the catalogue was initialised. Saved in the model folder's ``interestbert/`` subfolder
-as ``strategy_head.safetensors`` (``A``, ``b'``) and ``strategy_head.json`` (item ids, options).
+(`add_items`), the same way the catalogue was initialised. Saved by `ModelFolder` in the model folder's
+``interestbert/strategy_head/`` as ``model.safetensors`` (``A``, ``b'``) and ``config.json`` (item ids, options).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .files import atomic_write_text
+from .model_folder import SavedPart
 from .scoring import mask_seen
 
-HEAD_WEIGHTS = "strategy_head.safetensors"
-HEAD_CONFIG = "strategy_head.json"
 
-
-class StrategyHead(nn.Module):
+class StrategyHead(SavedPart, nn.Module):
     """``softmax(A · interest + b')`` over a catalogue.
 
     Args:
@@ -97,37 +91,19 @@ class StrategyHead(nn.Module):
         self.item_ids += new
         self.index.update({item: len(self.index) + j for j, item in enumerate(new)})
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Writes ``strategy_head.safetensors`` and ``strategy_head.json`` into ``folder`` (atomically each)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{HEAD_WEIGHTS}.tmp"
-        save_file({"weight": self.weight.detach().float().cpu().contiguous(),
-                   "bias": self.bias.detach().float().cpu().contiguous()}, str(tmp))
-        os.replace(tmp, folder / HEAD_WEIGHTS)
-        atomic_write_text(folder / HEAD_CONFIG, json.dumps({"item_ids": self.item_ids, "init_scale": self.init_scale,
-                                                            "dim": self.dim, "n_items": self.n_items}) + "\n")
+    def to_parts(self) -> tuple[dict, dict]:
+        """``(tensors, config)``: what `ModelFolder` saves (``A``, ``b'``; item ids and options)."""
+        return ({"weight": self.weight.detach(), "bias": self.bias.detach()},
+                {"item_ids": self.item_ids, "init_scale": self.init_scale, "dim": self.dim, "n_items": self.n_items})
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> StrategyHead:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        config = json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / HEAD_WEIGHTS))
-        if tensors["weight"].shape != (len(config["item_ids"]), config["dim"]):
-            raise ValueError(f"{folder / HEAD_WEIGHTS} holds {tuple(tensors['weight'].shape)} but "
-                             f"{HEAD_CONFIG} lists {len(config['item_ids'])} items of dim {config['dim']}.")
+    def from_parts(cls, tensors: dict, config: dict, source: str = "the strategy head") -> StrategyHead:
+        if tuple(tensors["weight"].shape) != (len(config["item_ids"]), config["dim"]):
+            raise ValueError(f"{source} holds weights of shape {tuple(tensors['weight'].shape)} but its config lists "
+                             f"{len(config['item_ids'])} items of dim {config['dim']}; save the model again.")
         head = cls(config["item_ids"], np.zeros((len(config["item_ids"]), config["dim"]), np.float32),
                    init_scale=config["init_scale"])
         with torch.no_grad():
             head.weight.copy_(tensors["weight"])
             head.bias.copy_(tensors["bias"])
         return head
-
-    @staticmethod
-    def exists(folder: str | os.PathLike) -> bool:
-        return (Path(folder) / HEAD_CONFIG).is_file() and (Path(folder) / HEAD_WEIGHTS).is_file()
-

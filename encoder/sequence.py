@@ -12,29 +12,24 @@ item representations, plus a bias:
     scores = rows · interest + b
 
 Trained by `interestbert.finetune` with ``--sequence_head`` (cross-entropy of the next item at every position, as
-SASRec). Saved in the model folder's ``interestbert/`` subfolder as ``sequence_head.safetensors`` (weights and the
-item text embeddings it was built on) and ``sequence_head.json`` (options, item ids), beside the encoder and the
-strategy head; the folder still loads as a plain sentence-transformers model.
+SASRec). Saved by `ModelFolder` in the model folder's ``interestbert/sequence_head/`` as ``model.safetensors``
+(weights and the item text embeddings it was built on) and ``config.json`` (options, item ids), beside the encoder
+and the strategy head; the folder still loads as a plain sentence-transformers model.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .files import atomic_write_text
+from .model_folder import SavedPart
 from .scoring import mask_seen
 
-SEQUENCE_WEIGHTS = "sequence_head.safetensors"
-SEQUENCE_CONFIG = "sequence_head.json"
 _MASKED = -1e9  # additive attention mask (a large negative rather than -inf: never a NaN)
 
 
@@ -79,7 +74,7 @@ class _Block(nn.Module):
         return self.norm2(x + self.drop(self.ff(x)))
 
 
-class SequenceHead(nn.Module):
+class SequenceHead(SavedPart, nn.Module):
     """Scores the catalogue from the order of a user's newest items (see the module docstring).
 
     Args:
@@ -194,37 +189,21 @@ class SequenceHead(nn.Module):
         self.index.update({item: len(self.item_ids) + j for j, item in enumerate(new)})
         self.item_ids += new
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Writes ``sequence_head.safetensors`` and ``sequence_head.json`` into ``folder`` (atomically each)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{SEQUENCE_WEIGHTS}.tmp"
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, folder / SEQUENCE_WEIGHTS)
-        atomic_write_text(folder / SEQUENCE_CONFIG, json.dumps(
-            {"options": asdict(self.options), "item_ids": self.item_ids, "text_dim": int(self.text.shape[1])}) + "\n")
+    def to_parts(self) -> tuple[dict, dict]:
+        """``(tensors, config)``: what `ModelFolder` saves (every weight and the item text embeddings; options and
+        item ids)."""
+        return (dict(self.state_dict()),
+                {"options": asdict(self.options), "item_ids": self.item_ids, "text_dim": int(self.text.shape[1])})
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> SequenceHead:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        config = json.loads((folder / SEQUENCE_CONFIG).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / SEQUENCE_WEIGHTS))
+    def from_parts(cls, tensors: dict, config: dict, source: str = "the sequence head") -> SequenceHead:
         n, text_dim = len(config["item_ids"]), config["text_dim"]
         if tuple(tensors["text"].shape) != (n, text_dim):
-            raise ValueError(f"{folder / SEQUENCE_WEIGHTS} holds item texts of shape {tuple(tensors['text'].shape)} "
-                             f"but {SEQUENCE_CONFIG} lists {n} items of dim {text_dim}.")
-        head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32),
-                   options=SequenceOptions(**config["options"]))
+            raise ValueError(f"{source} holds item texts of shape {tuple(tensors['text'].shape)} but its config "
+                             f"lists {n} items of dim {text_dim}; save the model again.")
+        head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32), options=SequenceOptions(**config["options"]))
         head.load_state_dict(tensors)
         return head.eval()  # ready to score: no dropout (call .train() to train it further)
-
-    @staticmethod
-    def exists(folder: str | os.PathLike) -> bool:
-        return (Path(folder) / SEQUENCE_CONFIG).is_file() and (Path(folder) / SEQUENCE_WEIGHTS).is_file()
 
 
 def right_aligned(rows: np.ndarray, offsets: np.ndarray, users: Sequence[int], ends: Sequence[int],

@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 DEFAULT_SEED = 0
 
@@ -152,18 +154,15 @@ def _user(rng: np.random.Generator, cat: _Catalog, user_id: str, n_events: int, 
 
 
 def _write_csv(path: str, header: list, rows: list) -> None:
-    """Write to a temporary file beside `path`, then rename, so no half-written file is left."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".synthetic-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    """Writes a CSV through `atomic_write` (a temporary sibling, fsync, rename): no half-written file is left."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; data files should be readable
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def generate(output_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, n_users: int = 2000, n_items: int = 1500,

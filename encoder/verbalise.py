@@ -49,6 +49,7 @@ class Verbaliser:
         if max_seq_length < 8:
             raise ValueError(f"`max_seq_length` should be at least 8 tokens, got {max_seq_length}.")
         card = data.card
+        self.card = card  # the `DataCard` the texts are rendered by
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
         self.separator = card.separator

@@ -17,14 +17,14 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from interestbert.encoder.errors import InterestBertError
+from interestbert.encoder.files import atomic_write_json, replace_folder, save_safetensors
 
 PREFIX = "checkpoint-"
 
@@ -52,18 +52,17 @@ def save_checkpoint(root: str | os.PathLike, step: int, module: torch.nn.Module,
     accelerator.wait_for_everyone()
     _save_rng(tmp, accelerator.process_index)
     if accelerator.is_main_process:
-        save_file({n: p.detach().float().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad},
-                  str(tmp / "trainable.safetensors"))
+        save_safetensors(tmp / "trainable.safetensors",
+                         {n: p.detach().float() for n, p in module.named_parameters() if p.requires_grad})
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_safetensors(tmp / "optimizer.safetensors", tensors)
         _write_json(tmp / "optimizer.json", groups)
         _write_json(tmp / "scheduler.json", scheduler.state_dict())
         _write_json(tmp / "training_config.json", config)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(tmp / "trainer_state.json", trainer_state)  # last: marks the checkpoint complete
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_folder(tmp, final)  # every file flushed, then one rename
         if keep is not None and keep > 0:
             for old in checkpoint_dirs(root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -140,7 +139,7 @@ def _save_rng(folder: Path, rank: int) -> None:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
-    save_file(tensors, str(folder / f"rng_state_{rank}.safetensors"))
+    save_safetensors(folder / f"rng_state_{rank}.safetensors", tensors)
     np_state = np.random.get_state()
     py_state = random.getstate()
     _write_json(folder / f"rng_state_{rank}.json", {
@@ -167,10 +166,7 @@ def _load_rng(folder: Path, rank: int) -> None:
 
 
 def _write_json(path: Path, value) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    atomic_write_json(path, value, indent=1, default=_json_default)
 
 
 def _json_default(value):

@@ -10,7 +10,6 @@ continues exactly where it stopped and ends with the same weights as an uninterr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -29,9 +28,10 @@ from tqdm.auto import tqdm
 
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.errors import InterestBertError
-from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.head import StrategyHead
 from interestbert.encoder.model import InterestEncoder, parse_horizons
+from interestbert.encoder.model_folder import RESULTS, ModelFolder
+from interestbert.encoder.packaged import register_base_model
 from interestbert.encoder.scoring import StrategyHeadScorer, scorer_for
 from interestbert.encoder.verbalise import Verbaliser
 
@@ -41,7 +41,6 @@ from .data import Examples, Split, leave_one_out
 from .evaluate import evaluate, metrics_table, popularity_scorer
 from .loop import fit_epochs
 
-RESULTS_FILE = "all_results.json"
 CHECKPOINTS = "checkpoints"
 
 
@@ -227,9 +226,7 @@ def _check_output_dir(args: FinetuneArguments, accelerator) -> None:
     if holds_model and args.overwrite_output_dir and args.resume_from_checkpoint is None:
         if accelerator.is_main_process:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-            for name in ("adapter_config.json", "adapter_model.safetensors", RESULTS_FILE):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / "interestbert", ignore_errors=True)
+            ModelFolder(out).clear()
         accelerator.wait_for_everyone()
 
 
@@ -330,7 +327,7 @@ def train(run: Run) -> dict:
             state.update(best_metric=score, best_step=state["global_step"], bad_evals=0)
             if acc.is_main_process:
                 run.encoder.save_pretrained(out)
-                _write_training_args(out, args)
+                ModelFolder(out).save_training_args(args.to_dict())
             acc.wait_for_everyone()
         else:
             state["bad_evals"] += 1
@@ -410,7 +407,7 @@ def finish(run: Run, state: dict) -> dict:
     acc.wait_for_everyone()
     best = InterestEncoder.from_pretrained(out, device=str(acc.device)).merge_adapter()
     results = {
-        "card": args.card,
+        "card": run.verbaliser.card.name,  # its name: never a local path
         "best_step": state["best_step"],
         "global_step": state["global_step"],
         "stopped_early": state["stopped_early"],
@@ -436,19 +433,17 @@ def finish(run: Run, state: dict) -> dict:
         if "sequence_test" in results:
             rows["interestbert sequence head"] = results["sequence_test"]
     if acc.is_main_process:
-        atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+        ModelFolder(out).save_results(results)
         if rows:
             acc.print(f"\ntest split, {len(run.split.test):,} users, full ranking, seen items excluded:")
             acc.print(metrics_table(rows))
-        acc.print(f"best model (step {state['best_step']}) in {out}; metrics in {out / RESULTS_FILE}")
+        acc.print(f"best model (step {state['best_step']}) in {out}; metrics in {out / RESULTS}")
     return results
 
 
 def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
     """On the main process: the sequence head trained on ``best``'s item text embeddings, saved beside it in
     output_dir, scored on test; returns what all_results.json gets from it."""
-    from interestbert.encoder.model import CONFIG_DIR, CONFIG_NAME
-
     from .sequence import train_sequence_head
 
     args, acc = run.args, run.accelerator
@@ -459,12 +454,8 @@ def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
         head, summary = train_sequence_head(run.verbaliser, run.split, vectors, args.sequence_options(),
                                             args.sequence_training(), device=str(acc.device),
                                             show_progress_bar=not args.disable_tqdm, print_fn=acc.print)
-        head.save_pretrained(out / CONFIG_DIR)
         best.sequence_head = head
-        config_file = out / CONFIG_DIR / CONFIG_NAME
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        config["sequence_head"] = best.config()["sequence_head"]
-        atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
+        ModelFolder(out).save_heads(best)  # the head's folder and config.json; the adapter files stay
         results["sequence_head"] = summary
         if args.do_test:
             results["sequence_test"] = evaluate(scorer_for(best, run.verbaliser, "sequence"), run.split.test)
@@ -477,12 +468,6 @@ def finetune(args: FinetuneArguments) -> dict:
     run = build(args)
     state = train(run)
     return finish(run, state)
-
-
-def _write_training_args(out: Path, args: FinetuneArguments) -> None:
-    folder = out / "interestbert"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "training_args.json", json.dumps(args.to_dict(), indent=2) + "\n")
 
 
 def _hardware(acc) -> str:
@@ -517,6 +502,10 @@ def main(argv=None) -> int:
         return 2
     try:
         finetune(args)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:  # so that SentenceTransformer(output_dir) resolves the base offline
+            register_base_model(args.output_dir)
     except InterestBertError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

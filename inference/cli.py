@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("card", metavar="NAME_OR_PATH", help="A shipped card name or a path to a card.")
     p.add_argument("--data-dir", default=None, help="Folder with the card's files (optional for generated cards).")
     p.set_defaults(func=_cmd_cards_validate)
+    _add_logging_args(p, argparse.SUPPRESS)
     p = csub.add_parser("list", help="The shipped cards.")
     p.set_defaults(func=_cmd_cards_list)
+    _add_logging_args(p, argparse.SUPPRESS)
     cards.set_defaults(func=lambda a: cards.print_help() or 2)
 
     command("env", _cmd_env, "Versions, devices and the default model, for bug reports.")
@@ -198,13 +200,21 @@ def _log_level(argv: Sequence[str]) -> str:
     return "info"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message comes (a redirected or captured stderr included)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(level: str) -> None:
     """interestbert's messages to stderr at ``level``; weight-loading bars and hub warnings of the libraries
     below it silenced (they drown the command's own output); no progress bars under ``warning`` or above."""
     if level not in LOG_LEVELS:
         raise SystemExit(f"error: --log-level should be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     if not any(getattr(h, "_interestbert", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._interestbert = True
         logger.addHandler(handler)

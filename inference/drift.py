@@ -14,6 +14,7 @@ Outputs (each written under a temporary name and renamed when complete):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import textwrap
@@ -28,6 +29,8 @@ from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, DriftMonitor, H
                                         count_false_alarms, histories_from_verbaliser)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 MARGIN = 10  # a detection within this many events after a true switch is a hit
 DEFAULT_TARGET = 2.0  # false alarms per 1,000 events when calibrating on the fly
@@ -65,13 +68,13 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     why = reason or "the model has no drift calibration"
     switches = switch_points(data) if data is not None else None
     known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
-    print(f"calibrating the drift threshold ({why}): {target:g} false alarms per 1,000 events on the training "
-          f"split of {len(pick):,} users{known}")
+    logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "
+                "%s users%s", why, target, f"{len(pick):,}", known)
     change_points = None if switches is None else {h.user_id: switches.get(h.user_id, []) for h in histories}
     record = monitor.calibrate(histories, target, change_points=change_points, margin=MARGIN,
                                show_progress_bar=show_progress_bar)
-    print(f"  threshold {record['threshold']:.4f} ({record['achieved_false_alarms_per_1000_events']:.2f} alarms "
-          f"per 1,000 events on {record['events']:,} events)")
+    logger.info("  threshold %.4f (%.2f alarms per 1,000 events on %s events)", record["threshold"],
+                record["achieved_false_alarms_per_1000_events"], f"{record['events']:,}")
     return Calibration(f"calibrated now on the training split of {len(pick):,} users ({why})", record)
 
 
@@ -167,13 +170,14 @@ def summary_markdown(summary: dict, card: str, model: str) -> str:
 
 def plot_timeline(result: ScanResult, threshold: float, path: Path, switches: list[tuple[int, str]] | None = None,
                   title: str | None = None) -> None:
-    """One user's score over their history: the threshold, detections with their explanation, true switches."""
-    import matplotlib
+    """One user's score over their history: the threshold, detections with their explanation, true switches.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a `matplotlib.figure.Figure` of its own (rendered by Agg when saved): pyplot and the user's
+    backend choice are never touched."""
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(11, 4.6), dpi=110)
+    fig = Figure(figsize=(11, 4.6), dpi=110)
+    ax = fig.subplots()
     ok = ~np.isnan(result.scores)  # NaN (no reference yet, or just after a detection) breaks the line
     ax.plot(result.indices, result.scores, color="#1f77b4", lw=1.6, marker=".", ms=4,
             label="drift score (distance of the recent window from earlier interest, above the user's usual)")
@@ -197,10 +201,7 @@ def plot_timeline(result: ScanResult, threshold: float, path: Path, switches: li
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=7, frameon=False)
     ax.grid(alpha=0.25)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def pick_plot_users(results: list[ScanResult], switches: dict | None, k: int) -> list[ScanResult]:
@@ -235,8 +236,8 @@ def run_drift(data, verbaliser, monitor: DriftMonitor, calibration: Calibration,
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     histories: list[History] = histories_from_verbaliser(verbaliser, user_indices)
-    print(f"scanning {len(histories):,} users (window {monitor.config.window}, stride {monitor.config.stride}, "
-          f"threshold {monitor.config.threshold:.4f})")
+    logger.info("scanning %s users (window %d, stride %d, threshold %.4f)", f"{len(histories):,}",
+                monitor.config.window, monitor.config.stride, monitor.config.threshold)
     results = monitor.scan_many(histories, show_progress_bar=True)
     switches = switch_table(data)
     summary = summarise(results, monitor, calibration,

@@ -6,7 +6,6 @@ stays flat however many users there are. The file is written under a temporary n
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from interestbert.encoder.files import atomic_write_text
+from interestbert.encoder.files import atomic_write, atomic_write_json
 from interestbert.encoder.model import InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 
@@ -77,14 +76,14 @@ def encode_users(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     idx = np.arange(len(verbaliser.users)) if user_indices is None else np.asarray(user_indices, dtype=np.int64)
-    final = out / EMBEDDINGS_FILE
-    tmp = out / f".{EMBEDDINGS_FILE}.tmp-{os.getpid()}"
     schema = embeddings_schema(encoder.embedding_dim)
     n_events = verbaliser.n_events
     last_ts = verbaliser.timestamps[verbaliser.offsets[1:] - 1]
     cut = 0
     start = time.perf_counter()
-    try:
+
+    def write(tmp: Path) -> None:
+        nonlocal cut
         with pq.ParquetWriter(tmp, schema) as writer, tqdm(total=len(idx), unit="user", desc="encode",
                                                            disable=not show_progress_bar) as bar:
             for lo in range(0, len(idx), chunk_users):
@@ -100,10 +99,8 @@ def encode_users(
                                                                    encoder.embedding_dim),
                 }, schema=schema))
                 bar.update(len(chunk))
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    final = atomic_write(out / EMBEDDINGS_FILE, write)  # replaced only once the new file is complete
     seconds = time.perf_counter() - start
     result = EncodeResult(path=final, users=len(idx), seconds=seconds, cut_histories=cut)
     info = {
@@ -117,7 +114,7 @@ def encode_users(
         "users_per_second": round(result.users_per_second, 2),
         "device": str(encoder.device),
     }
-    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    atomic_write_json(out / INFO_FILE, info)
     return result
 
 

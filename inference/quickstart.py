@@ -19,6 +19,7 @@ from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
+from interestbert.encoder.packaged import register_base_model
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
 from interestbert.finetune.data import leave_one_out
@@ -62,6 +63,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
                              eval_steps=20, max_eval_users=300, save_steps=10**9, seed=seed, logging_steps=5,
                              head_warmup_epochs=0)  # encoding its prefixes does not fit the time budget
     results = finetune(args)
+    register_base_model(out / "model")  # SentenceTransformer(out/model) then resolves the base model offline
 
     print("[3/6] scoring the untrained base model (zero-shot) on the same test split")
     base = InterestEncoder.from_pretrained(base_model, max_seq_length=max_seq_length).merge_adapter()
@@ -160,7 +162,7 @@ def _write_report(out: Path, stats: dict, switches: int, base_model: str, result
     lines += [f"Drift: threshold {calibration['threshold']:.4f}, calibrated to "
               f"{calibration['target_false_alarms_per_1000_events']:g} false alarms per 1,000 events on "
               f"{calibration['events']:,} training events ({calibration['achieved_false_alarms_per_1000_events']:.2f} "
-              "reached); saved in `model/interestbert/drift.json`.", ""]
+              "reached); saved in `model/interestbert/drift/config.json`.", ""]
     for user, n, tail, recs, drift in sections:
         lines += [f"## user {user} ({n} events)", "", f"![drift timeline of {user}](drift/{user}.png)", "",
                   "Interest shifts detected:", ""]

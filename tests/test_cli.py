@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -109,7 +110,7 @@ def test_quickstart_with_tiny_model(tiny_bert, tmp_path, capsys):
     assert read_embeddings(out / "embeddings")[1].shape == (30, 32)
     assert {p.name for p in (out / "data").iterdir()} == {"events.csv", "items.csv", "switches.csv"}
     assert len(list((out / "drift").glob("*.png"))) == 3 and "Interest shifts detected" in report
-    calibration = json.loads((out / "model" / "interestbert" / "drift.json").read_text())
+    calibration = json.loads((out / "model" / "interestbert" / "drift" / "config.json").read_text())
     assert calibration["threshold"] is not None and calibration["calibration"]["with_change_points"]
 
 
@@ -122,3 +123,54 @@ def test_env_prints_versions(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "quickstart" in capsys.readouterr().out
+
+
+def test_every_option_takes_both_spellings(tiny_bert, synthetic_dir, tmp_path):
+    dashed = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
+              "--max-seq-length", "40", "--limit-users", "4", "--batch-size", "2", "--output", str(tmp_path / "a")]
+    underscored = ["encode", "--card", "synthetic-shop", "--data_dir", str(synthetic_dir), "--model", str(tiny_bert),
+                   "--max_seq_length", "40", "--limit_users", "4", "--batch_size", "2", "--output", str(tmp_path / "b")]
+    assert main(dashed) == 0 and main(underscored) == 0
+    (ua, a), (ub, b) = read_embeddings(tmp_path / "a"), read_embeddings(tmp_path / "b")
+    assert ua == ub and len(ua) == 4
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_help_shows_one_spelling_and_bad_options_still_fail(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["encode", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--data-dir" in text and "--data_dir" not in text
+    with pytest.raises(SystemExit) as exit_:
+        main(["encode", "--card", "x", "--data-dri", "y", "--output", "z"])
+    assert exit_.value.code == 2 and "--data-dri" in capsys.readouterr().err
+
+
+def test_version_and_env_name_interestberts_own_version(capsys):
+    from interestbert.inference.cli import version
+
+    assert version() != "unknown" and version()[0].isdigit()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"interestbert {version()}"
+    assert main(["env"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()
+    assert first[:2] == ["interestbert", version()]
+
+
+def test_log_level_and_quiet(synthetic_dir, monkeypatch, capsys):
+    import logging
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert main(["--log-level", "debug", "cards", "list"]) == 0
+    assert logging.getLogger("interestbert").level == logging.DEBUG
+    assert main(["env", "-q"]) == 0  # also after the command
+    assert logging.getLogger("interestbert").level == logging.WARNING and os.environ.get("TQDM_DISABLE") == "1"
+    logging.getLogger("interestbert.inference.drift").info("a status line")
+    logging.getLogger("interestbert.inference.drift").warning("a warning")
+    err = capsys.readouterr().err
+    assert "a status line" not in err and "a warning" in err
+    with pytest.raises(SystemExit):
+        main(["--log-level", "loud", "cards", "list"])
+    main(["--log-level", "info", "cards", "list"])  # back to the default for the tests after this one

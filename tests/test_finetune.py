@@ -16,34 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from interestbert.encoder import InterestBertError
-from interestbert.encoder.head import StrategyHead
 from interestbert.finetune import train as train_module
 from interestbert.finetune.args import FinetuneArguments
 from interestbert.encoder.scoring import seen_rows
 from interestbert.finetune.data import leave_one_out
-from interestbert.finetune.metrics import RankingMetrics, target_ranks
-
-
-# ---------------------------------------------------------------------------------------------------- metrics
-
-def test_metrics_against_hand_computed_rankings():
-    scores = torch.tensor([
-        [0.9, 0.1, 0.5, 0.3],   # target 2: one item above -> rank 1
-        [0.2, 0.2, 0.2, 0.2],   # target 3: all tied, ties by index -> rank 3
-        [0.0, 0.4, float("-inf"), 0.1],  # target 1: top -> rank 0
-    ])
-    targets = torch.tensor([2, 3, 1])
-    assert target_ranks(scores, targets).tolist() == [1, 3, 0]
-    m = RankingMetrics(ks=(1, 2))
-    m.update(scores[:2], targets[:2])
-    m.update(scores[2:], targets[2:])
-    out = m.compute()
-    assert out["n"] == 3
-    assert out["hr@1"] == pytest.approx(1 / 3) and out["hr@2"] == pytest.approx(2 / 3)
-    assert out["ndcg@2"] == pytest.approx((1 / np.log2(3) + 1) / 3)
-    assert out["mrr@2"] == pytest.approx((1 / 2 + 1) / 3)
-    with pytest.raises(ValueError):
-        RankingMetrics(ks=(0,))
 
 
 # ---------------------------------------------------------------------------------------------------- split
@@ -83,35 +59,6 @@ def test_users_with_fewer_than_three_events_are_skipped_and_counted(tmp_path, ti
     data = load_card_data(write_card(tmp_path), tmp_path / "data")  # u1: 3 events, u2: 1 event
     split = leave_one_out(Verbaliser(data, AutoTokenizer.from_pretrained(str(tiny_bert)), 32))
     assert split.skipped_users == 1 and len(split.test) == 1 and len(split.train) == 0
-
-
-# ---------------------------------------------------------------------------------------------------- head
-
-def test_head_scores_topk_save_load_and_cold_start(tmp_path):
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(6, 4)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    head = StrategyHead([f"i{i}" for i in range(6)], emb, popularity=[5, 0, 0, 0, 0, 100], init_scale=10)
-    interest = torch.as_tensor(emb[[1]])
-    logits = head(interest)
-    np.testing.assert_allclose(logits.detach().numpy(), 10 * interest.numpy() @ emb.T + head.bias.detach().numpy(),
-                               rtol=1e-5)
-    assert head.bias[5] > head.bias[0] > head.bias[1]  # log popularity
-    top = head.topk(interest, k=3, exclude=[[1]])
-    assert 1 not in top.indices[0].tolist() and len(top.indices[0]) == 3
-
-    head.save_pretrained(tmp_path)
-    loaded = StrategyHead.from_pretrained(tmp_path)
-    assert loaded.item_ids == head.item_ids
-    torch.testing.assert_close(loaded(interest), head(interest))
-
-    new = emb[[2]] * -1
-    loaded.add_items(["fresh"], new)
-    assert loaded.n_items == 7 and loaded.index["fresh"] == 6
-    torch.testing.assert_close(loaded.weight[6], torch.as_tensor(new[0]) * 10)
-    assert loaded.topk(torch.as_tensor(new), k=1).indices.item() == 6  # found from its text alone
-    with pytest.raises(ValueError, match="already"):
-        loaded.add_items(["i0"], emb[[0]])
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from interestbert.encoder import DEFAULT_BASE_MODEL, InterestEncoder, LoraOptions
-from interestbert.encoder.model import register_in_hub_cache, resolve_model_path
+from interestbert.encoder.packaged import register_base_model, register_in_hub_cache, resolve_model_path
 
 TEXTS = ["bought: Ergonomic pruning shears by GreenThumb (Gardening)\nviewed: Bamboo watering can",
          "rated 5/5: Toy Story (1995), Animation, Children's, Comedy",
@@ -148,7 +148,8 @@ def test_saving_without_a_head_removes_a_stale_head(tiny_encoder, tmp_path):
     assert InterestEncoder.from_pretrained(tmp_path / "m").head is None
 
 
-def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path):
+def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path, monkeypatch):
+    from huggingface_hub import constants
     from sentence_transformers import SentenceTransformer
 
     encoder = InterestEncoder.from_pretrained(lora_dropout=0.0)
@@ -160,7 +161,16 @@ def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path):
                 p.normal_(std=0.02)
     expected = encoder.encode(TEXTS)
     folder = tmp_path / "real"
-    encoder.save_pretrained(folder)
+    cache = tmp_path / "hub-cache"
+    with monkeypatch.context() as m:
+        m.setattr(constants, "HF_HUB_CACHE", str(cache))
+        encoder.save_pretrained(folder)
+        assert not cache.exists()  # saving never writes into the user's cache ...
+        snapshot = register_base_model(folder)  # ... registering is a step of its own
+        assert snapshot is not None and snapshot.is_relative_to(cache) and (snapshot / "config.json").is_file()
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlibrary_name: sentence-transformers\n") and "base_model_relation: adapter" in card
+    assert "# interestbert:" in card and "This is a [sentence-transformers]" not in card  # not the base's card
 
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -170,6 +180,7 @@ def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path):
             assert "site-packages" not in text and str(tmp_path) not in text, f"a local path leaked into {path}"
 
     # offline (HF_HUB_OFFLINE=1 in conftest): the Hub id resolves through the registered packaged copy
+    register_base_model(folder)
     np.testing.assert_allclose(SentenceTransformer(str(folder)).encode(TEXTS), expected, atol=1e-5)
     np.testing.assert_allclose(InterestEncoder.from_pretrained(folder).encode(TEXTS), expected, atol=1e-5)
     np.testing.assert_allclose(peft_route(resolve_model_path(DEFAULT_BASE_MODEL), folder, TEXTS), expected,

@@ -31,11 +31,63 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert lines[-1] == INSTALL_AND_TEST
 
 
-def test_readme_commands_name_real_cli_commands():
+def readme_cli_uses() -> list[str]:
+    """Every ``interestbert ...`` command the README shows, in code blocks and in inline code."""
+    text = (REPO / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    spans = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    uses = []
+    for span in spans:
+        for line in span.splitlines():
+            line = line.lstrip("$ ")
+            for part in re.split(r"&&|;|(?<!\\)\|", line):
+                part = part.strip()
+                if re.match(r"interestbert [a-z]", part):
+                    uses.append(part.replace("\\|", "|"))
+    return uses
+
+
+def cli_options() -> dict[str, set[str]]:
+    """Each command (``cards validate`` for a nested one) -> the option strings it accepts, aliases included."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    from interestbert.finetune.args import FinetuneArguments
     from interestbert.inference.cli import build_parser
 
-    parser = build_parser()
-    assert parser.parse_args(["quickstart"]).func.__name__ == "_cmd_quickstart"
+    def subparsers(parser):
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    def options(parser):
+        return {o for a in parser._actions for o in a.option_strings}
+
+    found = {}
+    for name, parser in subparsers(build_parser()).items():
+        found[name] = options(parser)
+        for inner, nested in subparsers(parser).items():
+            found[f"{name} {inner}"] = options(nested)
+    found["finetune"] = options(HfArgumentParser(FinetuneArguments))
+    return found
+
+
+def test_readme_commands_name_real_cli_commands_and_options():
+    uses = readme_cli_uses()
+    commands = cli_options()
+    assert len(uses) >= 10, uses  # the commands table alone has ten
+    for use in uses:
+        words = use.split()
+        name = " ".join(words[1:3]) if " ".join(words[1:3]) in commands else words[1]
+        assert name in commands, f"the README shows `{use}`, but there is no command `interestbert {name}`"
+        for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", use):
+            if option == "--help":
+                continue
+            assert option in commands[name], f"the README shows `{use}`, but `{name}` has no option {option}"
+
+
+def test_the_readme_check_can_fail():
+    commands = cli_options()
+    assert "--data-dir" in commands["encode"] and "--data_dir" in commands["encode"]
+    assert "--no-such-option" not in commands["encode"] and "cards validate" in commands
 
 
 def test_public_api_of_the_encoder_package():
@@ -43,24 +95,77 @@ def test_public_api_of_the_encoder_package():
 
     assert sorted(encoder.__all__) == sorted([
         "DEFAULT_BASE_MODEL", "CardData", "DataCard", "DataCardError", "DriftConfig", "DriftEvent", "DriftMonitor",
-        "Event", "History", "InterestBertError", "InterestEncoder", "LoraOptions", "SequenceHead", "SequenceOptions",
-        "StrategyHead", "Verbaliser",
-        "available_cards", "histories_from_verbaliser", "load_card", "load_card_data"])
+        "Event", "History", "InterestBertError", "InterestEncoder", "LoraOptions", "ModelCardData", "ModelFolder",
+        "PopularityScorer", "Scorer", "SequenceHead", "SequenceHeadScorer", "SequenceOptions", "StrategyHead",
+        "StrategyHeadScorer", "TextCosineScorer", "Verbaliser",
+        "available_cards", "histories_from_verbaliser", "load_card", "load_card_data", "register_in_hub_cache",
+        "scorer_for"])
+    assert encoder.DEFAULT_BASE_MODEL == "sentence-transformers/all-MiniLM-L6-v2"
     for name in encoder.__all__:
-        assert getattr(encoder, name) is not None
+        if name == "DEFAULT_BASE_MODEL":
+            continue
+        obj = vars(encoder)[name]  # defined in the package itself, not reached through a submodule attribute
+        assert obj.__name__ == name and obj.__module__.startswith("interestbert.encoder."), (name, obj)
+        assert obj.__doc__, f"interestbert.encoder.{name} has no docstring"
+
+
+def imported_modules(path, package: str) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in a file of ``package`` (``interestbert.encoder``):
+    ``import a.b``, ``from a import b`` (as ``a.b`` too, since ``b`` may be a module), relative imports, and
+    ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def forbidden(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def test_encoder_never_imports_finetune_or_inference():
+    banned = ("interestbert.finetune", "interestbert.inference")
     for path in (REPO / "encoder").glob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            for name in names:
-                assert "finetune" not in name and "inference" not in name, f"{path.name} imports {name}"
+        for line, module in imported_modules(path, "interestbert.encoder"):
+            assert not forbidden(module, banned), f"encoder/{path.name}:{line} imports {module}"
+
+
+def test_inference_takes_no_scoring_from_finetune():
+    scoring = ("interestbert.finetune.evaluate.rank_examples", "interestbert.finetune.metrics",
+               "interestbert.encoder.scoring")  # the last one is allowed: checked below to be what is used
+    for path in (REPO / "inference").glob("*.py"):
+        for line, module in imported_modules(path, "interestbert.inference"):
+            assert not forbidden(module, scoring[:2]), f"inference/{path.name}:{line} imports {module}"
+            assert not module.startswith("interestbert.finetune.sequence"), f"inference/{path.name}:{line}"
+    recommend = {m for _, m in imported_modules(REPO / "inference" / "recommend.py", "interestbert.inference")}
+    assert "interestbert.encoder.scoring" in recommend and not any("finetune" in m for m in recommend)
+
+
+def test_the_import_check_sees_every_form(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("import interestbert.finetune.train\nfrom interestbert import inference\n"
+                      "from ..finetune import data\nimport importlib\nimportlib.import_module('interestbert.finetune')\n"
+                      "from . import scoring\n")
+    modules = [m for _, m in imported_modules(source, "interestbert.encoder")]
+    banned = ("interestbert.finetune", "interestbert.inference")
+    assert [m for m in modules if forbidden(m, banned)] == [
+        "interestbert.finetune.train", "interestbert.inference", "interestbert.finetune",
+        "interestbert.finetune.data", "interestbert.finetune"]
+    assert "interestbert.encoder.scoring" in modules and not forbidden("interestbert.encoder.scoring", banned)
 
 
 def test_nothing_unpickles_or_trusts_remote_code():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from interestbert.encoder.sequence import SEQUENCE_CONFIG, SequenceHead, SequenceOptions, right_aligned
+from interestbert.encoder.sequence import SequenceHead, SequenceOptions, right_aligned
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head, training_sequences
 
 SMALL = SequenceOptions(dim=16, layers=1, heads=2, dropout=0.0, max_events=6)
@@ -53,7 +53,7 @@ def test_save_load_round_trip_and_cold_start_rows(tmp_path):
     torch.testing.assert_close(loaded.scores(histories), before)
     with pytest.raises(ValueError, match="longer than the head's max_events"):
         loaded.scores(torch.zeros(1, 7, dtype=torch.long))
-    assert loaded.item_ids == head.item_ids and json.loads((tmp_path / SEQUENCE_CONFIG).read_text())["options"][
+    assert loaded.item_ids == head.item_ids and json.loads((tmp_path / "config.json").read_text())["options"][
         "dim"] == 16
 
     text = np.random.default_rng(1).normal(size=(2, 8)).astype(np.float32)
@@ -187,5 +187,6 @@ def test_finetune_with_a_sequence_head_then_evaluate_and_recommend(tmp_path, tin
     # training again without a sequence head replaces the model and leaves no stale sequence head behind
     train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False,
                                     overwrite_output_dir=True))
-    assert not SequenceHead.exists(folder / "interestbert")
+    assert not (folder / "interestbert" / "sequence_head").exists()
+    assert json.loads((folder / "interestbert" / "config.json").read_text())["sequence_head"] is None
     assert InterestEncoder.from_pretrained(folder).sequence_head is None

@@ -1,6 +1,7 @@
 """Tests for the synthetic-shop generator."""
 import collections
 import csv
+import re
 
 import pytest
 
@@ -91,19 +92,20 @@ def test_items_have_unique_titles_and_twelve_categories(shop):
 
 
 @pytest.mark.parametrize(
-    "kwargs, value",
+    "kwargs, name, value",
     [
-        (dict(n_users=0), "0"),
-        (dict(n_items=100), "100"),
-        (dict(min_events=5), "5"),
-        (dict(min_events=30, max_events=25), "25"),
-        (dict(n_items=240, max_events=300), "300"),
-        (dict(seed=-1), "-1"),
-        (dict(n_users=2.5), "2.5"),
+        (dict(n_users=0), "n_users", "0"),
+        (dict(n_items=100), "n_items", "100"),
+        (dict(min_events=5), "min_events", "5"),
+        (dict(min_events=30, max_events=25), "max_events", "25"),
+        (dict(n_items=240, max_events=300), "max_events", "300"),
+        (dict(seed=-1), "seed", "-1"),
+        (dict(n_users=2.5), "n_users", "2.5"),
     ],
 )
-def test_bad_arguments_raise_with_the_value(tmp_path, kwargs, value):
-    with pytest.raises(ValueError, match=value):
+def test_bad_arguments_raise_with_the_value(tmp_path, kwargs, name, value):
+    # the message names the argument and ends with the value given: "`n_users` should be ..., got 0."
+    with pytest.raises(ValueError, match=rf"^`{name}` should be .*, got {re.escape(value)}\.$"):
         synthetic.generate(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())  # validation happens before anything is written
 

@@ -1,0 +1,115 @@
+"""Recommendations: drift-aware blending, the end-of-history drift score, `recommend_users` and the
+``recommend`` command (top-k without seen items, long-term and drift-aware)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, History, histories_from_verbaliser
+from interestbert.inference.cli import main
+from test_drift import bag_of_words
+
+
+def test_blending_reduces_to_long_term_interest_when_the_score_is_zero():
+    from interestbert.inference.recommend import UserVectors, blend
+
+    rng = np.random.default_rng(0)
+    long, short = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in rng.standard_normal((2, 4, 16)))
+    vectors = UserVectors(long, short, np.array([0.0, np.nan, 0.1, 0.9], np.float32), np.zeros(4, bool))
+    mixed = blend(vectors, threshold=0.2, alpha_max=0.8)
+    np.testing.assert_allclose(mixed[:2], long[:2], atol=1e-6)  # no drift (or none measurable): long-only
+    half = 0.4 * short[2] + 0.6 * long[2]
+    np.testing.assert_allclose(mixed[2], half / np.linalg.norm(half), atol=1e-6)
+    full = 0.8 * short[3] + 0.2 * long[3]  # at and above the threshold: alpha_max
+    np.testing.assert_allclose(mixed[3], full / np.linalg.norm(full), atol=1e-6)
+
+
+def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_dir, synthetic_data, tmp_path,
+                                                           capsys):
+    out = tmp_path / "recs.parquet"
+    base = ["recommend", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
+            "--k", "5", "--limit-users", "12", "--window", "6", "--target-false-alarms", "20"]
+    assert main(base + ["--output", str(out), "--drift-aware"]) == 0
+    recs = pq.read_table(out).to_pandas()
+    assert len(recs) == 60 and recs.groupby("user_id").size().eq(5).all()
+    events = synthetic_data.events.to_pandas()
+    for user, group in recs.groupby("user_id"):
+        assert not set(group.item_id) & set(events[events.user_id == user].item_id)
+    assert recs.short_term_weight.between(0, 1).all()
+    plain = tmp_path / "plain.parquet"
+    assert main(base + ["--output", str(plain)]) == 0  # the default: long-term interest only
+    plain_recs = pq.read_table(plain).to_pandas()
+    assert (plain_recs.short_term_weight == 0).all() and len(plain_recs) == 60
+    still = recs[recs.short_term_weight == 0].user_id.unique()  # no drift: the same list as long-only
+    for user in still:
+        assert list(recs[recs.user_id == user].item_id) == list(plain_recs[plain_recs.user_id == user].item_id)
+
+
+def test_end_of_history_score_is_the_monitor_score_at_the_newest_event(tiny_bert, synthetic_data):
+    from transformers import AutoTokenizer
+
+    from interestbert.encoder import Verbaliser
+    from interestbert.inference.recommend import TAIL, user_vectors
+
+    class Encoder:
+        encode = staticmethod(bag_of_words)
+
+        def encode_histories(self, verbaliser, users, ends, **_):
+            return bag_of_words(verbaliser.texts_for_indices(users, ends))
+
+    verbaliser = Verbaliser(synthetic_data, AutoTokenizer.from_pretrained(str(tiny_bert)), 128)
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=10.0),
+                           separator=verbaliser.separator)
+    users = np.flatnonzero(verbaliser.n_events >= 2 * 4 + TAIL + 1)[:6]
+    ends = np.asarray([9, 10, 17, 18, 2 * 4 + TAIL, 2 * 4 + TAIL + 1])  # odd and even lengths, inside the tail
+    vectors = user_vectors(Encoder(), verbaliser, monitor, users, ends)
+    for k, history in enumerate(histories_from_verbaliser(verbaliser, users, ends)):
+        # the newest event is evaluated in a scan that starts where the tail does
+        first = monitor.first_evaluated
+        shift = (len(history.events) - 1 - first) % 2
+        scan = monitor.scan(History(history.user_id, history.events[shift:]))
+        assert scan.indices[-1] == len(history.events) - shift - 1
+        np.testing.assert_allclose(vectors.score[k], scan.scores[-1], equal_nan=True)
+    assert np.isnan(vectors.score[0])  # 9 events: too few for a centred score
+    assert not np.isnan(vectors.score[-1])
+    np.testing.assert_allclose(np.linalg.norm(vectors.long, axis=1), 1, atol=1e-5)
+
+
+def test_recommend_users_excludes_seen_items_and_writes_one_row_per_item(tiny_encoder, synthetic_data, tmp_path):
+    from interestbert.encoder import StrategyHead, Verbaliser
+    from interestbert.encoder.scoring import StrategyHeadScorer
+    from interestbert.inference.recommend import recommend_users, write_recommendations
+
+    verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 64)
+    vectors = tiny_encoder.encode(verbaliser.item_texts)
+    tiny_encoder.head = StrategyHead(verbaliser.item_ids, vectors, popularity=np.ones(len(vectors)))
+    users = np.array([0, 5, 7])
+    recs = recommend_users(tiny_encoder, verbaliser, users, k=4)
+    assert recs.scorer == "strategy head" and recs.items.shape == recs.scores.shape == (3, 4)
+    assert (np.diff(recs.scores, axis=1) <= 0).all() and np.isnan(recs.drift).all() and (recs.short_term_weight == 0).all()
+    for row, u in zip(recs.items, users):
+        lo, hi = verbaliser.offsets[u], verbaliser.offsets[u + 1]
+        assert not set(row.tolist()) & set(verbaliser.event_items[lo:hi].tolist())
+    # the same as the scorer's own top-k on the encoder's interest vectors
+    expected, _ = StrategyHeadScorer(tiny_encoder.head, verbaliser, tiny_encoder).topk(users, k=4)
+    assert recs.items.tolist() == expected.tolist()
+
+    path = tmp_path / "recs.parquet"
+    write_recommendations(path, verbaliser, recs)
+    table = pq.read_table(path).to_pydict()
+    assert table["rank"] == [1, 2, 3, 4] * 3 and table["user_id"][:4] == [verbaliser.users[0]] * 4
+    assert table["item_id"][4] == verbaliser.item_ids[recs.items[1, 0]]
+    assert [p.name for p in tmp_path.iterdir()] == ["recs.parquet"]  # no temporary file left
+
+
+def test_the_sequence_head_cannot_read_the_drift_aware_blend(tiny_encoder, synthetic_data):
+    import pytest
+
+    from interestbert.encoder import Verbaliser
+    from interestbert.inference.recommend import recommend_users
+
+    verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 64)
+    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=0.1))
+    with pytest.raises(ValueError, match="sequence head does not read"):
+        recommend_users(tiny_encoder, verbaliser, np.array([0]), scorer="sequence", monitor=monitor)
