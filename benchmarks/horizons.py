@@ -4,7 +4,7 @@ For each dataset, with the untrained base model (frozen): every training prefix 
 ``--max-train`` of them), every validation and every test history is verbalised three ways (the newest event, the
 newest 4, the whole history within 128 tokens) and each distinct text is encoded once. Each variant's interest
 vector is ``normalize(sum of weight * embedding)`` over its horizons; a fresh strategy head is fitted on the
-training vectors alone (`interestbert.finetune.train.fit_head`, the same routine as the fine-tuning's head warm-up:
+training vectors alone (`interestbert.finetune.warmup.fit_head`, the same routine as the fine-tuning's head warm-up:
 up to 100 epochs, the best validation epoch kept), then the test split is ranked (full ranking, seen items
 excluded). The peer is ``all:1``, plain mean pooling of the whole history, which interestbert used before
 horizons existed. No LoRA training here: this isolates what the horizons alone are worth.
@@ -32,7 +32,7 @@ from interestbert.finetune.args import FinetuneArguments
 from interestbert.finetune.data import leave_one_out
 from interestbert.encoder.scoring import StrategyHeadScorer
 from interestbert.finetune.evaluate import evaluate
-from interestbert.finetune.train import fit_head
+from interestbert.finetune.warmup import fit_head
 from results_io import read_results, write_json
 
 FOLDERS = {"amazon-beauty": "amazon-beauty-10core", "amazon-office": "amazon-office-2014-5core",

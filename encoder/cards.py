@@ -23,19 +23,16 @@ A card (`data_cards/<name>/README.md`) carries, beside the usual Hub keys, an ``
         separator: "\\n"
 
 `columns` maps our names onto the file's columns; every name besides the ids and the timestamp becomes a field the
-templates may read. `load_card_data` turns a card and a data folder into `datasets.Dataset`s of events and items.
-Every problem is reported as one `DataCardError` sentence that names the card, the key or the file and line.
+templates may read. The schema is declared once, with help text, in `interestbert.encoder.card_schema` (the README's
+table of card keys is made from it). `load_card_data` turns a card and a data folder into `datasets.Dataset`s of
+events and items (`interestbert.encoder.card_files` reads the files). Every problem is reported as one
+`DataCardError` sentence that names the card, the key or the file and line.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import gzip
-import io
 import os
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,26 +40,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .card_files import _one_line, int_column, read_table
+from .card_schema import FILE_KEYS, FileSpec, check_section
 from .errors import DataCardError
 from .templates import CardTemplate
 
 EVENT_FIELDS = ("user_id", "item_id", "timestamp", "action")
-_FILE_KEYS = {"path", "separator", "header", "names", "encoding", "compression", "quoting", "columns"}
-_GENERATORS = ("synthetic-shop",)
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """How to read one delimited text file of a card."""
-
-    path: str
-    columns: dict[str, str]
-    separator: str = ","
-    header: bool = True
-    names: tuple[str, ...] | None = None
-    encoding: str = "utf-8"
-    compression: str = "infer"
-    quoting: str = "minimal"
 
 
 @dataclass(frozen=True)
@@ -163,10 +146,8 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
         raise DataCardError(f"{where}: the YAML front matter does not parse ({_one_line(err)}); fix its syntax.") from None
     if not isinstance(meta, dict) or "interestbert" not in meta:
         raise DataCardError(f"{where}: the front matter has no `interestbert:` block; add one (see data_cards/README).")
-    block = _section(meta.pop("interestbert"), "interestbert", where, required={"events", "items", "verbalisation"},
-                     optional={"switches", "generator", "format_version"})
-    ev = _section(block["events"], "interestbert.events", where, required={"path", "columns"},
-                  optional=_FILE_KEYS | {"action"})
+    block = check_section(meta.pop("interestbert"), "interestbert", where)
+    ev = check_section(block["events"], "interestbert.events", where)
     events = _file_spec(ev, "interestbert.events", where, required_columns=("user_id", "item_id", "timestamp"))
     if "action" in events.columns:
         raise DataCardError(
@@ -177,19 +158,16 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
     action = CardTemplate.compile(ev.get("action", "interacted"), f"{where}: key `interestbert.events.action`",
                                   event_fields)
 
-    it = _section(block["items"], "interestbert.items", where, required={"path", "columns", "text"},
-                  optional=_FILE_KEYS | {"text", "id_map"})
+    it = check_section(block["items"], "interestbert.items", where)
     items = _file_spec(it, "interestbert.items", where, required_columns=("item_id",))
     item_fields = [c for c in items.columns if c != "item_id"]
     item_text = CardTemplate.compile(it["text"], f"{where}: key `interestbert.items.text`", item_fields)
     id_map = None
-    if "id_map" in it:
-        im = _section(it["id_map"], "interestbert.items.id_map", where, required={"path", "columns"},
-                      optional=_FILE_KEYS)
+    if it.get("id_map") is not None:
+        im = check_section(it["id_map"], "interestbert.items.id_map", where)
         id_map = _file_spec(im, "interestbert.items.id_map", where, required_columns=("item_id", "key"))
 
-    vb = _section(block["verbalisation"], "interestbert.verbalisation", where, required={"event"},
-                  optional={"separator"})
+    vb = check_section(block["verbalisation"], "interestbert.verbalisation", where)
     event_text = CardTemplate.compile(vb["event"], f"{where}: key `interestbert.verbalisation.event`",
                                       ["item", "action", *item_fields])
     separator = vb.get("separator", "\n")
@@ -198,35 +176,15 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
                             f"got {separator!r}.")
 
     switches = None
-    if "switches" in block:
-        sw = _section(block["switches"], "interestbert.switches", where, required={"path", "columns"},
-                      optional=_FILE_KEYS)
+    if block.get("switches") is not None:
+        sw = check_section(block["switches"], "interestbert.switches", where)
         switches = _file_spec(sw, "interestbert.switches", where, required_columns=("user_id", "event_index"))
     generator = None
-    if "generator" in block:
-        generator = dict(_section(block["generator"], "interestbert.generator", where, required={"name"},
-                                  optional={"seed", "n_users", "n_items", "min_events", "max_events"}))
-        if generator["name"] not in _GENERATORS:
-            raise DataCardError(f"{where}: key `interestbert.generator.name` is {generator['name']!r}; "
-                                f"the built-in generators are {list(_GENERATORS)}.")
+    if block.get("generator") is not None:
+        generator = check_section(block["generator"], "interestbert.generator", where)
     return DataCard(name=name, path=path, events=events, action=action, items=items, item_text=item_text,
                     event_text=event_text, separator=separator, id_map=id_map, switches=switches,
                     generator=generator, metadata=meta)
-
-
-def _section(value: object, key: str, where: str, required: set[str], optional: set[str]) -> dict:
-    if not isinstance(value, dict):
-        raise DataCardError(f"{where}: key `{key}` must be a mapping, got {type(value).__name__} {value!r}.")
-    allowed = required | optional
-    for k in value:
-        if k not in allowed:
-            hint = difflib.get_close_matches(str(k), sorted(allowed), n=1)
-            fix = f"did you mean `{hint[0]}`?" if hint else f"the allowed keys are {sorted(allowed)}."
-            raise DataCardError(f"{where}: key `{key}.{k}` is unknown; {fix}")
-    for k in sorted(required):
-        if k not in value:
-            raise DataCardError(f"{where}: key `{key}.{k}` is missing; add it (see the shipped cards for examples).")
-    return value
 
 
 def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...]) -> FileSpec:
@@ -240,9 +198,7 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
         if not str(name).isidentifier() or str(name).startswith("_"):
             raise DataCardError(f"{where}: key `{key}.columns.{name}`: field names must be identifiers that do "
                                 "not start with an underscore; rename it.")
-    spec = dict(raw)
-    for extra in ("action", "text", "id_map"):
-        spec.pop(extra, None)
+    spec = {k: v for k, v in raw.items() if k in FILE_KEYS}
     spec["columns"] = {str(k): str(v) for k, v in columns.items()}
     if "names" in spec:
         if not isinstance(spec["names"], list) or not spec["names"]:
@@ -251,10 +207,6 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
     if spec.get("header") is False and "names" not in spec:
         raise DataCardError(f"{where}: key `{key}.names` is missing; a file without a header line needs its "
                             "column names listed under `names`.")
-    if spec.get("compression", "infer") not in ("infer", "gzip", "none"):
-        raise DataCardError(f"{where}: key `{key}.compression` is {spec['compression']!r}; use infer, gzip or none.")
-    if spec.get("quoting", "minimal") not in ("minimal", "none"):
-        raise DataCardError(f"{where}: key `{key}.quoting` is {spec['quoting']!r}; use minimal or none.")
     if not isinstance(spec.get("separator", ","), str) or not spec.get("separator", ","):
         raise DataCardError(f"{where}: key `{key}.separator` must be a non-empty string.")
     try:
@@ -263,125 +215,6 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
         raise DataCardError(f"{where}: key `{key}.encoding` is {spec['encoding']!r}, which Python does not know; "
                             "use utf-8, latin-1, ascii, ...") from None
     return FileSpec(**spec)
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
-# ---------------------------------------------------------------------------------------------------- reading
-
-
-@dataclass
-class Table:
-    """Selected columns of a file as lists of strings, and each row's line number in the file."""
-
-    path: str
-    columns: dict[str, list[str]]
-    lines: list[int]
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-
-def _safe_path(data_dir: Path, relative: str, where: str) -> Path:
-    rel = Path(relative)
-    root = data_dir.resolve()
-    target = (root / rel).resolve()
-    if rel.is_absolute() or not target.is_relative_to(root):
-        raise DataCardError(f"{where}: path `{relative}` leaves the data directory {root}; card paths must be "
-                            "relative and stay inside --data-dir.")
-    if not target.is_file():
-        raise DataCardError(f"{where}: file `{relative}` does not exist in {root}; check --data-dir or the card's "
-                            "`path`.")
-    return target
-
-
-def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
-    """Reads the columns ``spec`` maps from its delimited file, checking every line's field count."""
-    path = _safe_path(data_dir, spec.path, f"{where}: key path")
-    gz = spec.compression == "gzip" or (spec.compression == "infer" and path.suffix == ".gz")
-    loc = f"{where}: file {spec.path}"
-    try:
-        raw = gzip.open(path, "rb").read() if gz else path.read_bytes()
-    except OSError as err:
-        raise DataCardError(f"{loc} cannot be read ({_one_line(err)}); check the file and `compression`.") from None
-    try:
-        text = raw.decode(spec.encoding)
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataCardError(f"{loc} line {line} is not valid {spec.encoding}; set the card's `encoding` "
-                            "(for example latin-1).") from None
-    rows = _split_rows(text, spec, loc)
-    header: tuple[str, ...]
-    if spec.header:
-        try:
-            first_line, header_row = next(rows)
-        except StopIteration:
-            raise DataCardError(f"{loc} is empty; it needs a header line and rows.") from None
-        header = tuple(h.strip() for h in header_row)
-    else:
-        header = spec.names or ()
-    if spec.header and spec.names:
-        header = spec.names
-    index = {}
-    for name, col in spec.columns.items():
-        if col not in header:
-            raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
-                                f"{list(header)}.")
-        index[name] = header.index(col)
-    width = len(header)
-    cols: dict[str, list[str]] = {name: [] for name in index}
-    appenders = [(cols[name].append, i) for name, i in index.items()]
-    lines: list[int] = []
-    for lineno, row in rows:
-        if len(row) != width:
-            if len(row) == 0 or row == [""]:
-                continue  # blank line
-            raise DataCardError(f"{loc} line {lineno}: expected {width} fields separated by {spec.separator!r}, found "
-                                f"{len(row)}; fix the line or the card's `separator`/`names`.")
-        for append, i in appenders:
-            append(row[i])
-        lines.append(lineno)
-    return Table(path=spec.path, columns=cols, lines=lines)
-
-
-def _split_rows(text: str, spec: FileSpec, loc: str):
-    """Yields (line number, fields); one-character separators follow CSV quoting, longer ones split plainly."""
-    if len(spec.separator) == 1:
-        quoting = csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=spec.separator, quoting=quoting, strict=True)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                raise DataCardError(f"{loc} line {reader.line_num}: {err}; fix the quoting or set `quoting: none`.") from None
-            yield reader.line_num, row
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            yield lineno, line.split(spec.separator)
-
-
-def _int_column(values: list[str], table: Table, name: str, where: str) -> np.ndarray:
-    """Integers (unix seconds, indices) from strings such as ``881250949`` or ``1368748800.0``."""
-    try:
-        floats = np.asarray(values, dtype=np.float64)
-    except ValueError:
-        floats = None
-    if floats is not None and np.isfinite(floats).all() and (floats == np.floor(floats)).all():
-        return floats.astype(np.int64)
-    for i, v in enumerate(values):
-        try:
-            f = float(v)
-            ok = np.isfinite(f) and f == int(f)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {v!r}, not an integer "
-                                "(unix seconds); fix the line or map another column.")
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -467,7 +300,7 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
         if not u.strip():
             raise DataCardError(f"{where}: file {ev.path} line {ev.lines[i]}: `user_id` is empty; fill it or drop "
                                 "the line.")
-    timestamps = _int_column(ev.columns["timestamp"], ev, "timestamp", where)
+    timestamps = int_column(ev.columns["timestamp"], ev, "timestamp", where)
     event_fields = {k: v for k, v in ev.columns.items() if k not in ("user_id", "item_id", "timestamp")}
     actions = card.action.render_table(event_fields, len(ev))
 
@@ -493,9 +326,9 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
     if card.switches is not None:
         sw = read_table(card.switches, data_dir, where)
         cols = dict(sw.columns)
-        cols["event_index"] = _int_column(cols["event_index"], sw, "event_index", where)
+        cols["event_index"] = int_column(cols["event_index"], sw, "event_index", where)
         if "timestamp" in cols:
-            cols["timestamp"] = _int_column(cols["timestamp"], sw, "timestamp", where)
+            cols["timestamp"] = int_column(cols["timestamp"], sw, "timestamp", where)
         switches = datasets.Dataset.from_dict(cols)
 
     sorted_ts = timestamps[order]
@@ -522,10 +355,3 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
     index: dict = {}
     codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
     return codes, list(index)
-
-
-def card_metadata_summary(meta: Mapping) -> str:
-    """One line naming the card's dataset and licence, for `cards validate`."""
-    name = meta.get("pretty_name", "")
-    lic = meta.get("license", "unknown")
-    return f"{name} (licence: {lic})" if name else f"licence: {lic}"

@@ -21,96 +21,24 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from .drift_events import (DriftConfig, DriftEvent, Event, History, ScanResult, explain, histories_from_verbaliser,
+                           sort_events, terms)
 from .errors import InterestBertError
 from .model_folder import ModelFolder
 
+__all__ = ["MIN_ALARMS_TO_CALIBRATE", "DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "ScanResult",
+           "count_false_alarms", "explain", "histories_from_verbaliser", "sort_events", "terms"]
+
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
-_WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
-_STOP = frozenset("""a an and are as at be by for from in into is it its of on or the to with without your you
-                     this that these those new set pack vol edition de la le les el""".split())
 
-
-@dataclass(frozen=True)
-class Event:
-    """One behaviour event as the monitor sees it: the event's text (how the card renders it), the item's text
-    (for explanations) and its timestamp."""
-
-    text: str
-    item_text: str
-    timestamp: int
-
-
-@dataclass
-class History:
-    """One user's events, oldest first (`scan` sorts them by timestamp, keeping the order of ties)."""
-
-    user_id: str
-    events: list[Event]
-
-
-@dataclass(frozen=True)
-class DriftEvent:
-    """A detected shift: raised at event ``index`` (0-based, the newest event seen) of ``user_id``'s history; the
-    shift happened within the last ``window`` events, from ``since_index`` on."""
-
-    user_id: str
-    index: int
-    timestamp: int
-    score: float
-    since_index: int
-    moved_from: tuple[str, ...]
-    moved_to: tuple[str, ...]
-
-    @property
-    def explanation(self) -> str:
-        before = ", ".join(self.moved_from) or "(nothing distinctive)"
-        after = ", ".join(self.moved_to) or "(nothing distinctive)"
-        return f"moved from {before} to {after}"
-
-
-@dataclass
-class ScanResult:
-    """The score series of one history (one entry per evaluation; NaN where no comparison was possible yet) and
-    its detections."""
-
-    user_id: str
-    indices: np.ndarray  # (n_evals,) event index of each evaluation
-    timestamps: np.ndarray  # (n_evals,)
-    scores: np.ndarray  # (n_evals,) float32, NaN before a reference exists
-    events: list[DriftEvent]
-    n_events: int
-    reordered: int = 0  # events whose timestamp was older than the one before (sorted)
-    tied: int = 0  # events whose timestamp equals the one before (file order kept)
-
-
-@dataclass
-class DriftConfig:
-    """What a monitor needs besides the encoder; saved as JSON beside the model."""
-
-    window: int = 4
-    stride: int = 2
-    threshold: float | None = None
-    explain_terms: int = 3
-    centre: bool = True  # score = distance minus the mean of the segment's earlier distances (the user's own level)
-    alpha_max: float = 0.25  # drift-aware recommendation: the short-term weight at and above the threshold
-    calibration: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.window < 2:
-            raise ValueError(f"`window` should be at least 2 events, got {self.window}.")
-        if not 1 <= self.stride <= self.window:
-            raise ValueError(f"`stride` should be between 1 and `window` ({self.window}), got {self.stride}.")
-        if not 0 <= self.alpha_max <= 1:
-            raise ValueError(f"`alpha_max` should be in [0, 1], got {self.alpha_max}.")
 
 
 class _UserState:
@@ -130,22 +58,6 @@ class _UserState:
         self.tied = 0
         self.last_score = float("nan")
         self.dist_n, self.dist_mean = 0, 0.0  # the segment's distances so far and their mean
-
-
-def terms(text: str) -> set[str]:
-    """The distinct content words of an item text, lower-cased (explanations count these)."""
-    return {w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOP and len(w) > 2}
-
-
-def explain(before: Sequence[str], after: Sequence[str], n: int = 3) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The ``n`` terms whose share of items fell most from ``before`` to ``after``, and the ``n`` that rose most."""
-    count_before = Counter(t for text in before for t in terms(text))
-    count_after = Counter(t for text in after for t in terms(text))
-    delta = {t: count_after[t] / max(len(after), 1) - count_before[t] / max(len(before), 1)
-             for t in count_before.keys() | count_after.keys()}
-    fell = sorted((t for t in delta if delta[t] < 0), key=lambda t: (delta[t], t))[:n]
-    rose = sorted((t for t in delta if delta[t] > 0), key=lambda t: (-delta[t], t))[:n]
-    return tuple(fell), tuple(rose)
 
 
 class DriftMonitor:
@@ -412,19 +324,6 @@ def _first_eval(window: int, stride: int) -> int:
     return window - 1 + (-window) % stride
 
 
-def sort_events(events: Sequence[Event]) -> tuple[list[Event], tuple[int, int]]:
-    """Events in time order (ties keep their order) and the counts of (late, tied) events: late ones are older
-    than an event before them in the input, tied ones share the timestamp of the event before them once sorted."""
-    stamps = np.asarray([e.timestamp for e in events], dtype=np.int64)
-    # an event older than one before it arrived late (the count a stream would make)
-    reordered = int((stamps[1:] < np.maximum.accumulate(stamps)[:-1]).sum()) if len(stamps) > 1 else 0
-    order = np.argsort(stamps, kind="stable") if reordered else np.arange(len(events))
-    ordered = [events[i] for i in order]
-    sorted_stamps = stamps[order]
-    tied = int((np.diff(sorted_stamps) == 0).sum()) if len(stamps) > 1 else 0
-    return ordered, (reordered, tied)
-
-
 def count_false_alarms(alarms: Sequence[int], truth: Sequence[int], margin: int) -> int:
     """Alarms that are not the first alarm within ``margin`` events at or after a true change point."""
     used: set[int] = set()
@@ -436,19 +335,3 @@ def count_false_alarms(alarms: Sequence[int], truth: Sequence[int], margin: int)
         else:
             used.add(hit)
     return false
-
-
-def histories_from_verbaliser(verbaliser, users: Sequence[int] | None = None,
-                              ends: Sequence[int] | None = None) -> list[History]:
-    """`History` objects for users of a `Verbaliser` (positions in ``verbaliser.users``; default all), each cut to
-    its first ``ends[i]`` events when given (e.g. the training part of a leave-one-out split)."""
-    idx = range(len(verbaliser.users)) if users is None else [int(u) for u in users]
-    out = []
-    for k, u in enumerate(idx):
-        lo, hi = int(verbaliser.offsets[u]), int(verbaliser.offsets[u + 1])
-        if ends is not None:
-            hi = lo + int(ends[k])
-        events = [Event(verbaliser.pieces[verbaliser.event_piece[j]], verbaliser.item_texts[verbaliser.event_items[j]],
-                        int(verbaliser.timestamps[j])) for j in range(lo, hi)]
-        out.append(History(verbaliser.users[u], events))
-    return out

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .model_folder import SavedPart
-from .scoring import mask_seen
+from .scoring import catalogue_matrix, mask_seen
 
 
 class StrategyHead(SavedPart, nn.Module):
@@ -36,11 +36,7 @@ class StrategyHead(SavedPart, nn.Module):
 
     def __init__(self, item_ids: Sequence[str], item_embeddings, popularity=None, init_scale: float = 20.0):
         super().__init__()
-        emb = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32))
-        if emb.ndim != 2 or emb.shape[0] != len(item_ids):
-            raise ValueError(f"`item_embeddings` should be (n_items={len(item_ids)}, dim), got {tuple(emb.shape)}.")
-        if len(set(item_ids)) != len(item_ids):
-            raise ValueError("`item_ids` should be unique.")
+        emb = catalogue_matrix(item_ids, item_embeddings)
         if init_scale <= 0:
             raise ValueError(f"`init_scale` should be positive, got {init_scale}.")
         self.item_ids = [str(i) for i in item_ids]

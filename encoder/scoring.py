@@ -39,6 +39,17 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return above + tied_before
 
 
+def catalogue_matrix(item_ids: Sequence[str], item_embeddings) -> torch.Tensor:
+    """``(n_items, dim)`` float32 rows, one per item of a head's catalogue, checked: the shape matches the ids,
+    the ids are unique."""
+    rows = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32))
+    if rows.ndim != 2 or rows.shape[0] != len(item_ids):
+        raise ValueError(f"`item_embeddings` should be (n_items={len(item_ids)}, dim), got {tuple(rows.shape)}.")
+    if len(set(item_ids)) != len(item_ids):
+        raise ValueError("`item_ids` should be unique.")
+    return rows
+
+
 def mask_seen(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> torch.Tensor:
     """Sets ``scores[row, exclude[row]]`` to -inf in place (the user's already-seen items)."""
     rows = [r for r, items in enumerate(exclude) for _ in items]

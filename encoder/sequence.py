@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .model_folder import SavedPart
-from .scoring import mask_seen
+from .scoring import catalogue_matrix, mask_seen
 
 _MASKED = -1e9  # additive attention mask (a large negative rather than -inf: never a NaN)
 
@@ -93,11 +93,7 @@ class SequenceHead(SavedPart, nn.Module):
                  options: SequenceOptions | None = None):
         super().__init__()
         opts = options or SequenceOptions()
-        text = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32))
-        if text.ndim != 2 or text.shape[0] != len(item_ids):
-            raise ValueError(f"`item_embeddings` should be (n_items={len(item_ids)}, dim), got {tuple(text.shape)}.")
-        if len(set(item_ids)) != len(item_ids):
-            raise ValueError("`item_ids` should be unique.")
+        text = catalogue_matrix(item_ids, item_embeddings)
         self.options = opts
         self.item_ids = [str(i) for i in item_ids]
         self.index = {item: i for i, item in enumerate(self.item_ids)}

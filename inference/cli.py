@@ -236,17 +236,13 @@ def _cmd_evaluate(args) -> int:
     import dataclasses
 
     from interestbert.encoder.files import atomic_write_json
-    from interestbert.encoder.verbalise import Verbaliser
     from interestbert.finetune.data import leave_one_out
     from interestbert.finetune.evaluate import evaluate_model, metrics_table
 
     for k in args.k:
         loading.check_positive(k, "--k")
     loading.check_positive(args.batch_size, "--batch-size")
-    data = loading.load_data(args.card, args.data_dir)
-    encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
-    loading.check_catalogue(args.model, encoder, data, "evaluate it on its own card.")
-    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    data, encoder, verbaliser = loading.load_all(args, catalogue_fix="evaluate it on its own card.")
     split = leave_one_out(verbaliser)
     examples = split[args.split]
     if args.limit_users is not None:
@@ -265,14 +261,10 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_recommend(args) -> int:
-    from interestbert.encoder.verbalise import Verbaliser
     from interestbert.inference.recommend import recommend_users, write_recommendations
 
     loading.check_positive(args.k, "--k")
-    data = loading.load_data(args.card, args.data_dir)
-    encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
-    loading.check_catalogue(args.model, encoder, data, "use the card it was trained on.")
-    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    data, encoder, verbaliser = loading.load_all(args, catalogue_fix="use the card it was trained on.")
     users = loading.first_users(len(verbaliser.users), args.limit_users)
     if args.scorer == "sequence" and encoder.sequence_head is None:
         raise InterestBertError(f"model {args.model} has no sequence head; train one with `interestbert finetune "
@@ -334,13 +326,10 @@ def _cmd_cards_validate(args) -> int:
 
 
 def _cmd_encode(args) -> int:
-    from interestbert.encoder.verbalise import Verbaliser
     from interestbert.inference.encode import encode_users
 
-    data = loading.load_data(args.card, args.data_dir)
-    encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
     loading.check_positive(args.batch_size, "--batch-size")
-    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    data, encoder, verbaliser = loading.load_all(args)
     users = loading.first_users(len(verbaliser.users), args.limit_users)
     result = encode_users(encoder, verbaliser, args.output, user_indices=users, batch_size=args.batch_size,
                           extra_info={"card": data.card.name, "model": args.model or encoder.base_model})
@@ -351,14 +340,11 @@ def _cmd_encode(args) -> int:
 
 
 def _cmd_drift(args) -> int:
-    from interestbert.encoder.verbalise import Verbaliser
     from interestbert.inference.drift import run_drift
 
     if args.plot < 0:
         raise InterestBertError(f"--plot is {args.plot}; it must be 0 or more.")
-    data = loading.load_data(args.card, args.data_dir)
-    encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
-    verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    data, encoder, verbaliser = loading.load_all(args)
     monitor, calibration = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
                                                  stride=args.stride, target_false_alarms=args.target_false_alarms,
                                                  calibrate=args.calibrate, save_calibration=args.save_calibration,

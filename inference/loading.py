@@ -51,6 +51,18 @@ def check_catalogue(model: str | None, encoder, data, fix: str) -> None:
                                     f"data card {data.card.name} ({len(data.items)}); {fix}")
 
 
+def load_all(args, catalogue_fix: str | None = None):
+    """``(data, encoder, verbaliser)`` for a command's ``--card``, ``--data-dir``, ``--model``, ``--max-seq-length``
+    and ``--device``; with ``catalogue_fix``, the model's heads must score the card's catalogue (`check_catalogue`)."""
+    from interestbert.encoder.verbalise import Verbaliser
+
+    data = load_data(args.card, args.data_dir)
+    encoder = load_encoder(args.model, args.max_seq_length, args.device)
+    if catalogue_fix is not None:
+        check_catalogue(args.model, encoder, data, catalogue_fix)
+    return data, encoder, Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+
+
 def first_users(n: int, limit: int | None) -> np.ndarray:
     """Positions of the first ``limit`` of ``n`` users (all when None)."""
     if limit is None:

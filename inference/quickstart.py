@@ -116,10 +116,8 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
 def _scan_drift(encoder, data, verbaliser, users: np.ndarray, out: Path) -> dict:
     """Calibrates a DriftMonitor on the fine-tuned encoder (saved into the model folder), scans ``users`` and
     plots their timelines into ``out/drift``. Returns each user's detections and the calibration."""
-    from interestbert.encoder.drift import DriftMonitor, histories_from_verbaliser
+    from interestbert.encoder.drift import MIN_ALARMS_TO_CALIBRATE, DriftMonitor, histories_from_verbaliser
     from interestbert.inference.drift import ensure_calibrated, plot_timeline, switch_table
-
-    from interestbert.encoder.drift import MIN_ALARMS_TO_CALIBRATE
 
     monitor = DriftMonitor(encoder.encode, separator=verbaliser.separator)
     usable = int(np.clip(verbaliser.n_events - 2, 0, None).sum())  # a small shop (--limit-users): a higher rate

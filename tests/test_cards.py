@@ -197,3 +197,27 @@ def test_cli_unknown_card_lists_shipped_cards(capsys):
 def test_shipped_card_can_be_copied_and_used_from_a_path(tmp_path):
     shutil.copytree(Path(load_card("movielens-100k").path).parent, tmp_path / "ml")
     assert load_card(tmp_path / "ml").name == "ml"
+
+
+def test_the_readme_schema_table_is_the_schema():
+    import re
+
+    from conftest import REPO
+    from interestbert.encoder.card_schema import SECTIONS, schema_markdown
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- card schema: begin -->\n(.*?)<!-- card schema: end -->", readme, re.S)
+    assert table, "the README has the generated card schema table"
+    assert table.group(1) == schema_markdown()
+    for key in ("`interestbert.events.separator` | `','`", "`interestbert.items.text` | required",
+                "`interestbert.generator.name` | required"):
+        assert key in table.group(1)
+    assert len(SECTIONS) == 7
+
+
+def test_a_value_outside_its_choices_names_them(tmp_path):
+    folder = tmp_path / "card"
+    folder.mkdir()
+    (folder / "README.md").write_text(GOOD_CARD.replace("    columns: {user_id", "    compression: zip\n    columns: {user_id", 1))
+    with pytest.raises(DataCardError, match=r"`interestbert.events.compression` is 'zip'; use one of infer, gzip, none"):
+        load_card(folder)

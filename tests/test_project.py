@@ -34,7 +34,8 @@ def test_ci_runs_exactly_the_readme_test_command():
 def readme_cli_uses() -> list[str]:
     """Every ``interestbert ...`` command the README shows, in code blocks and in inline code."""
     text = (REPO / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
-    spans = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    fence = r"```[a-z]*\n(.*?)```"
+    spans = re.findall(fence, text, re.S) + re.findall(r"`([^`\n]+)`", re.sub(fence, "", text, flags=re.S))
     uses = []
     for span in spans:
         for line in span.splitlines():
