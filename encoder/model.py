@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .model_folder import ModelFolder
-from .packaged import DEFAULT_BASE_MODEL, hub_id_for, packaged_model_path, register_in_hub_cache, resolve_model_path
+from .packaged import (DEFAULT_BASE_MODEL, hub_id_for, hub_model_folder, packaged_model_path, register_in_hub_cache,
+                       resolve_model_path)
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class InterestEncoder:
         self.head = head  # StrategyHead or None (an untrained model scores items by their text embeddings)
         self.sequence_head = sequence_head  # SequenceHead or None (see `interestbert.encoder.sequence`)
         self.horizons = parse_horizons(horizons)  # see `encode_histories`
+        self.folder = None  # the saved folder (or Hub snapshot) it was loaded from
 
     # ---------------------------------------------------------------------------------------------- loading
 
@@ -138,6 +140,7 @@ class InterestEncoder:
         max_seq_length: int | None = None,
         device: str | None = None,
         base_model_id: str | None = None,
+        revision: str | None = None,
     ) -> InterestEncoder:
         """Loads a saved InterestEncoder folder, or a base model with a fresh LoRA adapter.
 
@@ -150,12 +153,20 @@ class InterestEncoder:
             max_seq_length: Longest input in tokens (default: the model's own, 256 for all-MiniLM-L6-v2).
             device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
             base_model_id: Hub id to record for a base given as a local folder.
+            revision: The branch, tag or commit of a model on the Hub.
+
+        A Hub id of a model published by interestbert (``interestbert publish``) is fetched with
+        ``snapshot_download`` (offline: from the cache) and loads with its heads; ``folder`` is then the local
+        snapshot.
         """
         path = str(name_or_path)
         overrides = {k: v for k, v in dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                            target_modules=target_modules).items() if v is not None}
         if os.path.isfile(os.path.join(path, "adapter_config.json")):
             return cls._load_saved(path, overrides, max_seq_length, device)
+        hub = hub_model_folder(path, revision)  # an interestbert model published on the Hub
+        if hub is not None:
+            return cls._load_saved(hub, overrides, max_seq_length, device)
         lora = LoraOptions(**overrides)
         st = _load_sentence_transformer(resolve_model_path(path), max_seq_length, device)
         st.add_adapter(lora.to_peft())
@@ -191,7 +202,9 @@ class InterestEncoder:
                          kind.from_parts(*found, source=f"{folder}'s {name}").to(st.device))
         head, sequence = heads
         horizons = (saved_folder.config() or {}).get("interest_horizons")
-        return cls(st, base, saved, head, horizons, sequence)
+        encoder = cls(st, base, saved, head, horizons, sequence)
+        encoder.folder = folder
+        return encoder
 
     # ---------------------------------------------------------------------------------------------- saving
 
@@ -205,6 +218,27 @@ class InterestEncoder:
         model is not registered in the Hugging Face cache here: call `register_in_hub_cache` for that.
         """
         ModelFolder(save_directory).save_encoder(self)
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
+                    commit_message: str | None = None, local_model_path: str | os.PathLike | None = None,
+                    revision: str | None = None, create_pr: bool = False, verbaliser=None) -> str:
+        """Publishes this encoder (as `save_pretrained` writes it, or the folder ``local_model_path``) to the Hub
+        in one commit, after the privacy gate (`interestbert.encoder.hub`); the arguments are those of
+        sentence-transformers' ``push_to_hub``. Pass the training data's ``verbaliser`` so that the gate checks
+        the files for its user ids and verbalised events. Returns the commit's URL."""
+        import tempfile
+
+        from .hub import publish
+
+        with tempfile.TemporaryDirectory(prefix="interestbert-push-") as tmp:
+            folder = local_model_path
+            if folder is None:
+                folder = os.path.join(tmp, "model")
+                self.save_pretrained(folder)
+            done = publish(folder, repo_id, verbaliser=verbaliser, private=bool(private), revision=revision,
+                           commit_message=commit_message, create_pr=create_pr, token=token,
+                           base_files=_local_dir(resolve_model_path(self.base_model)))
+        return f"{done.url}/commit/{done.commit}"
 
     def config(self) -> dict:
         """What interestbert records about this encoder in ``interestbert/config.json``."""
@@ -363,3 +397,9 @@ def _saved_max_seq_length(folder: str) -> int | None:
         with open(cfg, encoding="utf-8") as f:
             return json.load(f).get("max_seq_length")
     return None
+
+
+def _local_dir(path: str):
+    from pathlib import Path
+
+    return Path(path) if os.path.isdir(path) else None

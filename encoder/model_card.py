@@ -99,7 +99,11 @@ stride {{ card.drift.stride }}, threshold {{ "%.4f" | format(card.drift.threshol
 
 The training data are people's behaviour. This folder holds no user id, no event and no verbalised history of
 the training data: only model weights, the item catalogue (item ids and the texts of items, which are the
-catalogue, not anyone's behaviour), aggregate metrics and options.
+catalogue, not anyone's behaviour), aggregate metrics and options.{% if card.published %} Before it was published,
+`interestbert publish` read every file against the training data and found none of its user ids (those of at
+least 4 characters that are not plain numbers: shorter or numeric ids cannot be told from numbers), none of its
+verbalised events, no absolute local path and no token. The data card it was trained with is in
+`interestbert/data_card/README.md` (the card only: the data is not published).{% endif %}
 """
 
 
@@ -122,6 +126,7 @@ class ModelCardData:
     results: dict[str, dict] = field(default_factory=dict)
     test_users: int | None = None
     drift: dict | None = None
+    published: bool = False  # rendered for `interestbert publish`, after its privacy gate
 
     @property
     def title(self) -> str:

@@ -168,9 +168,9 @@ class ModelFolder:
     # ------------------------------------------------------------------------------------------- the run
 
     def save_training_args(self, args: dict) -> Path:
-        """The fine-tuning options; paths become names (``card``: the card's name; folders: their last part),
-        so the folder carries no local absolute path."""
-        portable = {k: (_portable(v) if k in PATH_ARGS else v) for k, v in args.items()}
+        """The fine-tuning options; paths become names (``card``: the card's name; a folder beside the model:
+        relative to it, ``../data``; others: their last part), so the folder carries no local absolute path."""
+        portable = {k: (_portable(v, self.path) if k in PATH_ARGS else v) for k, v in args.items()}
         path = atomic_write_json(self.subfolder / TRAINING_ARGS, portable)
         self.write_card()
         return path
@@ -271,11 +271,18 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _portable(value):
-    """A local path as its last part (a card file as its card's folder name); other values unchanged."""
+def _portable(value, folder: Path):
+    """A local path as something that names no machine: a card file as its card's folder name; a folder beside
+    the model (``out/data`` for the model ``out/model``) relative to the model folder (``../data``); any other
+    path as its last part. Other values unchanged."""
     if not isinstance(value, str) or not value or not os.path.exists(value):
         return value
     path = Path(value).resolve()
     if path.is_file() and path.name == CARD:
         return path.parent.name
+    home = folder.resolve()
+    if path == home:
+        return "."
+    if path.is_relative_to(home.parent):
+        return os.path.relpath(path, home)
     return path.name

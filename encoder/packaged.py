@@ -91,6 +91,25 @@ def register_in_hub_cache(model_id: str) -> Path | None:
         return None
 
 
+def hub_model_folder(name: str, revision: str | None = None) -> str | None:
+    """The local snapshot of an interestbert model on the Hub (fetched with ``snapshot_download``, or found in the
+    cache offline), or None when ``name`` is a local folder, a packaged model, not a repo id, or a repo that is no
+    interestbert model (a base model: it is loaded as one)."""
+    from .hub import REPO_ID
+
+    if os.path.isdir(name) or name in PACKAGED or not REPO_ID.match(name):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:  # a first look at the adapter's config alone: a base model id costs one small request
+        probe = snapshot_download(name, revision=revision, allow_patterns=["adapter_config.json"])
+    except Exception:  # noqa: BLE001 - unreachable or absent: left to the base-model path and its own message
+        return None
+    if not os.path.isfile(os.path.join(probe, "adapter_config.json")):
+        return None
+    return snapshot_download(name, revision=revision)
+
+
 def register_base_model(folder: str | os.PathLike) -> Path | None:
     """`register_in_hub_cache` for the base model of a saved folder (nothing for a base that is not packaged)."""
     from .model_folder import ModelFolder

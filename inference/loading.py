@@ -102,7 +102,8 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
     if target_false_alarms is not None and not target_false_alarms > 0:
         raise InterestBertError(f"--target-false-alarms is {target_false_alarms}; it must be > 0.")
     overrides = {k: v for k, v in (("window", window), ("stride", stride)) if v is not None}
-    folder = model_folder(model)
+    local = model_folder(model)
+    folder = local or getattr(encoder, "folder", None)  # a model from the Hub: its snapshot, read only
     saved = DriftMonitor.from_pretrained(folder, encoder.encode).config if folder is not None else DriftConfig()
     changed = any(getattr(saved, k) != v for k, v in overrides.items())
     try:
@@ -118,7 +119,7 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
         reason = "the model's calibration is for another --window or --stride"
     calibration = ensure_calibrated(monitor, verbaliser, target_false_alarms, reason=reason, data=data)
     if save_calibration:
-        if folder is None:
-            raise InterestBertError("--save-calibration needs --model to be a model folder to write into.")
-        logger.info("saved the drift calibration to %s", monitor.save_pretrained(folder))
+        if local is None:
+            raise InterestBertError("--save-calibration needs --model to be a local model folder to write into.")
+        logger.info("saved the drift calibration to %s", monitor.save_pretrained(local))
     return monitor, calibration

@@ -112,6 +112,10 @@ def test_quickstart_with_tiny_model(tiny_bert, tmp_path, capsys):
     assert len(list((out / "drift").glob("*.png"))) == 3 and "Interest shifts detected" in report
     calibration = json.loads((out / "model" / "interestbert" / "drift" / "config.json").read_text())
     assert calibration["threshold"] is not None and calibration["calibration"]["with_change_points"]
+    # the data it was trained on is found beside the model; a base given as a local folder cannot be published
+    assert json.loads((out / "model" / "interestbert" / "training_args.json").read_text())["data_dir"] == "../data"
+    assert main(["publish", str(out / "model"), "--repo-id", "me/shop", "--dry-run", str(tmp_path / "dry")]) == 2
+    assert "built on the local folder" in capsys.readouterr().err and not (tmp_path / "dry").exists()
 
 
 def test_env_prints_versions(capsys):

@@ -92,7 +92,7 @@ def test_training_args_record_no_local_path(tiny_encoder, tmp_path):
     folder.save_training_args({"card": str(card), "data_dir": str(tmp_path / "data"), "output_dir": str(folder.path),
                                "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "lora_r": 8})
     saved = folder.training_args()
-    assert saved == {"card": "my-shop", "data_dir": "data", "output_dir": "out",
+    assert saved == {"card": "my-shop", "data_dir": "../data", "output_dir": ".",
                      "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "lora_r": 8}
     for path in folder.path.rglob("*.json"):
         assert str(tmp_path) not in path.read_text(encoding="utf-8"), path

