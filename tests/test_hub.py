@@ -156,7 +156,7 @@ class MockHub:
         if "/commit/" in path:
             return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/me/shop/commit/" + "ab" * 20,
                                               "commitOid": "ab" * 20, "success": True})
-        return httpx2.Response(500, json={"error": f"unexpected {request.method} {path}"})
+        return httpx2.Response(404, json={"error": f"unexpected {request.method} {path}"})  # 404: never retried
 
     def commits(self) -> list[list[dict]]:
         return [[json.loads(line) for line in r.content.decode().splitlines()]
@@ -165,12 +165,18 @@ class MockHub:
 
 @pytest.fixture()
 def mock_hub(monkeypatch):
+    """A `MockHub` that answers every request of ``huggingface_hub`` once ``start()`` is called (so that what a
+    test loads before goes to the cache as usual)."""
     import huggingface_hub
     from huggingface_hub import constants
 
     hub = MockHub()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub)))
+
+    def start():
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub)))
+
+    hub.start = start
     yield hub
     huggingface_hub.set_client_factory(huggingface_hub.utils._http.default_client_factory)
 
@@ -181,6 +187,7 @@ def test_a_push_is_one_commit_of_exactly_the_dry_run_files(trained, synthetic_di
 
     expected = dry_run(trained, synthetic_dir, tmp_path / "dry").files
     monkeypatch.setenv("MY_HUB_TOKEN", TOKEN)
+    mock_hub.start()
     assert main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir),
                  "--token-env", "MY_HUB_TOKEN", "--commit-message", "first model"]) == 0
     printed = capsys.readouterr()
@@ -250,6 +257,7 @@ def test_the_commands_take_a_hub_model_id(trained, synthetic_dir, tmp_path, caps
 def test_push_to_hub_from_python_is_one_commit(trained, synthetic_data, mock_hub):
     encoder = InterestEncoder.from_pretrained(trained)
     verbaliser = Verbaliser(synthetic_data, encoder.tokenizer, encoder.max_seq_length)
+    mock_hub.start()
     url = encoder.push_to_hub("me/shop", token=TOKEN, commit_message="from python", verbaliser=verbaliser)
     assert url == "https://huggingface.co/me/shop/commit/" + "ab" * 20
     (commit,) = mock_hub.commits()
@@ -257,3 +265,4 @@ def test_push_to_hub_from_python_is_one_commit(trained, synthetic_data, mock_hub
     assert commit[0]["value"]["summary"] == "from python"
     assert {"adapter_model.safetensors", "interestbert/strategy_head/model.safetensors", "README.md",
             "interestbert/data_card/README.md"} <= paths
+    assert not [r for r in mock_hub.requests if r.method == "HEAD"]  # nothing but the push itself
