@@ -123,16 +123,35 @@ def resolve_card_path(name_or_path: str | os.PathLike) -> Path:
     shipped = resources.files("interestbert.data_cards") / str(name_or_path) / "README.md"
     if shipped.is_file():
         return Path(str(shipped))
+    hub = _hub_card(str(name_or_path))
+    if hub is not None:
+        return hub
     raise DataCardError(
-        f"data card `{name_or_path}` not found: it is neither a shipped card ({', '.join(available_cards())}) "
-        "nor a folder or README.md on disk; pass one of those names or a path to a card."
+        f"data card `{name_or_path}` not found: it is neither a shipped card ({', '.join(available_cards())}), "
+        "a folder or README.md on disk, nor a dataset repo on the Hub (or in its cache, offline); pass one of those."
     )
+
+
+def _hub_card(repo_id: str) -> Path | None:
+    """The ``README.md`` of the dataset repo ``repo_id`` (published by ``interestbert cards publish``), fetched or
+    found in the cache offline; None when it is no repo id or cannot be had."""
+    from .hub import REPO_ID
+
+    if not REPO_ID.match(repo_id) or os.path.exists(repo_id):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, "README.md", repo_type="dataset"))
+    except Exception:  # noqa: BLE001 - absent, unreachable or offline without a copy: "not found" below
+        return None
 
 
 def load_card(name_or_path: str | os.PathLike) -> DataCard:
     """Reads and checks a card; raises `DataCardError` with the card, key and fix on any problem."""
     path = resolve_card_path(name_or_path)
-    name = path.parent.name
+    # a card from the Hub is named by its repo id (its file lies in a snapshot folder)
+    name = str(name_or_path) if "snapshots" in path.parts and not os.path.exists(str(name_or_path)) else path.parent.name
     where = f"data card {name} ({path})"
     text = path.read_text(encoding="utf-8")
     if not text.startswith("---"):

@@ -181,6 +181,33 @@ def publish(model_dir: str | os.PathLike, repo_id: str, *, verbaliser=None, data
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def publish_card(card, repo_id: str, *, private: bool = False, commit_message: str | None = None,
+                 token: str | None = None, dry_run: str | os.PathLike | None = None,
+                 extra_tokens: Iterable[str] = ()) -> Published:
+    """A data card (`DataCard`) as the ``README.md`` of the dataset repo ``repo_id`` (no data files), after the
+    gate's path and token checks; ``load_card(repo_id)`` reads it back. With ``dry_run``, written there only."""
+    check_repo_id(repo_id)
+    if dry_run is not None and Path(dry_run).exists() and any(Path(dry_run).iterdir()):
+        raise InterestBertError(f"--dry-run {dry_run} is not empty; pass an empty or new folder.")
+    staging = Path(dry_run) if dry_run is not None else Path(tempfile.mkdtemp(prefix="interestbert-card-"))
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(card.path, staging / CARD)
+        privacy_check(staging, local_paths=_local_paths(card.path.parent, None), tokens=[token or "", *extra_tokens])
+        if dry_run is not None:
+            return Published([CARD], folder=staging)
+        url, commit = _upload(staging, repo_id, private, None, commit_message or f"Upload data card {card.name}",
+                              False, token, repo_type="dataset")
+        return Published([CARD], url=url, commit=commit)
+    except BaseException:
+        if dry_run is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if dry_run is None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _private_values(verbaliser) -> dict:
     if verbaliser is None:
         return {}
@@ -195,17 +222,17 @@ def _local_paths(model_dir, data_dir) -> list[str]:
 
 
 def _upload(folder: Path, repo_id: str, private: bool, revision: str | None, commit_message: str | None,
-            create_pr: bool, token: str | None) -> tuple[str, str]:
+            create_pr: bool, token: str | None, repo_type: str = "model") -> tuple[str, str]:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
     try:
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
         if revision is not None and not create_pr:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
-                                 commit_message=commit_message or "Upload interestbert model")
+                                 repo_type=repo_type, commit_message=commit_message or f"Upload interestbert {repo_type}")
     except OfflineModeIsEnabled:
         raise InterestBertError("the Hub cannot be reached: HF_HUB_OFFLINE is set; unset it to publish, or pass "
                                 "--dry-run OUT to write the files only.") from None

@@ -154,6 +154,19 @@ def cmd_drift(args) -> int:
     return 0
 
 
+def cmd_cards_publish(args) -> int:
+    from interestbert.encoder.cards import load_card
+    from interestbert.encoder.hub import publish_card
+    from interestbert.inference.publishing import hub_token, known_tokens
+
+    token = hub_token(args.token_env)
+    done = publish_card(load_card(args.card), args.repo_id, private=args.private, commit_message=args.commit_message,
+                        token=token, dry_run=args.dry_run, extra_tokens=known_tokens(token))
+    where = done.folder if done.folder is not None else f"{done.url} (commit {done.commit})"
+    print(f"data card {args.card} -> {where}: README.md (the card only; no data files)")
+    return 0
+
+
 def cmd_publish(args) -> int:
     from interestbert.inference.publishing import publish_model
 

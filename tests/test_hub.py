@@ -144,7 +144,10 @@ class MockHub:
         self.requests.append(request)
         path = request.url.path
         if path == "/api/repos/create":
-            return httpx2.Response(200, json={"url": "https://huggingface.co/me/shop", "name": "me/shop"})
+            body = json.loads(request.content)
+            repo = f"{body['organization']}/{body['name']}"
+            kind = "datasets/" if body.get("type") == "dataset" else ""
+            return httpx2.Response(200, json={"url": f"https://huggingface.co/{kind}{repo}", "name": repo})
         if path == "/api/validate-yaml":
             return httpx2.Response(200, json={"errors": [], "warnings": []})
         if path == "/api/agent-harnesses":
@@ -266,3 +269,47 @@ def test_push_to_hub_from_python_is_one_commit(trained, synthetic_data, mock_hub
     assert {"adapter_model.safetensors", "interestbert/strategy_head/model.safetensors", "README.md",
             "interestbert/data_card/README.md"} <= paths
     assert not [r for r in mock_hub.requests if r.method == "HEAD"]  # nothing but the push itself
+
+
+def test_a_data_card_publishes_alone_and_loads_back_by_its_repo_id(synthetic_dir, tmp_path, mock_hub, capsys):
+    from huggingface_hub import constants
+
+    from interestbert.encoder import load_card, load_card_data
+
+    assert main(["cards", "publish", "synthetic-shop", "--repo-id", "me/shop-card", "--dry-run",
+                 str(tmp_path / "dry")]) == 0
+    assert [p.name for p in (tmp_path / "dry").iterdir()] == ["README.md"]
+    repo_id = f"interestbert-tests/card-{uuid.uuid4().hex[:8]}"
+    snapshot = Path(constants.HF_HUB_CACHE) / ("datasets--" + repo_id.replace("/", "--")) / "snapshots" / ("d" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy2(tmp_path / "dry" / "README.md", snapshot / "README.md")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("d" * 40)
+    card = load_card(repo_id)  # offline, from the cache
+    assert card.name == repo_id and card.item_text.source == load_card("synthetic-shop").item_text.source
+    assert len(load_card_data(repo_id, synthetic_dir).events) == len(load_card_data("synthetic-shop", synthetic_dir).events)
+
+    mock_hub.start()
+    assert main(["cards", "publish", "synthetic-shop", "--repo-id", "me/shop-card"]) == 0
+    (commit,) = mock_hub.commits()
+    assert [line["value"]["path"] for line in commit if line["key"] == "file"] == ["README.md"]
+    assert any("/api/datasets/me/shop-card/commit/" in str(r.url) for r in mock_hub.requests)
+    assert "me/shop-card" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("status, expected", [(401, "token is missing or invalid"), (403, "may not write to me/shop")])
+def test_a_refusing_hub_is_one_sentence(trained, synthetic_dir, mock_hub, status, expected, capsys):
+    import huggingface_hub
+
+    def refuse(request):  # the mock Hub, but creating the repo is refused
+        if request.url.path == "/api/repos/create":
+            mock_hub.requests.append(request)
+            return httpx2.Response(status, json={"error": "no"})
+        return mock_hub(request)
+
+    mock_hub.start()
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    assert main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"HTTP {status}" in err and expected in err and err.count("\n") == 1
+    assert not mock_hub.commits()  # nothing half-published: no commit was made
