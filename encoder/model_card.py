@@ -19,7 +19,9 @@ PROTOCOL = ("leave-one-out in time (each user's last event is the test target, t
 TAGS = ["sentence-transformers", "feature-extraction", "peft", "lora", "recommendation", "user-modeling",
         "interest-drift", "interestbert"]
 # all_results.json key -> the row's name in the card (each is a full-ranking evaluation of the test split)
-RESULT_ROWS = {"sequence_test": "sequence head", "test": "strategy head", "popularity_test": "popularity"}
+RESULT_ROWS = {"sequence_test": "sequence head", "test": "strategy head", "zero_shot_test": "base model, zero-shot",
+               "popularity_test": "popularity"}
+BASELINES = ("base model, zero-shot", "popularity")  # beside the model's rows in the body, not in model-index
 METRICS = (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"))
 
 TEMPLATE = """---
@@ -76,7 +78,8 @@ interestbert recommend --model {{ card.model_id }} --card CARD --data-dir DATA -
 {% endif %}
 ## Evaluation
 
-Protocol: {{ protocol }}.
+Protocol: {{ protocol }}.{% if card.tie_share is not none %} {{ "%.1f" | format(100 * card.tie_share) }} % of the
+users' last events share their timestamp with the event before (their order is the data file's).{% endif %}
 
 {% if card.results %}Test split of `{{ card.dataset }}`{% if card.test_users %}, {{ "{:,}".format(card.test_users) }} users{% endif %}:
 
@@ -126,6 +129,7 @@ class ModelCardData:
     results: dict[str, dict] = field(default_factory=dict)
     test_users: int | None = None
     drift: dict | None = None
+    tie_share: float | None = None
     published: bool = False  # rendered for `interestbert publish`, after its privacy gate
 
     @property
@@ -138,7 +142,7 @@ class ModelCardData:
                 "pipeline_tag": "feature-extraction"}
         if self.dataset_id:
             meta["datasets"] = [self.dataset_id]
-        results = {name: m for name, m in self.results.items() if name != "popularity"}
+        results = {name: m for name, m in self.results.items() if name not in BASELINES}
         if results and self.dataset:
             meta["model-index"] = [{"name": self.model_id, "results": [{
                 "task": {"type": "recommendation", "name": f"next-item recommendation ({name}, full ranking)"},

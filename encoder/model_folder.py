@@ -221,7 +221,7 @@ class ModelFolder:
             max_seq_length=config.get("max_seq_length", 0), horizons=horizons, parts=parts,
             dataset=results.get("card") or args.get("card"), dataset_id=results.get("dataset_id"),
             training=training, training_summary=summary, results=rows,
-            test_users=(results.get("test") or {}).get("n"),
+            test_users=(results.get("test") or {}).get("n"), tie_share=results.get("test_tie_share"),
             drift=None if not drift or drift.get("threshold") is None else {
                 "target": (drift.get("calibration") or {}).get("target_false_alarms_per_1000_events", "?"),
                 "window": drift.get("window"), "stride": drift.get("stride"), "threshold": drift["threshold"]})

@@ -94,7 +94,7 @@ class FinetuneArguments:
     logging_steps: int = field(default=10, metadata={"help": "Update the progress bar's loss every N steps."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
     do_test: bool = field(default=True, metadata={"help": "Evaluate the best model on the test split at the end."})
-    eval_on_test_baselines: bool = field(default=True, metadata={"help": "Also score popularity on test."})
+    eval_on_test_baselines: bool = field(default=True, metadata={"help": "Also score popularity and the untrained base (zero-shot) on test."})
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_item_length", "per_device_train_batch_size", "per_device_eval_batch_size",

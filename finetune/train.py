@@ -61,6 +61,7 @@ class Run:
     loader: object  # the prepared DataLoader of example indices (this process's batches)
     order: EpochOrder  # its sampler: set ``order.epoch`` before iterating
     total_steps: int
+    tie_share: float  # the card's users whose last event shares its timestamp with the one before
 
     @property
     def updates_per_epoch(self) -> int:
@@ -83,7 +84,7 @@ def build(args: FinetuneArguments) -> Run:
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     _check_output_dir(args, accelerator)
     set_seed(args.seed)
-    encoder, verbaliser, split, validation = build_data(args, accelerator)
+    encoder, verbaliser, split, validation, stats = build_data(args, accelerator)
     warm_state = {}
     if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
         warm_state = warm_up_head(encoder, verbaliser, split.train, args, accelerator, validation)
@@ -103,12 +104,12 @@ def build(args: FinetuneArguments) -> Run:
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     return Run(args, accelerator, encoder, verbaliser, split, validation, module, optimizer, scheduler, loader, order,
-               total_steps)
+               total_steps, stats["last_event_tied_share"])
 
 
-def build_data(args: FinetuneArguments, accelerator) -> tuple[InterestEncoder, Verbaliser, Split, Examples]:
-    """The card's data, the encoder with its strategy head over the card's catalogue, the leave-one-out split
-    and the validation users (a seeded sample of at most ``max_eval_users``)."""
+def build_data(args: FinetuneArguments, accelerator) -> tuple[InterestEncoder, Verbaliser, Split, Examples, dict]:
+    """The card's data, the encoder with its strategy head over the card's catalogue, the leave-one-out split,
+    the validation users (a seeded sample of at most ``max_eval_users``) and the data's counts."""
     data = load_card_data(args.card, args.data_dir)
     empty = [i for i, t in zip(data.items["item_id"], data.items["text"]) if not t.strip()]
     if empty:
@@ -133,7 +134,7 @@ def build_data(args: FinetuneArguments, accelerator) -> tuple[InterestEncoder, V
     if args.max_eval_users and len(validation) > args.max_eval_users:
         pick = np.sort(np.random.default_rng(args.seed).choice(len(validation), args.max_eval_users, replace=False))
         validation = validation.subset(pick)
-    return encoder, verbaliser, split, validation
+    return encoder, verbaliser, split, validation, data.stats
 
 
 def load_encoder(args: FinetuneArguments, device: str) -> InterestEncoder:
@@ -297,6 +298,7 @@ def finish(run: Run, state: dict) -> dict:
         "stopped_early": state["stopped_early"],
         "train_runtime_s": round(state.get("train_runtime", 0.0), 1),
         "train_examples": len(run.split.train),
+        "test_tie_share": run.tie_share,  # test targets that share their timestamp with the event before
         "skipped_users": run.split.skipped_users,
         "processes": acc.num_processes,
         "hardware": _hardware(acc),
@@ -312,6 +314,8 @@ def finish(run: Run, state: dict) -> dict:
         if args.eval_on_test_baselines:
             results["popularity_test"] = evaluate(popularity_scorer(run.verbaliser, run.split, "test"), test)
             rows["popularity"] = results["popularity_test"]
+            results["zero_shot_test"] = evaluate_zero_shot(run, best)
+            rows["base model, zero-shot"] = results["zero_shot_test"]
     if args.sequence_head:
         results.update(train_and_save_sequence_head(run, best))
         if "sequence_test" in results:
@@ -323,6 +327,15 @@ def finish(run: Run, state: dict) -> dict:
             acc.print(metrics_table(rows))
         acc.print(f"best model (step {state['best_step']}) in {out}; metrics in {out / RESULTS}")
     return results
+
+
+def evaluate_zero_shot(run: Run, best: InterestEncoder) -> dict:
+    """The untrained base (a fresh adapter adds nothing; whole-history interest, as `interestbert evaluate` of the
+    base) on test, items by the cosine to their texts: what the fine-tuning bought."""
+    base = InterestEncoder.from_pretrained(best.base_model, max_seq_length=run.args.max_seq_length,
+                                           device=str(run.accelerator.device)).merge_adapter()
+    scorer = scorer_for(base, run.verbaliser, "text", batch_size=run.args.per_device_eval_batch_size)
+    return evaluate(scorer, run.split.test, accelerator=run.accelerator)
 
 
 def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:

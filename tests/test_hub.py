@@ -80,7 +80,9 @@ def test_the_dry_run_writes_the_model_its_data_card_and_a_hub_model_card(trained
     evals = {(r.metric_type, r.task_name): r.metric_value for r in card.data.eval_results}
     strategy = {m: v for (m, task), v in evals.items() if "strategy head" in task}
     assert strategy == {m: pytest.approx(results["test"][m], abs=1e-6) for m in ("hr@10", "ndcg@10", "mrr@10")}
-    assert "me/shop" in card.text and "| popularity |" in card.text
+    assert "me/shop" in card.text and "| popularity |" in card.text and "| base model, zero-shot |" in card.text
+    assert not [task for _, task in evals if "popularity" in task or "zero-shot" in task]  # baselines: body only
+    assert f"{100 * results['test_tie_share']:.1f} % of the" in card.text and "interestbert publish` read" in card.text
 
 
 def test_the_privacy_gate_names_what_it_found(trained, synthetic_dir, synthetic_data, tmp_path):
