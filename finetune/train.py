@@ -2,10 +2,11 @@
 
 Runs as ``interestbert finetune --card C --output_dir O ...`` and as ``accelerate launch -m interestbert.finetune
 ...`` on 1..N processes, CPU or CUDA (bf16 there). Read top to bottom, in the manner of Accelerate's
-``complete_nlp_example.py``: `build` (the accelerator, `build_data`, `build_model`, the optimizer and the prepared
+``complete_nlp_example.py``: `build` (the accelerator, `build_data` with `load_encoder`, the optimizer and the prepared
 `DataLoader`), `train` (the loop: `accumulate()` for gradient accumulation, `evaluate_and_keep_best`,
 `save_checkpoint`, early stopping; `skip_first_batches` on resume), `finish` (test metrics, all_results.json).
-The pieces of one step live in `interestbert.finetune.steps`, the head warm-up in `interestbert.finetune.warmup`.
+The pieces of one step live in `interestbert.finetune.steps`, the head warm-up in `interestbert.finetune.warmup`,
+the zero-shot baseline and the sequence head that `finish` adds in `interestbert.finetune.after_training`.
 
 Data order is a function of (seed, epoch) and negatives of (seed, step), so a run resumed from a checkpoint
 continues exactly where it stopped and ends with the same weights as an uninterrupted one.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -39,6 +39,7 @@ from . import checkpoint as checkpoints
 from .args import FinetuneArguments
 from .data import Examples, Split, leave_one_out
 from .evaluate import evaluate, metrics_table, popularity_scorer
+from .after_training import evaluate_zero_shot, hardware, train_and_save_sequence_head
 from .steps import EpochOrder, Trainable, example_loader, history_inputs, sample_candidates, step_loss  # noqa: F401
 from .warmup import fit_head, warm_up_head  # noqa: F401 - part of this module's interface
 
@@ -301,7 +302,7 @@ def finish(run: Run, state: dict) -> dict:
         "test_tie_share": run.tie_share,  # test targets that share their timestamp with the event before
         "skipped_users": run.split.skipped_users,
         "processes": acc.num_processes,
-        "hardware": _hardware(acc),
+        "hardware": hardware(acc),
         "best_validation": {"ndcg@10": state["best_metric"], "users": len(run.validation)},
         "log": state["log"],
     }
@@ -329,37 +330,6 @@ def finish(run: Run, state: dict) -> dict:
     return results
 
 
-def evaluate_zero_shot(run: Run, best: InterestEncoder) -> dict:
-    """The untrained base (a fresh adapter adds nothing; whole-history interest, as `interestbert evaluate` of the
-    base) on test, items by the cosine to their texts: what the fine-tuning bought."""
-    base = InterestEncoder.from_pretrained(best.base_model, max_seq_length=run.args.max_seq_length,
-                                           device=str(run.accelerator.device)).merge_adapter()
-    scorer = scorer_for(base, run.verbaliser, "text", batch_size=run.args.per_device_eval_batch_size)
-    return evaluate(scorer, run.split.test, accelerator=run.accelerator)
-
-
-def train_and_save_sequence_head(run: Run, best: InterestEncoder) -> dict:
-    """On the main process: the sequence head trained on ``best``'s item text embeddings, saved beside it in
-    output_dir, scored on test; returns what all_results.json gets from it."""
-    from .sequence import train_sequence_head
-
-    args, acc = run.args, run.accelerator
-    out = Path(args.output_dir)
-    results = {}
-    if acc.is_main_process:
-        vectors = best.encode(run.verbaliser.item_texts, batch_size=args.per_device_eval_batch_size)
-        head, summary = train_sequence_head(run.verbaliser, run.split, vectors, args.sequence_options(),
-                                            args.sequence_training(), device=str(acc.device),
-                                            show_progress_bar=not args.disable_tqdm, print_fn=acc.print)
-        best.sequence_head = head
-        ModelFolder(out).save_heads(best)  # the head's folder and config.json; the adapter files stay
-        results["sequence_head"] = summary
-        if args.do_test:
-            results["sequence_test"] = evaluate(scorer_for(best, run.verbaliser, "sequence"), run.split.test)
-    acc.wait_for_everyone()
-    return results
-
-
 def finetune(args: FinetuneArguments) -> dict:
     """Builds, trains and evaluates; returns what all_results.json holds."""
     run = build(args)
@@ -379,13 +349,6 @@ def _check_output_dir(args: FinetuneArguments, accelerator) -> None:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             ModelFolder(out).clear()
         accelerator.wait_for_everyone()
-
-
-def _hardware(acc) -> str:
-    if torch.cuda.is_available() and acc.device.type == "cuda":
-        return f"{acc.num_processes} x {torch.cuda.get_device_name(acc.device)}"
-    return f"{acc.num_processes} process(es), CPU {platform.processor() or platform.machine()}, " \
-           f"{torch.get_num_threads()} threads"
 
 
 def parse_args(argv=None) -> FinetuneArguments:
