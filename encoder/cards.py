@@ -113,19 +113,20 @@ def available_cards() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "README.md").is_file())
 
 
-def resolve_card_path(name_or_path: str | os.PathLike) -> Path:
-    """A card's README.md from a shipped card name, a card folder or a README path."""
+def resolve_card_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
+    """A card's README.md and its name: from a shipped card name, a card folder or a README path (named by its
+    folder), or a dataset repo on the Hub (named by its repo id)."""
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "README.md"
     if path.is_file():
-        return path
+        return path, path.parent.name
     shipped = resources.files("interestbert.data_cards") / str(name_or_path) / "README.md"
     if shipped.is_file():
-        return Path(str(shipped))
+        return Path(str(shipped)), str(name_or_path)
     hub = _hub_card(str(name_or_path))
     if hub is not None:
-        return hub
+        return hub, str(name_or_path)
     raise DataCardError(
         f"data card `{name_or_path}` not found: it is neither a shipped card ({', '.join(available_cards())}), "
         "a folder or README.md on disk, nor a dataset repo on the Hub (or in its cache, offline); pass one of those."
@@ -149,9 +150,7 @@ def _hub_card(repo_id: str) -> Path | None:
 
 def load_card(name_or_path: str | os.PathLike) -> DataCard:
     """Reads and checks a card; raises `DataCardError` with the card, key and fix on any problem."""
-    path = resolve_card_path(name_or_path)
-    # a card from the Hub is named by its repo id (its file lies in a snapshot folder)
-    name = str(name_or_path) if "snapshots" in path.parts and not os.path.exists(str(name_or_path)) else path.parent.name
+    path, name = resolve_card_path(name_or_path)
     where = f"data card {name} ({path})"
     text = path.read_text(encoding="utf-8")
     if not text.startswith("---"):

@@ -14,6 +14,7 @@ is passed to ``huggingface_hub`` only: never printed, logged or written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -147,7 +148,7 @@ def _same_file(path: Path, other: Path) -> bool:
 def publish(model_dir: str | os.PathLike, repo_id: str, *, verbaliser=None, data_dir: str | None = None,
             private: bool = False, revision: str | None = None, commit_message: str | None = None,
             create_pr: bool = False, token: str | None = None, dry_run: str | os.PathLike | None = None,
-            base_files: Path | None = None, extra_tokens: Iterable[str] = ()) -> Published:
+            extra_tokens: Iterable[str] = ()) -> Published:
     """Stages ``model_dir``, runs the privacy gate against the training data and uploads it as one commit to
     ``repo_id``, or writes it to ``dry_run``.
 
@@ -161,24 +162,14 @@ def publish(model_dir: str | os.PathLike, repo_id: str, *, verbaliser=None, data
             (``revision`` is a branch, created when missing).
     """
     check_repo_id(repo_id)
-    if dry_run is not None and Path(dry_run).exists() and any(Path(dry_run).iterdir()):
-        raise InterestBertError(f"--dry-run {dry_run} is not empty; pass an empty or new folder.")
-    staging = Path(dry_run) if dry_run is not None else Path(tempfile.mkdtemp(prefix="interestbert-publish-"))
-    try:
+    with _staging(dry_run) as staging:
         files = stage(model_dir, staging, repo_id, None if verbaliser is None else verbaliser.card.path)
         privacy_check(staging, **_private_values(verbaliser), local_paths=_local_paths(model_dir, data_dir),
-                      tokens=[token or "", *extra_tokens], base_files=base_files)
+                      tokens=[token or "", *extra_tokens], base_files=_base_folder(model_dir))
         if dry_run is not None:
             return Published(files, folder=staging)
         url, commit = _upload(staging, repo_id, private, revision, commit_message, create_pr, token)
         return Published(files, url=url, commit=commit)
-    except BaseException:
-        if dry_run is not None:
-            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
-        raise
-    finally:
-        if dry_run is None:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def publish_card(card, repo_id: str, *, private: bool = False, commit_message: str | None = None,
@@ -187,11 +178,7 @@ def publish_card(card, repo_id: str, *, private: bool = False, commit_message: s
     """A data card (`DataCard`) as the ``README.md`` of the dataset repo ``repo_id`` (no data files), after the
     gate's path and token checks; ``load_card(repo_id)`` reads it back. With ``dry_run``, written there only."""
     check_repo_id(repo_id)
-    if dry_run is not None and Path(dry_run).exists() and any(Path(dry_run).iterdir()):
-        raise InterestBertError(f"--dry-run {dry_run} is not empty; pass an empty or new folder.")
-    staging = Path(dry_run) if dry_run is not None else Path(tempfile.mkdtemp(prefix="interestbert-card-"))
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
+    with _staging(dry_run) as staging:
         shutil.copy2(card.path, staging / CARD)
         privacy_check(staging, local_paths=_local_paths(card.path.parent, None), tokens=[token or "", *extra_tokens])
         if dry_run is not None:
@@ -199,6 +186,18 @@ def publish_card(card, repo_id: str, *, private: bool = False, commit_message: s
         url, commit = _upload(staging, repo_id, private, None, commit_message or f"Upload data card {card.name}",
                               False, token, repo_type="dataset")
         return Published([CARD], url=url, commit=commit)
+
+
+@contextlib.contextmanager
+def _staging(dry_run: str | os.PathLike | None):
+    """The folder the files to upload are gathered in: ``dry_run`` (empty or new; removed again when staging or
+    the gate fails, so nothing half-written is left) or a temporary folder (always removed)."""
+    if dry_run is not None and Path(dry_run).exists() and any(Path(dry_run).iterdir()):
+        raise InterestBertError(f"--dry-run {dry_run} is not empty; pass an empty or new folder.")
+    staging = Path(dry_run) if dry_run is not None else Path(tempfile.mkdtemp(prefix="interestbert-publish-"))
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
     except BaseException:
         if dry_run is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -206,6 +205,14 @@ def publish_card(card, repo_id: str, *, private: bool = False, commit_message: s
     finally:
         if dry_run is None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _base_folder(model_dir) -> Path | None:
+    """The local copy of the model's base (the packaged one), whose files the gate need not read."""
+    from .packaged import resolve_model_path
+
+    base = resolve_model_path((ModelFolder(model_dir).config() or {}).get("base_model", ""))
+    return Path(base) if base and os.path.isdir(base) else None
 
 
 def _private_values(verbaliser) -> dict:

@@ -236,8 +236,7 @@ class InterestEncoder:
                 folder = os.path.join(tmp, "model")
                 self.save_pretrained(folder)
             done = publish(folder, repo_id, verbaliser=verbaliser, private=bool(private), revision=revision,
-                           commit_message=commit_message, create_pr=create_pr, token=token,
-                           base_files=_local_dir(resolve_model_path(self.base_model)))
+                           commit_message=commit_message, create_pr=create_pr, token=token)
         return f"{done.url}/commit/{done.commit}"
 
     def config(self) -> dict:
@@ -397,9 +396,3 @@ def _saved_max_seq_length(folder: str) -> int | None:
         with open(cfg, encoding="utf-8") as f:
             return json.load(f).get("max_seq_length")
     return None
-
-
-def _local_dir(path: str):
-    from pathlib import Path
-
-    return Path(path) if os.path.isdir(path) else None

@@ -136,10 +136,6 @@ class ModelFolder:
             return None, config
         return load_file(str(weights_file)), config
 
-    def has_part(self, name: str) -> bool:
-        legacy = LEGACY.get(name, (None, None))[1]
-        return (self.part(name) / CONFIG).is_file() or bool(legacy and (self.subfolder / legacy).is_file())
-
     def remove_part(self, name: str) -> None:
         shutil.rmtree(self.part(name), ignore_errors=True)
         self._remove_legacy(name)

@@ -8,7 +8,6 @@ the data folder, relative to the model folder when it sits beside it), or from `
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.hub import Published, check_repo_id, publish
@@ -72,15 +71,12 @@ def publish_model(model_dir: str | os.PathLike, repo_id: str, *, card: str | Non
                   create_pr: bool = False, token_env: str | None = None,
                   dry_run: str | os.PathLike | None = None) -> Published:
     """What ``interestbert publish`` does (see the module docstring); returns the files and the commit."""
-    from interestbert.encoder.packaged import resolve_model_path
-
     check_repo_id(repo_id)  # before any data is read
     if not ModelFolder(model_dir).is_model():
         raise InterestBertError(f"{model_dir} is not an interestbert model folder (no adapter_config.json); pass "
                                 "the --output_dir of `interestbert finetune`.")
     token = hub_token(token_env)
     verbaliser, data_dir = training_data(model_dir, card, data_dir)
-    base = resolve_model_path((ModelFolder(model_dir).config() or {}).get("base_model", ""))
     return publish(model_dir, repo_id, verbaliser=verbaliser, data_dir=data_dir, private=private, revision=revision,
                    commit_message=commit_message, create_pr=create_pr, token=token, dry_run=dry_run,
-                   base_files=Path(base) if os.path.isdir(base) else None, extra_tokens=known_tokens(token))
+                   extra_tokens=known_tokens(token))
