@@ -122,7 +122,7 @@ def bench_encode(data_dir: Path, n_users: int, seq_lens: list[int], repeats: int
         encoder.encode(texts[:32]), plain.encode(texts[:32], batch_size=32)  # warm-up
         with tempfile.TemporaryDirectory() as tmp:
             t = timed({"ours": lambda: encode_users(encoder, verb, tmp, user_indices=idx, batch_size=32,
-                                                    show_progress_bar=False),
+                                                    num_shards=1, overwrite=True, show_progress_bar=False),
                        "peer": lambda: plain.encode(texts, batch_size=32)}, repeats)
             _, ours_emb = read_embeddings(tmp)
         (ours_s, ours_runs, _), (peer_s, peer_runs, peer_emb) = t["ours"], t["peer"]

@@ -125,6 +125,8 @@ class InterestEncoder:
         self.sequence_head = sequence_head  # SequenceHead or None (see `interestbert.encoder.sequence`)
         self.horizons = parse_horizons(horizons)  # see `encode_histories`
         self.folder = None  # the saved folder (or Hub snapshot) it was loaded from
+        self._runners = {}  # (backend, precision) -> (weights' version, runner): see `encode`
+        self._said = set()
 
     # ---------------------------------------------------------------------------------------------- loading
 
@@ -258,20 +260,27 @@ class InterestEncoder:
     # ---------------------------------------------------------------------------------------------- using
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
-               **kwargs) -> np.ndarray:
+               precision: str = "fp32", backend: str = "torch", **kwargs) -> np.ndarray:
         """Interest vectors of ``texts``: unit-norm float32 rows, one per text.
 
         Args:
             texts: Verbalised histories (or item texts).
             batch_size: Texts per forward pass.
             show_progress_bar: Show a progress bar (default: only for long inputs when logging is verbose).
-            kwargs: Passed to `SentenceTransformer.encode`.
+            precision: ``fp32``, ``bf16`` or ``auto`` (bf16 where the hardware computes it; see
+                `interestbert.encoder.backends`).
+            backend: ``torch``, ``openvino`` or ``onnx`` (the latter two export the merged model once, cached by
+                its `fingerprint`; extras ``interestbert[openvino]``, ``[onnx]``).
+            kwargs: Passed to `SentenceTransformer.encode` (torch at fp32 only).
         """
         if isinstance(texts, str):
             raise TypeError("`texts` should be a list of strings; wrap a single text in a list.")
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         self.model.eval()
+        precision = self.resolve_precision(precision, backend)
+        if (backend, precision) != ("torch", "fp32"):
+            return self._runner(backend, precision).encode(list(texts), batch_size)
         # an untouched adapter adds exactly zero: skip its matmuls (1.1-1.3x faster encoding measured on this
         # CPU). The flag is set on the layers directly: peft's enable_adapters() would also change which weights
         # require grad.
@@ -286,6 +295,28 @@ class InterestEncoder:
                 layer._disable_adapters = False
         return np.asarray(out, dtype=np.float32)
 
+    def resolve_precision(self, precision: str = "auto", backend: str = "torch") -> str:
+        """The precision (fp32 or bf16) that ``precision`` means on this encoder's device, after checking that
+        ``backend`` is installed and can run it; ``auto``'s pick and its reason are logged once."""
+        from .backends import check_backend, resolve_precision
+
+        resolved, why = resolve_precision(precision, self.device)
+        check_backend(backend, resolved, self.device)
+        if precision == "auto" and (backend, why) not in self._said:
+            self._said.add((backend, why))
+            logger.info("precision %s (%s), backend %s", resolved, why, backend)
+        return resolved
+
+    def _runner(self, backend: str, precision: str):
+        """The backend's runner, rebuilt (and re-exported) when the weights changed since it was made."""
+        from .backends import make_runner
+
+        version = tuple((id(t), t._version) for t in self.model.state_dict().values())
+        cached = self._runners.get((backend, precision))
+        if cached is None or cached[0] != version:
+            cached = self._runners[(backend, precision)] = (version, make_runner(self, backend, precision))
+        return cached[1]
+
     def _zero_lora_layers(self) -> list:
         """The LoRA layers, when the adapter is active, unmerged and every ``lora_B`` is zero (a fresh adapter,
         before any training step: its ``B·A·x`` is exactly zero); otherwise an empty list."""
@@ -296,8 +327,15 @@ class InterestEncoder:
                     and not any(bool(b.weight.any()) for b in m.lora_B.values()) for m in layers)
         return layers if fresh else []
 
+    @staticmethod
+    def _live_lora(layers) -> list:
+        """Of these LoRA layers, those whose adapter changes the output now: active, unmerged, ``lora_B`` not 0."""
+        return [m for m in layers if not m.merged and not m.disable_adapters
+                and any(bool(b.weight.any()) for b in m.lora_B.values())]
+
     def encode_histories(self, verbaliser, users=None, ends=None, batch_size: int = 32,
-                         show_progress_bar: bool | None = None) -> np.ndarray:
+                         show_progress_bar: bool | None = None, precision: str = "fp32",
+                         backend: str = "torch") -> np.ndarray:
         """Interest vectors of histories: for each horizon ``(N, weight)`` of `horizons`, the embedding of the text
         of the newest N events (N None: the whole history within the token budget), summed with the weights and
         normalised. With the default single whole-history horizon this is ``encode`` of the history texts.
@@ -306,7 +344,7 @@ class InterestEncoder:
             verbaliser: The `Verbaliser` holding the events (its token budget applies).
             users: Positions in ``verbaliser.users`` (default: all); may repeat, one row per history prefix.
             ends: For each user, how many of their events the history holds (default: all).
-            batch_size, show_progress_bar: As in `encode`.
+            batch_size, show_progress_bar, precision, backend: As in `encode`.
 
         Each distinct text is encoded once, so the short horizons of users who share their newest items are
         nearly free. ``verbaliser.stats`` afterwards describes the longest horizon's texts.
@@ -317,11 +355,12 @@ class InterestEncoder:
             groups.append((events, verbaliser.texts_for_indices(users, ends, events)))
             stats.append(verbaliser.stats)
         verbaliser.stats = stats[-1]
+        fast = dict(batch_size=batch_size, show_progress_bar=show_progress_bar, precision=precision, backend=backend)
         if self.horizons == WHOLE_HISTORY:
-            return self.encode(groups[0][1], batch_size=batch_size, show_progress_bar=show_progress_bar)
+            return self.encode(groups[0][1], **fast)
         unique = list(dict.fromkeys(t for _, texts in groups for t in texts))
         position = {t: i for i, t in enumerate(unique)}
-        vectors = self.encode(unique, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        vectors = self.encode(unique, **fast)
         weight = dict(self.horizons)
         out = sum(weight[events] * vectors[[position[t] for t in texts]] for events, texts in groups)
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
@@ -337,6 +376,28 @@ class InterestEncoder:
                 module.merge()
         self.model.eval()
         return self
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the weights as they encode now: every tensor of the sentence-transformers model, its name,
+        dtype and shape, in name order. The adapter's own tensors count only while it is unmerged and not zero (a
+        merged adapter is in the base weights; a fresh one adds nothing, whatever its random ``lora_A``). Two
+        encoders with the same fingerprint, tokenizer and `max_seq_length` give the same embeddings; the
+        embeddings folder and the accelerated backends' caches are keyed by it."""
+        import hashlib
+
+        import torch
+        from peft.tuners.lora.layer import LoraLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        adapter_counts = bool(self._live_lora(layers))
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            if "lora_" in name and not adapter_counts:
+                continue
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
 
     @property
     def tokenizer(self):

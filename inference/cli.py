@@ -111,8 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("encode", commands.cmd_encode, "Encode every user's history to Parquet.")
     _add_data_args(p, model_help="Model id or folder (default: the base model).", batch_size=32)
-    p.add_argument("--output", required=True, help="Output folder for embeddings.parquet.")
+    p.add_argument("--output", required=True, help="Output folder: part-0000I-of-0000N.parquet shards and "
+                                                    "_manifest.json (written last).")
     p.add_argument("--limit-users", type=int, default=None, help="Encode only the first K users.")
+    p.add_argument("--num-shards", type=int, default=None, metavar="N", help="Split the users into N shards "
+                   "(default: one per process under accelerate launch / torchrun, else 1).")
+    p.add_argument("--shard-index", type=int, default=None, metavar="I", help="Encode only shard I of N (default: "
+                   "this process's by rank; every shard when not launched).")
+    p.add_argument("--chunk-users", type=int, default=1024, metavar="K", help="Users per chunk: the unit of memory, "
+                   "of resumption after a crash and of the shards' row groups (default 1024).")
+    p.add_argument("--overwrite", action="store_true", help="Replace what --output holds instead of continuing an "
+                   "unfinished run of the same options (or refusing one of others).")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto (the default): bf16 "
+                   "where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it says which.")
+    p.add_argument("--backend", choices=("torch", "openvino", "onnx"), default="torch", help="torch, or the merged "
+                   "model exported once (cached by its hash) to OpenVINO or ONNX Runtime, CPU only; extras "
+                   "interestbert[openvino] / interestbert[onnx].")
 
     p = command("drift", commands.cmd_drift, "Scan users for interest shifts: scores, explained events, summary, plots.")
     _add_data_args(p, model_help="Model folder or id (default: the base model).")
@@ -241,3 +255,7 @@ def _setup_logging(level: str) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":  # python -m interestbert.inference.cli (accelerate launch -m ...)
+    sys.exit(main())

@@ -115,16 +115,30 @@ def cmd_cards_validate(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from interestbert.inference.encode import encode_users
+    from interestbert.inference.encode import encode_users, shard_plan
 
     loading.check_positive(args.batch_size, "--batch-size")
+    loading.check_positive(args.chunk_users, "--chunk-users")
+    shard_plan(args.num_shards, args.shard_index)  # bad shard and backend options fail before anything loads
+    loading.check_backend(args.backend, args.precision, args.device)
     data, encoder, verbaliser = loading.load_all(args)
     users = loading.first_users(len(verbaliser.users), args.limit_users)
     result = encode_users(encoder, verbaliser, args.output, user_indices=users, batch_size=args.batch_size,
-                          extra_info={"card": data.card.name, "model": args.model or encoder.base_model})
+                          chunk_users=args.chunk_users, num_shards=args.num_shards, shard_index=args.shard_index,
+                          overwrite=args.overwrite, model_id=args.model or encoder.base_model,
+                          precision=args.precision, backend=args.backend)
+    shards = ", ".join(map(str, result.shards)) or "none (more processes than shards)"
+    if result.users == 0 and result.complete and not result.resumed_users:
+        print(f"{result.path} already holds this run complete ({len(result.files)} shard files); nothing to encode "
+              "(--overwrite to redo it)")
+        return 0
+    resumed = f", {result.resumed_users:,} found done by an earlier run" if result.resumed_users else ""
     print(f"encoded {result.users:,} users in {result.seconds:.1f} s: {result.users_per_second:.1f} users/s "
-          f"({encoder.embedding_dim}-d, max_seq_length {encoder.max_seq_length}, {result.cut_histories:,} histories "
-          f"cut to the budget, device {encoder.device}) -> {result.path}")
+          f"(shards {shards}{resumed}; {result.precision}, {args.backend}; {encoder.embedding_dim}-d, "
+          f"max_seq_length {encoder.max_seq_length}, "
+          f"{result.cut_histories:,} histories cut to the budget, device {encoder.device}) -> {result.path}"
+          + (" (complete: _manifest.json written)" if result.complete else
+             " (other shards unfinished: the process that completes the last one writes _manifest.json)"))
     return 0
 
 

@@ -22,6 +22,16 @@ def check_positive(value: int, flag: str) -> None:
         raise InterestBertError(f"{flag} is {value}; it must be a positive integer.")
 
 
+def check_backend(backend: str, precision: str, device: str | None) -> None:
+    """``--backend`` is installed and runs ``--precision`` on ``--device`` (checked before anything loads)."""
+    from interestbert.encoder.backends import check_backend as check, resolve_precision
+
+    try:
+        check(backend, resolve_precision(precision, device)[0], device)
+    except ValueError as err:
+        raise InterestBertError(f"--backend {backend}: {err}") from None
+
+
 def load_data(card: str, data_dir: str | None):
     from interestbert.encoder.cards import load_card_data
 

