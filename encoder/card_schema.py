@@ -24,9 +24,14 @@ def _help(text: str, default=dataclasses.MISSING, choices: tuple | None = None, 
 
 @dataclass(frozen=True, kw_only=True)
 class FileSpec:
-    """How to read one delimited text file of a card (the keys every file section has)."""
+    """How to read one file of a card (the keys every file section has): delimited text, Parquet or JSON Lines."""
 
     path: str = _help("The file, relative to --data-dir (it may not leave it); `.gz` is read compressed.")
+    format: str = _help("`infer` (Parquet for `.parquet`/`.pq`, JSON Lines for `.jsonl`/`.ndjson`, optionally "
+                        "`.gz`; else delimited text), `csv` (any delimited text), `parquet` or `jsonl`. "
+                        "`separator`, `header`, `names`, `encoding` and `quoting` apply to delimited text only; in "
+                        "Parquet and JSON Lines a row's number is reported as its line.", "infer",
+                        choices=("infer", "csv", "parquet", "jsonl"))
     columns: dict[str, str] = _help("Our field names -> the file's column names; every field beside the ids and "
                                     "the timestamp is a field the templates may read.")
     separator: str = _help("Field separator, any string; one character follows CSV quoting rules.", ",")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -221,3 +222,54 @@ def test_a_value_outside_its_choices_names_them(tmp_path):
     (folder / "README.md").write_text(GOOD_CARD.replace("    columns: {user_id", "    compression: zip\n    columns: {user_id", 1))
     with pytest.raises(DataCardError, match=r"`interestbert.events.compression` is 'zip'; use one of infer, gzip, none"):
         load_card(folder)
+
+
+COLUMNAR_CARD = GOOD_CARD.replace('path: events.tsv\n    separator: "\\t"', "path: events.parquet") \
+                         .replace('path: items.tsv\n    separator: "\\t"', "path: items.jsonl.gz")
+
+
+def _columnar_files(folder: Path, events: dict | None = None) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    events = events or {"user": ["u1", "u1", "u2", "u1"], "item": ["a", "b", "a", "c"],
+                        "ts": pa.array([30, 10, 20, 20], pa.int64()), "rating": [4.0, 5.0, 3.0, 1.0]}
+    pq.write_table(pa.table(events), folder / "data" / "events.parquet")
+    rows = [{"id": "a", "name": "Apple", "category": "fruit"}, {"id": "b", "name": "Bread", "category": "bakery"},
+            {"id": "c", "name": "Cheese", "category": "dairy"}]
+    with gzip.open(folder / "data" / "items.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_parquet_events_and_jsonl_items_read_like_delimited_text(tmp_path):
+    assert COLUMNAR_CARD != GOOD_CARD and "events.parquet" in COLUMNAR_CARD and "items.jsonl.gz" in COLUMNAR_CARD
+    text = load_card_data(write_card(tmp_path / "tsv"), tmp_path / "tsv" / "data")
+    card = write_card(tmp_path / "col", card=COLUMNAR_CARD)
+    _columnar_files(tmp_path / "col")
+    columnar = load_card_data(card, tmp_path / "col" / "data")
+    assert columnar.events.to_list() == text.events.to_list()
+    assert columnar.items.to_list() == text.items.to_list()
+    assert columnar.stats == text.stats
+
+
+@pytest.mark.parametrize("events, expected", [
+    ({"user": ["u1", None], "item": ["a", "b"], "ts": [1, 2], "rating": [4.0, 5.0]},
+     "file events.parquet line 2: `user_id` (column `user`) is missing"),
+    ({"user": ["u1"], "item": ["a"], "when": [1], "rating": [4.0]}, "column `ts` (for `timestamp`) not found"),
+    ({"user": ["u1"], "item": ["a"], "ts": [1.5], "rating": [4.0]}, "line 1: `timestamp` is '1.5', not an integer"),
+])
+def test_bad_columnar_files_are_one_sentence(tmp_path, events, expected):
+    card = write_card(tmp_path, card=COLUMNAR_CARD)
+    _columnar_files(tmp_path, events)
+    with pytest.raises(DataCardError, match=re.escape(expected)):
+        load_card_data(card, tmp_path / "data")
+
+
+def test_a_corrupt_parquet_file_is_one_sentence(tmp_path):
+    card = write_card(tmp_path, card=COLUMNAR_CARD)
+    _columnar_files(tmp_path)
+    (tmp_path / "data" / "events.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataCardError, match="cannot be read as Parquet"):
+        load_card_data(card, tmp_path / "data")
