@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("torch", "openvino", "onnx")
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the model and its exports take
 _EXTRA = {"openvino": ("openvino", "openvino"), "onnx": ("onnxruntime", "onnx")}  # backend: (module, extra)
 
 
@@ -132,7 +133,7 @@ class TorchRunner(_Runner):
         import torch
 
         cuda = self.device.type == "cuda"
-        inputs = {k: torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: torch.from_numpy(batch[k]) for k in _INPUTS}
         if cuda:
             inputs = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in inputs.items()}
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -177,7 +178,7 @@ def _example(encoder):
 
     batch = encoder.tokenizer(["an example history", "a longer example history of two events"], padding=True,
                               return_tensors="pt", return_token_type_ids=True)
-    return tuple(batch[k].to(torch.int64) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    return tuple(batch[k].to(torch.int64) for k in _INPUTS)
 
 
 def _threads() -> int:
@@ -186,61 +187,82 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
-class OpenVinoRunner(_Runner):
-    """An OpenVINO IR of the merged model (fp32 weights), compiled for the CPU at the precision asked."""
+class _ExportedRunner(_Runner):
+    """A runner of an export of the merged model, made on first use into the cache (atomically) and reused."""
+
+    name = file = ""
 
     def __init__(self, encoder, precision: str, fingerprint: str):
-        import openvino as ov
-
         from .files import atomic_folder
 
         super().__init__(encoder, precision)
-        folder = cache_root() / "exports" / f"{fingerprint[:32]}-openvino-{ov.__version__.split('-')[0]}"
-        if not (folder / "model.xml").is_file():
-            logger.info("exporting the merged model to OpenVINO (once per model) -> %s", folder)
-            hidden, example = _hidden_module(_merged_copy(encoder)), _example(encoder)
-            names = ("input_ids", "attention_mask", "token_type_ids")
-            converted = ov.convert_model(hidden, example_input=dict(zip(names, example)))
-            with atomic_folder(folder) as tmp:
-                ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
-        config = {"INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        self.compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)
-        self.folder = folder
+        self.folder = cache_root() / "exports" / f"{fingerprint[:32]}-{self.name}-{self.version()}"
+        if not (self.folder / self.file).is_file():
+            logger.info("exporting the merged model to %s (once per model) -> %s", self.name, self.folder)
+            with atomic_folder(self.folder) as tmp:
+                self.export(_hidden_module(_merged_copy(encoder)), _example(encoder), tmp / self.file)
+        self.load(self.folder / self.file)
 
     def _hidden(self, batch) -> np.ndarray:
-        inputs = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return self.run({k: batch[k].astype(np.int64) for k in _INPUTS})
+
+
+class OpenVinoRunner(_ExportedRunner):
+    """An OpenVINO IR of the merged model (fp32 weights), compiled for the CPU at the precision asked."""
+
+    name, file = "openvino", "model.xml"
+
+    @staticmethod
+    def version() -> str:
+        import openvino as ov
+
+        return ov.__version__.split("-")[0]
+
+    def export(self, model, example, path: Path) -> None:
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(model, example_input=dict(zip(_INPUTS, example))), path,
+                      compress_to_fp16=False)
+
+    def load(self, path: Path) -> None:
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+
+    def run(self, inputs: dict) -> np.ndarray:
         return next(iter(self.compiled(inputs).values()))
 
 
-class OnnxRunner(_Runner):
+class OnnxRunner(_ExportedRunner):
     """An ONNX export of the merged model (``torch.onnx.export``), run by ONNX Runtime on the CPU in fp32."""
 
-    def __init__(self, encoder, precision: str, fingerprint: str):
+    name, file = "onnx", "model.onnx"
+
+    @staticmethod
+    def version() -> str:
         import onnxruntime as ort
+
+        return ort.__version__
+
+    def export(self, model, example, path: Path) -> None:
         import torch
 
-        from .files import atomic_folder
+        axes = {n: {0: "batch", 1: "tokens"} for n in (*_INPUTS, "last_hidden_state")}
+        with torch.no_grad():
+            torch.onnx.export(model, example, str(path), input_names=list(_INPUTS),
+                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
 
-        super().__init__(encoder, precision)
-        folder = cache_root() / "exports" / f"{fingerprint[:32]}-onnx-{ort.__version__}"
-        if not (folder / "model.onnx").is_file():
-            logger.info("exporting the merged model to ONNX (once per model) -> %s", folder)
-            names = ["input_ids", "attention_mask", "token_type_ids"]
-            axes = {n: {0: "batch", 1: "tokens"} for n in names}
-            with atomic_folder(folder) as tmp, torch.no_grad():
-                torch.onnx.export(_hidden_module(_merged_copy(encoder)), _example(encoder), str(tmp / "model.onnx"),
-                                  input_names=names, output_names=["last_hidden_state"],
-                                  dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "tokens"}},
-                                  opset_version=17, dynamo=False)
+    def load(self, path: Path) -> None:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = _threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        self.folder = folder
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def _hidden(self, batch) -> np.ndarray:
-        inputs = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    def run(self, inputs: dict) -> np.ndarray:
         return self.session.run(None, inputs)[0]
 
 

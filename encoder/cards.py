@@ -280,16 +280,13 @@ def generate_card_files(card: DataCard, output_dir: str | os.PathLike) -> dict:
     return synthetic.generate(output_dir, **options)
 
 
-def _load(card: DataCard, data_dir: Path) -> CardData:
+def load_items(card: DataCard, data_dir: Path):
+    """The catalogue: ``(datasets.Dataset of item_id, text and the item fields, {item_id: row})``; item ids must
+    be unique."""
     import datasets
 
     where = f"data card {card.name}"
-    ev = read_table(card.events, data_dir, where)
     it = read_table(card.items, data_dir, where)
-    if len(ev) == 0:
-        raise DataCardError(f"{where}: file {ev.path} has no events; point the card at a file with rows.")
-
-    # items: unique ids, rendered text
     item_ids = it.columns["item_id"]
     seen: dict[str, int] = {}
     for i, item in enumerate(item_ids):
@@ -299,6 +296,37 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
         seen[item] = i
     fields = {k: v for k, v in it.columns.items() if k != "item_id"}
     texts = [t.strip() for t in card.item_text.render_table(fields, len(it))]
+    items = datasets.Dataset.from_dict(
+        {"item_id": item_ids, "text": texts, **fields},
+        features=datasets.Features({k: datasets.Value("string") for k in ["item_id", "text", *fields]}),
+    )
+    return items, seen
+
+
+def load_switches(card: DataCard, data_dir: Path):
+    """The card's true interest switches as a `datasets.Dataset`, or None when it has none."""
+    import datasets
+
+    if card.switches is None:
+        return None
+    where = f"data card {card.name}"
+    sw = read_table(card.switches, data_dir, where)
+    cols = dict(sw.columns)
+    cols["event_index"] = int_column(cols["event_index"], sw, "event_index", where)
+    if "timestamp" in cols:
+        cols["timestamp"] = int_column(cols["timestamp"], sw, "timestamp", where)
+    return datasets.Dataset.from_dict(cols)
+
+
+def _load(card: DataCard, data_dir: Path) -> CardData:
+    import datasets
+
+    where = f"data card {card.name}"
+    ev = read_table(card.events, data_dir, where)
+    if len(ev) == 0:
+        raise DataCardError(f"{where}: file {ev.path} has no events; point the card at a file with rows.")
+    items, seen = load_items(card, data_dir)
+    it_path = card.items.path
 
     # events: map ids through id_map, check the catalogue, sort
     event_items = ev.columns["item_id"]
@@ -313,7 +341,7 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
     missing = next((i for i, x in enumerate(event_items) if x not in seen), None)
     if missing is not None:
         raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing]}` is not "
-                            f"in the catalogue {it.path}; add it there or drop the event.")
+                            f"in the catalogue {it_path}; add it there or drop the event.")
     for i, u in enumerate(ev.columns["user_id"]):
         if not u.strip():
             raise DataCardError(f"{where}: file {ev.path} line {ev.lines[i]}: `user_id` is empty; fill it or drop "
@@ -336,18 +364,7 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
         features=datasets.Features({"user_id": datasets.Value("string"), "item_id": datasets.Value("string"),
                                     "timestamp": datasets.Value("int64"), "action": datasets.Value("string")}),
     )
-    items = datasets.Dataset.from_dict(
-        {"item_id": item_ids, "text": texts, **fields},
-        features=datasets.Features({k: datasets.Value("string") for k in ["item_id", "text", *fields]}),
-    )
-    switches = None
-    if card.switches is not None:
-        sw = read_table(card.switches, data_dir, where)
-        cols = dict(sw.columns)
-        cols["event_index"] = int_column(cols["event_index"], sw, "event_index", where)
-        if "timestamp" in cols:
-            cols["timestamp"] = int_column(cols["timestamp"], sw, "timestamp", where)
-        switches = datasets.Dataset.from_dict(cols)
+    switches = load_switches(card, data_dir)
 
     sorted_ts = timestamps[order]
     sorted_codes = codes[order]
@@ -357,7 +374,7 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
     stats = {
         "users": int(len(uniques)),
         "items": int(len(set(event_items))),
-        "catalogue": len(item_ids),
+        "catalogue": len(items),
         "events": len(ev),
         "first_timestamp": int(timestamps.min()),
         "last_timestamp": int(timestamps.max()),

@@ -121,12 +121,27 @@ def cmd_encode(args) -> int:
     loading.check_positive(args.chunk_users, "--chunk-users")
     shard_plan(args.num_shards, args.shard_index)  # bad shard and backend options fail before anything loads
     loading.check_backend(args.backend, args.precision, args.device)
-    data, encoder, verbaliser = loading.load_all(args)
-    users = loading.first_users(len(verbaliser.users), args.limit_users)
-    result = encode_users(encoder, verbaliser, args.output, user_indices=users, batch_size=args.batch_size,
-                          chunk_users=args.chunk_users, num_shards=args.num_shards, shard_index=args.shard_index,
-                          overwrite=args.overwrite, model_id=args.model or encoder.base_model,
-                          precision=args.precision, backend=args.backend)
+    options = dict(batch_size=args.batch_size, chunk_users=args.chunk_users, num_shards=args.num_shards,
+                   shard_index=args.shard_index, overwrite=args.overwrite, precision=args.precision,
+                   backend=args.backend)
+    if args.out_of_core:
+        from interestbert.encoder.card_stream import StreamedCard
+        from interestbert.encoder.cards import load_card
+
+        card = load_card(args.card)
+        if args.data_dir is None:
+            raise InterestBertError("--out-of-core reads the card's files from --data-dir; pass it (synthetic-shop's "
+                                    "files are written by `python -m interestbert.encoder.synthetic DIR`).")
+        encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
+        with StreamedCard(card, args.data_dir, work_dir=args.work_dir, memory_limit=args.memory_limit) as streamed:
+            users = loading.first_users(streamed.n_users, args.limit_users)
+            result = encode_users(encoder, streamed, args.output, user_indices=users,
+                                  model_id=args.model or encoder.base_model, **options)
+    else:
+        data, encoder, verbaliser = loading.load_all(args)
+        users = loading.first_users(len(verbaliser.users), args.limit_users)
+        result = encode_users(encoder, verbaliser, args.output, user_indices=users,
+                              model_id=args.model or encoder.base_model, **options)
     shards = ", ".join(map(str, result.shards)) or "none (more processes than shards)"
     if result.users == 0 and result.complete and not result.resumed_users:
         print(f"{result.path} already holds this run complete ({len(result.files)} shard files); nothing to encode "

@@ -24,6 +24,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from interestbert.encoder.backends import check_backend, resolve_precision
+from interestbert.encoder.card_stream import StreamedCard
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.model import InterestEncoder, format_horizons
 from interestbert.encoder.verbalise import Verbaliser
@@ -87,9 +88,43 @@ def _users_hash(users: list[str]) -> str:
     return hashlib.sha256("\n".join(users).encode()).hexdigest()
 
 
+class _Histories:
+    """The selected users of a `Verbaliser` (in memory) or a `StreamedCard` (out of core), encoded a chunk at a
+    time: ``encode(encoder, lo, hi, ...)`` -> (n_events, last timestamps, vectors, histories cut) of the
+    selected users ``[lo, hi)``."""
+
+    def __init__(self, source, user_indices, max_seq_length: int):
+        self.source = source
+        self.streamed = isinstance(source, StreamedCard)
+        n = source.n_users if self.streamed else len(source.users)
+        self.idx = np.arange(n) if user_indices is None else np.asarray(user_indices, dtype=np.int64)
+        self.card = source.card
+        self.max_seq_length = max_seq_length if self.streamed else source.max_seq_length
+        if self.streamed:
+            if len(self.idx) and not (np.diff(self.idx) == 1).all():
+                raise ValueError("out of core, the selected users must be a contiguous range (--limit-users K).")
+            lo = int(self.idx[0]) if len(self.idx) else 0
+            self.user_ids = source.user_ids(lo, lo + len(self.idx))
+        else:
+            self.user_ids = [source.users[i] for i in self.idx.tolist()]
+
+    def encode(self, encoder, lo: int, hi: int, **kwargs):
+        chunk = self.idx[lo:hi]
+        if self.streamed:  # a Verbaliser over just these users' events
+            first = int(chunk[0])
+            verbaliser = Verbaliser(self.source.chunk(first, int(chunk[-1]) + 1), encoder.tokenizer,
+                                    self.max_seq_length)
+            chunk = chunk - first
+        else:
+            verbaliser = self.source
+        vectors = encoder.encode_histories(verbaliser, chunk, show_progress_bar=False, **kwargs)
+        last_ts = verbaliser.timestamps[verbaliser.offsets[chunk + 1] - 1]
+        return verbaliser.n_events[chunk], last_ts, vectors, verbaliser.stats.cut
+
+
 def encode_users(
     encoder: InterestEncoder,
-    verbaliser: Verbaliser,
+    verbaliser: Verbaliser | StreamedCard,
     output_dir: str | os.PathLike,
     *,
     user_indices: np.ndarray | None = None,
@@ -111,7 +146,8 @@ def encode_users(
 
     Args:
         encoder: The model (merge its adapter first for speed: `InterestEncoder.merge_adapter`).
-        verbaliser: Built from the card's data with the encoder's tokenizer and budget.
+        verbaliser: Built from the card's data with the encoder's tokenizer and budget; or a `StreamedCard`
+            (out of core: each chunk's users are read from it and verbalised with the encoder's budget).
         output_dir: The folder (created when missing).
         user_indices: Positions in ``verbaliser.users`` to encode (default: all), in output order.
         batch_size: Texts per forward pass.
@@ -130,16 +166,19 @@ def encode_users(
         check_backend(backend, precision, encoder.device)
     except ValueError as err:
         raise InterestBertError(str(err)) from None
-    idx = np.arange(len(verbaliser.users)) if user_indices is None else np.asarray(user_indices, dtype=np.int64)
-    user_ids = [verbaliser.users[i] for i in idx.tolist()]
+    try:
+        histories = _Histories(verbaliser, user_indices, encoder.max_seq_length)
+    except ValueError as err:
+        raise InterestBertError(str(err)) from None
+    idx, user_ids = histories.idx, histories.user_ids
     dim = encoder.embedding_dim
     run = {
         "model": model_id or encoder.base_model,
         "model_hash": encoder.fingerprint(),
-        "card": verbaliser.card.name,
+        "card": histories.card.name,
         "precision": precision,
         "backend": backend,
-        "max_seq_length": verbaliser.max_seq_length,
+        "max_seq_length": histories.max_seq_length,
         "interest_horizons": format_horizons(encoder.horizons),
         "embedding_dim": dim,
         "num_shards": n_shards,
@@ -154,8 +193,6 @@ def encode_users(
         result.complete, result.files = True, embedding_files(folder.path)
         return result
     logger.info("precision %s (%s), backend %s", precision, why, backend)
-    n_events = verbaliser.n_events
-    last_ts = verbaliser.timestamps[verbaliser.offsets[1:] - 1]
     bounds = {shard: shard_bounds(len(idx), shard, n_shards) for shard in mine}
     todo = {}  # shard -> the starts of its chunks still to encode
     for shard, (lo, hi) in bounds.items():
@@ -173,18 +210,18 @@ def encode_users(
             schema = embeddings_schema(dim, {**run, "shard": shard})
             shard_start, shard_users = time.perf_counter(), 0
             for s in todo[shard]:
-                chunk = idx[s: min(s + chunk_users, hi)]
-                vectors = encoder.encode_histories(verbaliser, chunk, batch_size=batch_size, show_progress_bar=False,
-                                                   precision=precision, backend=backend)
-                result.cut_histories += verbaliser.stats.cut
+                e = min(s + chunk_users, hi)
+                n_events, last_ts, vectors, cut = histories.encode(encoder, s, e, batch_size=batch_size,
+                                                                   precision=precision, backend=backend)
+                result.cut_histories += cut
                 folder.write_chunk(shard, (s - lo) // chunk_users, pa.table({
-                    "user_id": pa.array(user_ids[s: s + len(chunk)], pa.string()),
-                    "n_events": pa.array(n_events[chunk], pa.int32()),
-                    "last_timestamp": pa.array(last_ts[chunk], pa.int64()),
+                    "user_id": pa.array(user_ids[s:e], pa.string()),
+                    "n_events": pa.array(n_events, pa.int32()),
+                    "last_timestamp": pa.array(last_ts, pa.int64()),
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
-                }, schema=schema), cut=verbaliser.stats.cut)
-                shard_users += len(chunk)
-                bar.update(len(chunk))
+                }, schema=schema), cut=cut)
+                shard_users += e - s
+                bar.update(e - s)
             if not folder.shard_done(shard):
                 seconds = time.perf_counter() - shard_start
                 folder.finish_shard(shard, len(range(lo, hi, chunk_users)), schema, {
