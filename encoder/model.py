@@ -125,7 +125,7 @@ class InterestEncoder:
         self.sequence_head = sequence_head  # SequenceHead or None (see `interestbert.encoder.sequence`)
         self.horizons = parse_horizons(horizons)  # see `encode_histories`
         self.folder = None  # the saved folder (or Hub snapshot) it was loaded from
-        self._runners = {}  # (backend, precision) -> (weights' version, runner): see `encode`
+        self._runners = {}  # (backend, precision, threads) -> (weights' version, runner): see `encode`
         self._said = set()
 
     # ---------------------------------------------------------------------------------------------- loading
@@ -267,8 +267,8 @@ class InterestEncoder:
             texts: Verbalised histories (or item texts).
             batch_size: Texts per forward pass.
             show_progress_bar: Show a progress bar (default: only for long inputs when logging is verbose).
-            precision: ``fp32``, ``bf16`` or ``auto`` (bf16 where the hardware computes it; see
-                `interestbert.encoder.backends`).
+            precision: ``fp32``, ``bf16``, ``auto`` (bf16 where the hardware computes it; see
+                `interestbert.encoder.backends`) or ``int8`` (on request only; its cosine to fp32 is logged first).
             backend: ``torch``, ``openvino`` or ``onnx`` (the latter two export the merged model once, cached by
                 its `fingerprint`; extras ``interestbert[openvino]``, ``[onnx]``).
             kwargs: Passed to `SentenceTransformer.encode` (torch at fp32 only).
@@ -280,7 +280,7 @@ class InterestEncoder:
         self.model.eval()
         precision = self.resolve_precision(precision, backend)
         if (backend, precision) != ("torch", "fp32"):
-            return self._runner(backend, precision).encode(list(texts), batch_size)
+            return self._runner(backend, precision, texts, batch_size).encode(list(texts), batch_size)
         # an untouched adapter adds exactly zero: skip its matmuls (1.1-1.3x faster encoding measured on this
         # CPU). The flag is set on the layers directly: peft's enable_adapters() would also change which weights
         # require grad.
@@ -307,14 +307,22 @@ class InterestEncoder:
             logger.info("precision %s (%s), backend %s", resolved, why, backend)
         return resolved
 
-    def _runner(self, backend: str, precision: str):
-        """The backend's runner, rebuilt (and re-exported) when the weights changed since it was made."""
-        from .backends import make_runner
+    def _runner(self, backend: str, precision: str, texts, batch_size: int):
+        """The backend's runner, rebuilt (and re-exported) when the weights changed since it was made; an int8
+        runner is first checked against fp32 on the texts of its first call (`backends.int8_check`)."""
+        import torch
 
-        version = tuple((id(t), t._version) for t in self.model.state_dict().values())
-        cached = self._runners.get((backend, precision))
+        from .backends import int8_check, make_runner
+
+        # the tensors themselves (keep_vars): their ids are stable and `_version` counts in-place changes
+        version = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
+        key = (backend, precision, torch.get_num_threads())  # exported runners are compiled for a thread count
+        cached = self._runners.get(key)
         if cached is None or cached[0] != version:
-            cached = self._runners[(backend, precision)] = (version, make_runner(self, backend, precision))
+            runner = make_runner(self, backend, precision)
+            if precision == "int8":
+                runner.int8_check = int8_check(self, runner, texts, batch_size)
+            cached = self._runners[key] = (version, runner)
         return cached[1]
 
     def _zero_lora_layers(self) -> list:

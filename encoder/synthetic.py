@@ -153,6 +153,23 @@ def _user(rng: np.random.Generator, cat: _Catalog, user_id: str, n_events: int, 
             events.append([user_id, cat.rows[item][0], int(times[t]), _ACTIONS[actions[t]]])
 
 
+_EVENTS_HEADER = ["user_id", "item_id", "timestamp", "action"]
+_SWITCHES_HEADER = ["user_id", "event_index", "timestamp", "from_category", "to_category"]
+
+
+class _Rows:
+    """A CSV file that `_user` appends rows to, as it would to a list."""
+
+    def __init__(self, f, header: list):
+        self.writer = csv.writer(f, lineterminator="\n")
+        self.writer.writerow(header)
+        self.n = 0
+
+    def append(self, row: list) -> None:
+        self.writer.writerow(row)
+        self.n += 1
+
+
 def _write_csv(path: str, header: list, rows: list) -> None:
     """Writes a CSV through `atomic_write` (a temporary sibling, fsync, rename): no half-written file is left."""
 
@@ -193,16 +210,22 @@ def generate(output_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, n_users
     rng = np.random.default_rng(seed)
     cat = _build_catalog(rng, n_items)
     width = max(4, len(str(n_users - 1)))
-    events, switches = [], []
-    for u, n_events in enumerate(rng.integers(min_events, max_events + 1, size=n_users)):
-        _user(rng, cat, f"U{u:0{width}d}", int(n_events), events, switches)
     os.makedirs(output_dir, exist_ok=True)
     out = os.fspath(output_dir)
     _write_csv(os.path.join(out, "items.csv"), ["item_id", "title", "category", "brand", "price"], cat.rows)
-    _write_csv(os.path.join(out, "events.csv"), ["user_id", "item_id", "timestamp", "action"], events)
-    _write_csv(os.path.join(out, "switches.csv"),
-               ["user_id", "event_index", "timestamp", "from_category", "to_category"], switches)
-    return {"users": n_users, "items": n_items, "events": len(events), "switches": len(switches)}
+    counts = {}
+
+    def write(events_tmp: Path, switches_tmp: Path) -> None:  # rows go to disk as they are made: memory stays flat
+        with open(events_tmp, "w", encoding="utf-8", newline="") as fe, \
+                open(switches_tmp, "w", encoding="utf-8", newline="") as fs:
+            events, switches = _Rows(fe, _EVENTS_HEADER), _Rows(fs, _SWITCHES_HEADER)
+            for u, n_events in enumerate(rng.integers(min_events, max_events + 1, size=n_users)):
+                _user(rng, cat, f"U{u:0{width}d}", int(n_events), events, switches)
+            counts.update(events=events.n, switches=switches.n)
+
+    atomic_write(os.path.join(out, "switches.csv"), lambda switches_tmp: atomic_write(
+        os.path.join(out, "events.csv"), lambda events_tmp: write(events_tmp, switches_tmp)))
+    return {"users": n_users, "items": n_items, **counts}
 
 
 def main(argv=None) -> int:

@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="With --out-of-core: where the grouped events and DuckDB's "
                    "spill files go (default: a temporary folder; it needs about the events file's size).")
     p.add_argument("--memory-limit", default="1GB", help="With --out-of-core: DuckDB's memory limit (default 1GB).")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto (the default): bf16 "
-                   "where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it says which.")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto", help="auto (the "
+                   "default): bf16 where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it "
+                   "says which. int8 (torch or onnx, CPU): dynamic quantisation, faster and less exact; its cosine to "
+                   "fp32 on a sample is printed first.")
     p.add_argument("--backend", choices=("torch", "openvino", "onnx"), default="torch", help="torch, or the merged "
                    "model exported once (cached by its hash) to OpenVINO or ONNX Runtime, CPU only; extras "
                    "interestbert[openvino] / interestbert[onnx].")

@@ -59,6 +59,9 @@ def test_exported_backends_equal_fp32_and_are_cached_by_hash(tiny_encoder, priva
     assert len(exports) == 1 and exports[0].name.startswith(tiny_encoder.fingerprint()[:32])
     tiny_encoder.encode(TEXTS[:2], backend=backend)
     assert sorted((private_cache / "exports").iterdir()) == exports  # reused, not exported again
+    tiny_encoder.max_seq_length = 8  # the budget is read at each call, not when the runner was made
+    np.testing.assert_allclose(tiny_encoder.encode(TEXTS, backend=backend), tiny_encoder.encode(TEXTS), atol=2e-5)
+    tiny_encoder.max_seq_length = 64
     with torch.no_grad():  # new weights: a new export under the new hash
         next(p for n, p in tiny_encoder.model.named_parameters() if "lora_B" in n).mul_(3)
     np.testing.assert_allclose(tiny_encoder.encode(TEXTS, backend=backend), tiny_encoder.encode(TEXTS), atol=2e-5)
@@ -105,3 +108,35 @@ def test_encode_command_with_openvino_records_it(tiny_bert, synthetic_dir, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: --backend onnx: ONNX Runtime has no bf16") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_int8_runs_on_request_after_printing_its_cosine(tiny_encoder, backend, caplog, monkeypatch):
+    for capability in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        for value in (False, True):
+            monkeypatch.setattr(torch.cpu, capability, lambda value=value: value)
+            assert resolve_precision("auto")[0] != "int8"  # never picked by itself
+    reference = tiny_encoder.encode(TEXTS)
+    with caplog.at_level("WARNING", logger="interestbert.encoder.backends"):
+        quantised = tiny_encoder.encode(TEXTS, backend=backend, precision="int8")
+    assert f"cosine to fp32 on a sample of {len(TEXTS)} texts: min" in caplog.text
+    assert np.abs(quantised - reference).max() > 0 and cosines(quantised, reference).min() > 0.8
+    caplog.clear()
+    tiny_encoder.encode(TEXTS, backend=backend, precision="int8")
+    assert "cosine" not in caplog.text  # checked once per model
+    with pytest.raises(ValueError, match="int8 with OpenVINO"):
+        backends.check_backend("openvino", "int8")
+
+
+def test_an_exported_runner_is_reused_and_follows_the_thread_count(tiny_encoder):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = tiny_encoder._runner("openvino", "fp32", TEXTS, 4)
+        assert tiny_encoder._runner("openvino", "fp32", TEXTS, 4) is first  # not compiled again per call
+        assert first.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        torch.set_num_threads(2)
+        second = tiny_encoder._runner("openvino", "fp32", TEXTS, 4)
+        assert second is not first and second.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    finally:
+        torch.set_num_threads(threads)
