@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="Replace what --output holds instead of continuing an "
                    "unfinished run of the same options (or refusing one of others).")
     p.add_argument("--out-of-core", action="store_true", help="Read the events with DuckDB and group them by user "
-                   "on disk, so that memory is bounded by --chunk-users, not by the data (for data larger than memory).")
+                   "on disk, so that memory is bounded by --chunk-users, not by the data (for data larger than "
+                   "memory).")
     p.add_argument("--work-dir", default=None, help="With --out-of-core: where the grouped events and DuckDB's "
                    "spill files go (default: a temporary folder; it needs about the events file's size).")
     p.add_argument("--memory-limit", default="1GB", help="With --out-of-core: DuckDB's memory limit (default 1GB).")
