@@ -16,8 +16,9 @@ Shard ``i`` of ``N`` holds the contiguous slice ``users[i*n//N : (i+1)*n//N]`` o
 ``c`` of a shard its users ``[c*chunk_users, (c+1)*chunk_users)``: boundaries fixed by the options alone, so that
 a resumed run encodes exactly the chunks that are missing and its files equal an uninterrupted run's. Every
 Parquet file carries the run (model, its hash, card, precision, ...) as JSON under the schema metadata key
-``interestbert``; DuckDB (``SELECT * FROM 'DIR/*.parquet'``, the embedding as ``FLOAT[dim]``) and Polars read the
-folder as it is, and nothing but finished shards matches ``DIR/*.parquet``.
+``interestbert``; DuckDB (``SELECT * FROM 'DIR/*.parquet'``; Parquet has no fixed-size list, so cast the embedding
+``embedding::FLOAT[dim]`` for DuckDB's ARRAY type) and Polars read the folder as it is, and nothing but finished
+shards matches ``DIR/*.parquet``.
 """
 
 from __future__ import annotations
