@@ -1,13 +1,14 @@
-"""Fast inference for `InterestEncoder.encode`: a precision (fp32, bf16) and a backend (torch, OpenVINO, ONNX Runtime).
+"""Fast inference for `InterestEncoder.encode`: a precision (fp32, bf16, int8) and a backend (torch, OpenVINO,
+ONNX Runtime).
 
-``precision="auto"`` never picks int8 (``precision="int8"``, torch or ONNX Runtime dynamic quantisation, runs
-only on request, after `int8_check` has logged its cosine to fp32 on a sample). It picks bf16 where the hardware
-computes it natively (a CUDA device that supports it; a CPU with
-AMX or avx512_bf16) and fp32 elsewhere (on an AVX2-only CPU bf16 is emulated and slower), and says what it picked
-and why (`resolve_precision`). The torch backend at fp32 is sentence-transformers' own ``encode``; every other
-combination runs the same steps here: texts tokenised once and sorted by token length (so a batch pads to its
-longest text, not the corpus'), one forward per batch (bf16 under autocast; on CUDA through pinned host memory),
-mean pooling over the attention mask in fp32, L2 normalisation.
+``precision="auto"`` picks bf16 where the hardware computes it natively (a CUDA device that supports it; a CPU
+with AMX or avx512_bf16) and fp32 elsewhere (on an AVX2-only CPU bf16 is emulated and slower), and says what it
+picked and why (`resolve_precision`). It never picks int8: ``precision="int8"`` (torch or ONNX Runtime dynamic
+quantisation) runs only on request, after `int8_check` has logged its cosine to fp32 on a sample. The torch
+backend at fp32 is sentence-transformers' own ``encode``; every other combination runs the same steps here: texts
+tokenised once and sorted by token length (so a batch pads to its longest text, not the corpus'), one forward per
+batch (bf16 under autocast; on CUDA through pinned host memory), mean pooling over the attention mask in fp32, L2
+normalisation.
 
 OpenVINO and ONNX Runtime run an export of the merged model (LoRA folded into the base weights), made on first use
 and cached in ``$INTERESTBERT_CACHE`` (default ``~/.cache/interestbert``) under ``exports/<model hash>-<backend>``,
