@@ -143,16 +143,15 @@ def _read_columnar(spec: FileSpec, path: Path, kind: str, gz: bool, where: str, 
         values = table.column(col)
         if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
             values = pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64())
-        elif not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-            try:
-                values = pc.cast(values, pa.string())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise DataCardError(f"{where}: column `{col}` of {spec.path} holds {values.type}, which is not text, "
-                                    "a number or a time; map another column.") from None
+        try:
+            values = pc.cast(values, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataCardError(f"{where}: column `{col}` of {spec.path} holds {values.type}, which is not text, "
+                                "a number or a time; map another column.") from None
         if values.null_count:
             row = pc.index(pc.is_null(values), True).as_py() + 1
             raise DataCardError(f"{loc} line {row}: `{name}` (column `{col}`) is missing; fill it or drop the row.")
-        cols[name] = pc.cast(values, pa.string()).to_pylist()
+        cols[name] = values.to_pylist()
     return Table(path=spec.path, columns=cols, lines=list(range(1, table.num_rows + 1)))
 
 

@@ -68,7 +68,7 @@ class StreamedCard:
         self.con.execute(f"SET memory_limit = {_literal(memory_limit)}")
         self.con.execute(f"SET temp_directory = {_literal(str(self.work_dir / 'spill'))}")
         self.con.execute("SET preserve_insertion_order = true")
-        self.items, self._seen = load_items(self.card, self.data_dir)
+        self.items, _ = load_items(self.card, self.data_dir)
         self._fields = [c for c in self.card.events.columns if c not in ("user_id", "item_id", "timestamp")]
         try:
             self._build()

@@ -12,7 +12,7 @@ from interestbert.encoder import DataCardError, load_card_data
 from interestbert.encoder.card_stream import StreamedCard
 from interestbert.inference.cli import main
 from interestbert.inference.encode import read_embeddings
-from test_cards import COLUMNAR_CARD, EVENTS, GOOD_CARD, _columnar_files, write_card
+from test_cards import COLUMNAR_CARD, EVENTS, _columnar_files, write_card
 
 
 def same_events(streamed: StreamedCard, data, lo: int = 0, hi: int | None = None) -> None:
