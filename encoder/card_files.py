@@ -3,6 +3,7 @@ error message names (`read_table`); integer columns (`int_column`); paths that c
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .card_schema import FileSpec
-from .errors import DataCardError
+from .errors import DataCardError, excerpt
 
 
 def _one_line(err: Exception) -> str:
@@ -73,8 +74,10 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
             raw = path.read_bytes()
     except OSError as err:
         raise DataCardError(f"{loc} cannot be read ({_one_line(err)}); check the file and `compression`.") from None
+    bom = raw.startswith(codecs.BOM_UTF8)
+    encoding = "utf-8-sig" if codecs.lookup(spec.encoding).name == "utf-8" else spec.encoding  # a BOM is no data
     try:
-        text = raw.decode(spec.encoding)
+        text = raw.decode(encoding)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataCardError(f"{loc} line {line} is not valid {spec.encoding}; set the card's `encoding` "
@@ -94,8 +97,10 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
     index = {}
     for name, col in spec.columns.items():
         if col not in header:
+            hint = (f" (it starts with a UTF-8 byte-order mark, read as {spec.encoding} characters: set the card's "
+                    "`encoding: utf-8`)") if bom and encoding != "utf-8-sig" else ""
             raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
-                                f"{list(header)}.")
+                                f"{excerpt(list(header))}{hint}.")
         index[name] = header.index(col)
     width = len(header)
     cols: dict[str, list[str]] = {name: [] for name in index}
@@ -105,8 +110,11 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
         if len(row) != width:
             if len(row) == 0 or row == [""]:
                 continue  # blank line
-            raise DataCardError(f"{loc} line {lineno}: expected {width} fields separated by {spec.separator!r}, found "
-                                f"{len(row)}; fix the line or the card's `separator`/`names`.")
+            end = rows.last_line
+            spans = (f" (the row runs on to line {end}: a quote `\"` opened on line {lineno} is not closed there; "
+                     "balance it or set `quoting: none`)") if end > lineno else ""
+            raise DataCardError(f"{loc} line {lineno}: expected {width} fields separated by {excerpt(spec.separator)}, "
+                                f"found {len(row)}{spans}; fix the line or the card's `separator`/`names`.")
         for append, i in appenders:
             append(row[i])
         lines.append(lineno)
@@ -139,7 +147,7 @@ def _read_columnar(spec: FileSpec, path: Path, kind: str, gz: bool, where: str, 
     for name, col in spec.columns.items():
         if col not in table.column_names:
             raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
-                                f"{table.column_names}.")
+                                f"{excerpt(table.column_names)}.")
         values = table.column(col)
         if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
             values = pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64())
@@ -155,39 +163,83 @@ def _read_columnar(spec: FileSpec, path: Path, kind: str, gz: bool, where: str, 
     return Table(path=spec.path, columns=cols, lines=list(range(1, table.num_rows + 1)))
 
 
-def _split_rows(text: str, spec: FileSpec, loc: str):
-    """Yields (line number, fields); one-character separators follow CSV quoting, longer ones split plainly."""
-    if len(spec.separator) == 1:
-        quoting = csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=spec.separator, quoting=quoting, strict=True)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                raise DataCardError(f"{loc} line {reader.line_num}: {err}; fix the quoting or set `quoting: none`.") from None
-            yield reader.line_num, row
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            yield lineno, line.split(spec.separator)
+class _Rows:
+    """Iterates (line number where the row starts, fields); one-character separators follow CSV quoting (a quoted
+    field may span lines: ``last_line`` is where the row just read ended), longer ones split plainly."""
+
+    def __init__(self, text: str, spec: FileSpec, loc: str):
+        self.loc, self.last_line = loc, 0
+        if len(spec.separator) == 1:
+            quoting = csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL
+            self.reader = csv.reader(io.StringIO(text, newline=""), delimiter=spec.separator, quoting=quoting,
+                                     strict=True)
+        else:
+            self.reader = None
+            self.lines = enumerate(text.splitlines(), 1)
+            self.separator = spec.separator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[int, list[str]]:
+        if self.reader is None:
+            lineno, line = next(self.lines)
+            self.last_line = lineno
+            return lineno, line.split(self.separator)
+        start = self.reader.line_num + 1
+        try:
+            row = next(self.reader)
+        except csv.Error as err:
+            end = self.reader.line_num
+            where = (f"line {start}: a quote `\"` opened there is not closed as CSV expects ({err}, on line {end})"
+                     if end > start else f"line {end}: {err}")
+            raise DataCardError(f"{self.loc} {where}; fix the quoting or set `quoting: none`.") from None
+        self.last_line = self.reader.line_num
+        return start, row
+
+
+def _split_rows(text: str, spec: FileSpec, loc: str) -> _Rows:
+    return _Rows(text, spec, loc)
+
+
+MAX_INTEGER = 2**53 - 1  # the largest integer a float64 holds exactly; unix seconds and milliseconds fit easily
 
 
 def int_column(values: list[str], table: Table, name: str, where: str) -> np.ndarray:
-    """Integers (unix seconds, indices) from strings such as ``881250949`` or ``1368748800.0``."""
+    """Integers (unix seconds, indices) from strings such as ``881250949`` or ``1368748800.0``, within
+    +-`MAX_INTEGER` (a larger one, NaN or inf is refused with its line, never wrapped around)."""
     try:
         floats = np.asarray(values, dtype=np.float64)
     except ValueError:
         floats = None
-    if floats is not None and np.isfinite(floats).all() and (floats == np.floor(floats)).all():
+    if floats is not None and (np.abs(floats) <= MAX_INTEGER).all() and (floats == np.floor(floats)).all():
         return floats.astype(np.int64)
     for i, v in enumerate(values):
         try:
             f = float(v)
-            ok = np.isfinite(f) and f == int(f)
         except ValueError:
-            ok = False
-        if not ok:
-            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {v!r}, not an integer "
-                                "(unix seconds); fix the line or map another column.")
+            f = None
+        if f is None or not np.isfinite(f) or f != np.floor(f):
+            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {excerpt(v)}, not an "
+                                "integer (unix seconds); fix the line or map another column.")
+        if abs(f) > MAX_INTEGER:
+            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {excerpt(v)}, outside "
+                                f"the range of integers read exactly (+-{MAX_INTEGER:,}: unix seconds or "
+                                "milliseconds); fix the line or map another column.")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_finite(table: Table, names, where: str) -> None:
+    """A numeric column (every value a number) may not hold NaN or an infinity: the first one is refused with its
+    line (a text column, in which some value is no number, is left alone)."""
+    for name in names:
+        try:
+            floats = np.asarray(table.columns[name], dtype=np.float64)
+        except ValueError:
+            continue
+        bad = np.flatnonzero(~np.isfinite(floats))
+        if len(bad):
+            i = int(bad[0])
+            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is "
+                                f"{excerpt(table.columns[name][i])} in a column of numbers; write a finite number or "
+                                "drop the line.")

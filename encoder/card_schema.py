@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
-from .errors import DataCardError
+from .errors import DataCardError, excerpt
 
 GENERATORS = ("synthetic-shop",)
 
@@ -120,7 +120,7 @@ def check_section(value: object, key: str, where: str) -> dict:
     every required key present, every value with choices among them. Returns it as a dict."""
     cls = SECTIONS[key]
     if not isinstance(value, dict):
-        raise DataCardError(f"{where}: key `{key}` must be a mapping, got {type(value).__name__} {value!r}.")
+        raise DataCardError(f"{where}: key `{key}` must be a mapping, got {type(value).__name__} {excerpt(value)}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in value:
         if k not in fields:
@@ -133,10 +133,26 @@ def check_section(value: object, key: str, where: str) -> dict:
             raise DataCardError(f"{where}: key `{key}.{k}` is missing; add it ({meaning[0].lower()}{meaning[1:]}; "
                                 "the shipped cards have examples).")
     for k, v in value.items():
+        _check_type(v, fields[k].type, f"{key}.{k}", where)
         choices = fields[k].metadata.get("choices")
         if choices and v not in choices:
-            raise DataCardError(f"{where}: key `{key}.{k}` is {v!r}; use one of {', '.join(choices)}.")
+            raise DataCardError(f"{where}: key `{key}.{k}` is {excerpt(v)}; use one of {', '.join(choices)}.")
     return dict(value)
+
+
+_TYPES = {"str": (str, "a string"), "bool": (bool, "true or false"), "int": (int, "an integer"),
+          "dict": (dict, "a mapping"), "tuple": (list, "a list")}
+
+
+def _check_type(value: object, annotation: str, key: str, where: str) -> None:
+    """``value`` is of the field's declared type (``str``, ``bool``, ``int``, a mapping, a list; or null where the
+    field may be None)."""
+    if value is None and "None" in annotation:
+        return
+    expected, words = _TYPES[annotation.split("|")[0].split("[")[0].strip()]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise DataCardError(f"{where}: key `{key}` must be {words}, got {type(value).__name__} {excerpt(value)}; "
+                            "fix its value.")
 
 
 def schema_markdown() -> str:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .card_files import _one_line, _safe_path, file_format
+from .card_files import MAX_INTEGER, Table, _one_line, _safe_path, file_format
 from .card_schema import FileSpec
 from .cards import CardData, DataCard, load_card, load_items
-from .errors import DataCardError
+from .errors import DataCardError, excerpt
 
 _DUCKDB_ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "ascii": "utf-8", "latin-1": "latin-1",
                      "latin1": "latin-1", "iso-8859-1": "latin-1", "utf-16": "utf-16"}
@@ -96,7 +96,7 @@ class StreamedCard:
                     f"compression = {_literal(compression)})"), 0
         encoding = _DUCKDB_ENCODINGS.get(spec.encoding.lower().replace("_", "-"))
         if encoding is None:
-            raise DataCardError(f"{self.where}: file {spec.path}: encoding {spec.encoding!r} cannot be read out of "
+            raise DataCardError(f"{self.where}: file {spec.path}: encoding {excerpt(spec.encoding)} cannot be read out of "
                                 "core (DuckDB reads utf-8, latin-1 and utf-16); convert the file or read it in memory.")
         names = list(spec.names or self._header(path, spec, gz))
         columns = "{" + ", ".join(f"{_literal(n)}: 'VARCHAR'" for n in names) + "}"
@@ -131,10 +131,11 @@ class StreamedCard:
         for name, col in ev.columns.items():
             if col not in described:
                 raise DataCardError(f"{self.where}: column `{col}` (for `{name}`) not found in {ev.path}; the file "
-                                    f"has {list(described)}.")
+                                    f"has {excerpt(list(described))}.")
             exprs.append(f"{_as_text(_quote(col), described[col])} AS {_quote(name)}")
         self.con.execute(f"CREATE TABLE ev AS SELECT {', '.join(exprs)} FROM {scan}")  # rowid: file order
         loc = f"{self.where}: file {ev.path}"
+        self._offset = offset
         line = lambda rowid: int(rowid) + 1 + offset  # noqa: E731
         self._fail("SELECT 1 FROM (SELECT count(*) AS n FROM ev) WHERE n = 0",
                    lambda r: f"{self.where}: file {ev.path} has no events; point the card at a file with rows.")
@@ -146,8 +147,18 @@ class StreamedCard:
         self._fail("SELECT rowid, timestamp FROM ev WHERE TRY_CAST(timestamp AS DOUBLE) IS NULL OR "
                    "NOT isfinite(TRY_CAST(timestamp AS DOUBLE)) OR "
                    "TRY_CAST(timestamp AS DOUBLE) <> floor(TRY_CAST(timestamp AS DOUBLE))",
-                   lambda r: f"{self.where}: file {ev.path} line {line(r[0])}: `timestamp` is {r[1]!r}, not an "
+                   lambda r: f"{self.where}: file {ev.path} line {line(r[0])}: `timestamp` is {excerpt(r[1])}, not an "
                              "integer (unix seconds); fix the line or map another column.")
+        self._fail(f"SELECT rowid, timestamp FROM ev WHERE abs(CAST(timestamp AS DOUBLE)) > {MAX_INTEGER} ORDER BY 1",
+                   lambda r: f"{loc} line {line(r[0])}: `timestamp` is {excerpt(r[1])}, outside the range of integers "
+                             f"read exactly (+-{MAX_INTEGER:,}: unix seconds or milliseconds); fix the line or map "
+                             "another column.")
+        for name in self._fields:  # as `check_finite`: a column of numbers holds no NaN or infinity
+            number = f"TRY_CAST({_quote(name)} AS DOUBLE)"
+            self._fail(f"SELECT rowid, {_quote(name)} FROM ev WHERE NOT isfinite({number}) AND NOT EXISTS "
+                       f"(SELECT 1 FROM ev WHERE {number} IS NULL) ORDER BY 1",
+                       lambda r, name=name: f"{loc} line {line(r[0])}: `{name}` is {excerpt(r[1])} in a column of "
+                                            "numbers; write a finite number or drop the line.")
         item = "e.item_id"
         join = ""
         if self.card.id_map is not None:
@@ -210,7 +221,9 @@ class StreamedCard:
                            "ORDER BY pos, timestamp, ord")
         table = (rel.to_arrow_table if hasattr(rel, "to_arrow_table") else rel.arrow)()  # duckdb 2.x / 1.x
         fields = {f: table.column(f).to_pylist() for f in self._fields}
-        actions = self.card.action.render_table(fields, table.num_rows)
+        rows = Table(path=self.card.events.path, columns={},
+                     lines=[int(r) + 1 + self._offset for r in table.column("ord").to_pylist()])
+        actions = self.card.action.render_table(fields, table.num_rows, rows)
         events = datasets.Dataset.from_dict(
             {"user_id": table.column("user_id").to_pylist(), "item_id": table.column("item_id").to_pylist(),
              "timestamp": np.asarray(table.column("timestamp").to_numpy(), dtype=np.int64), "action": actions},

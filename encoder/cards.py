@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .card_files import _one_line, int_column, read_table
+from .card_files import _one_line, check_finite, int_column, read_table
 from .card_schema import FILE_KEYS, FileSpec, check_section
-from .errors import DataCardError
+from .errors import DataCardError, excerpt
 from .templates import CardTemplate
 
 EVENT_FIELDS = ("user_id", "item_id", "timestamp", "action")
@@ -152,16 +152,7 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
     """Reads and checks a card; raises `DataCardError` with the card, key and fix on any problem."""
     path, name = resolve_card_path(name_or_path)
     where = f"data card {name} ({path})"
-    text = path.read_text(encoding="utf-8")
-    if not text.startswith("---"):
-        raise DataCardError(f"{where}: the file has no YAML front matter; start it with a `---` line.")
-    parts = text.split("\n---", 1)
-    if len(parts) != 2:
-        raise DataCardError(f"{where}: the YAML front matter is not closed; end it with a `---` line.")
-    try:
-        meta = yaml.safe_load(parts[0].lstrip("-\n")) or {}
-    except yaml.YAMLError as err:
-        raise DataCardError(f"{where}: the YAML front matter does not parse ({_one_line(err)}); fix its syntax.") from None
+    meta = _front_matter(path, where)
     if not isinstance(meta, dict) or "interestbert" not in meta:
         raise DataCardError(f"{where}: the front matter has no `interestbert:` block; add one (see data_cards/README).")
     block = check_section(meta.pop("interestbert"), "interestbert", where)
@@ -191,7 +182,7 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
     separator = vb.get("separator", "\n")
     if not isinstance(separator, str) or not separator:
         raise DataCardError(f"{where}: key `interestbert.verbalisation.separator` must be a non-empty string, "
-                            f"got {separator!r}.")
+                            f"got {excerpt(separator)}.")
 
     switches = None
     if block.get("switches") is not None:
@@ -205,10 +196,80 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
                     generator=generator, metadata=meta)
 
 
+MAX_CARD_BYTES = 4 << 20  # a card README: the front matter and its prose
+MAX_FRONT_MATTER_BYTES = 256 << 10
+MAX_YAML_NODES = 20_000  # after expanding aliases: the shipped cards have a few hundred
+
+
+def _front_matter(path: Path, where: str) -> object:
+    """The card's YAML front matter, parsed safely: the file bounded in size, UTF-8, and its YAML bounded in nodes
+    with every alias expanded (a "billion laughs" card is refused before anything walks it)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CARD_BYTES:
+            raise DataCardError(f"{where}: the card is {size:,} bytes, more than the {MAX_CARD_BYTES >> 20} MiB a card "
+                                "README may have; keep data out of the card and point at it with `path`.")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataCardError(f"{where} cannot be read ({_one_line(err)}); check the path and its permissions.") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataCardError(f"{where}: line {line} is not valid UTF-8; save the card as UTF-8.") from None
+    if not text.startswith("---"):
+        raise DataCardError(f"{where}: the file has no YAML front matter; start it with a `---` line.")
+    parts = text.split("\n---", 1)
+    if len(parts) != 2:
+        raise DataCardError(f"{where}: the YAML front matter is not closed; end it with a `---` line.")
+    source = parts[0].lstrip("-\n")
+    if len(source) > MAX_FRONT_MATTER_BYTES:
+        raise DataCardError(f"{where}: the YAML front matter has {len(source):,} characters, more than "
+                            f"{MAX_FRONT_MATTER_BYTES >> 10} KiB; shorten it.")
+    try:
+        root = yaml.compose(source, Loader=yaml.SafeLoader)
+        _check_yaml_size(root, where)
+        return yaml.safe_load(source) or {}
+    except yaml.YAMLError as err:
+        raise DataCardError(f"{where}: the YAML front matter does not parse ({_one_line(err)[:300]}); fix its "
+                            "syntax.") from None
+    except RecursionError:
+        raise DataCardError(f"{where}: the YAML front matter is nested too deeply to read; flatten it.") from None
+
+
+def _check_yaml_size(root, where: str) -> None:
+    """Refuses YAML whose node tree, with every alias expanded, exceeds `MAX_YAML_NODES` (or that refers to itself)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise DataCardError(f"{where}: the YAML front matter holds a node that contains itself (through an alias); "
+                                "remove the alias.")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_NODES:
+            raise DataCardError(f"{where}: the YAML front matter expands to more than {MAX_YAML_NODES:,} values (its "
+                                "aliases repeat nodes); write the card without nested aliases.")
+        return total
+
+    if root is not None:
+        size(root)
+
+
 def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...]) -> FileSpec:
     columns = raw["columns"]
     if not isinstance(columns, dict) or not columns:
-        raise DataCardError(f"{where}: key `{key}.columns` must map field names to file columns, got {columns!r}.")
+        raise DataCardError(f"{where}: key `{key}.columns` must map field names to file columns, got {excerpt(columns)}.")
     for col in required_columns:
         if col not in columns:
             raise DataCardError(f"{where}: key `{key}.columns.{col}` is missing; name the file column that holds it.")
@@ -220,7 +281,7 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
     spec["columns"] = {str(k): str(v) for k, v in columns.items()}
     if "names" in spec:
         if not isinstance(spec["names"], list) or not spec["names"]:
-            raise DataCardError(f"{where}: key `{key}.names` must be a list of column names, got {spec['names']!r}.")
+            raise DataCardError(f"{where}: key `{key}.names` must be a list of column names, got {excerpt(spec['names'])}.")
         spec["names"] = tuple(str(n) for n in spec["names"])
     if spec.get("header") is False and "names" not in spec:
         raise DataCardError(f"{where}: key `{key}.names` is missing; a file without a header line needs its "
@@ -230,7 +291,7 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
     try:
         "".encode(spec.get("encoding", "utf-8"))
     except LookupError:
-        raise DataCardError(f"{where}: key `{key}.encoding` is {spec['encoding']!r}, which Python does not know; "
+        raise DataCardError(f"{where}: key `{key}.encoding` is {excerpt(spec['encoding'])}, which Python does not know; "
                             "use utf-8, latin-1, ascii, ...") from None
     return FileSpec(**spec)
 
@@ -295,7 +356,8 @@ def load_items(card: DataCard, data_dir: Path):
                                 f"line {it.lines[seen[item]]}); item ids must be unique.")
         seen[item] = i
     fields = {k: v for k, v in it.columns.items() if k != "item_id"}
-    texts = [t.strip() for t in card.item_text.render_table(fields, len(it))]
+    check_finite(it, fields, where)
+    texts = [t.strip() for t in card.item_text.render_table(fields, len(it), it)]
     items = datasets.Dataset.from_dict(
         {"item_id": item_ids, "text": texts, **fields},
         features=datasets.Features({k: datasets.Value("string") for k in ["item_id", "text", *fields]}),
@@ -348,7 +410,8 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
                                 "the line.")
     timestamps = int_column(ev.columns["timestamp"], ev, "timestamp", where)
     event_fields = {k: v for k, v in ev.columns.items() if k not in ("user_id", "item_id", "timestamp")}
-    actions = card.action.render_table(event_fields, len(ev))
+    check_finite(ev, event_fields, where)
+    actions = card.action.render_table(event_fields, len(ev), ev)
 
     users = np.asarray(ev.columns["user_id"], dtype=object)
     codes, uniques = _factorize(users)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,11 +33,12 @@ from .drift_events import (DriftConfig, DriftEvent, Event, History, ScanResult, 
 from .errors import InterestBertError
 from .model_folder import ModelFolder
 
-__all__ = ["MIN_ALARMS_TO_CALIBRATE", "DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "ScanResult",
+__all__ = ["MAX_STREAM_USERS", "MIN_ALARMS_TO_CALIBRATE", "DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "ScanResult",
            "count_false_alarms", "explain", "histories_from_verbaliser", "sort_events", "terms"]
 
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
+MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~0.9 GB at ~9.4 KB each)
 
 
 
@@ -67,6 +68,9 @@ class DriftMonitor:
         encode: Texts to unit-norm vectors, ``(n, dim)`` float32 (an `InterestEncoder`'s ``encode``).
         config: Window, stride, threshold and the record of its calibration.
         separator: Joins the event texts of a window (the card's separator).
+        batch_size: Texts per encoder call in `scan_many` and `calibrate`.
+        max_users: Users whose streaming state `update` keeps at once (the least recently updated is evicted
+            beyond it); None for no limit.
 
     Example:
         >>> monitor = DriftMonitor.from_pretrained("my-model", encoder.encode)  # doctest: +SKIP
@@ -77,7 +81,7 @@ class DriftMonitor:
     """
 
     def __init__(self, encode: Callable[[list[str]], np.ndarray], config: DriftConfig | None = None,
-                 separator: str = "\n", batch_size: int = 64):
+                 separator: str = "\n", batch_size: int = 64, max_users: int | None = MAX_STREAM_USERS):
         self.encode_fn = encode
         try:
             params = inspect.signature(encode).parameters
@@ -88,7 +92,11 @@ class DriftMonitor:
         self.config = config or DriftConfig()
         self.separator = separator
         self.batch_size = batch_size
-        self._states: dict[str, _UserState] = {}
+        if max_users is not None and max_users < 1:
+            raise ValueError(f"max_users is {max_users}; it must be at least 1 (or None for no limit).")
+        self.max_users = max_users
+        self.evicted = 0
+        self._states: OrderedDict[str, _UserState] = OrderedDict()  # least recently updated first
 
     # ------------------------------------------------------------------------------------------- persistence
 
@@ -172,10 +180,20 @@ class DriftMonitor:
     def update(self, user_id: str, event: Event) -> DriftEvent | None:
         """Feeds one new event of ``user_id``; returns a `DriftEvent` when it completes a detected shift. At most one
         encoder call, on every ``stride``-th event. An event older than the user's last one is taken as arriving
-        now (streams cannot be re-sorted) and counted in `stream_stats`."""
+        now (streams cannot be re-sorted) and counted in `stream_stats`.
+
+        The monitor keeps a small state per user (the newest ``2 * window`` events and a few vectors: 9.4 KB
+        measured with tracemalloc at the defaults, dim 384, the event texts not counted: they are the caller's
+        strings) for at most ``max_users`` users: a new user beyond that evicts the one idle longest (counted
+        as ``evicted`` in `stream_stats`), who starts a new history if they return."""
         state = self._states.get(user_id)
         if state is None:
             state = self._states[user_id] = _UserState(self.config.window)
+            if self.max_users is not None and len(self._states) > self.max_users:
+                self._states.popitem(last=False)  # the user idle longest starts afresh if they come back
+                self.evicted += 1
+        else:
+            self._states.move_to_end(user_id)
         if state.last_ts is not None:
             state.reordered += int(event.timestamp < state.last_ts)
             state.tied += int(event.timestamp == state.last_ts)
@@ -196,9 +214,10 @@ class DriftMonitor:
         return float("nan") if state is None else state.last_score
 
     def stream_stats(self) -> dict:
-        """Users followed, and events that arrived out of time order or with a tied timestamp."""
+        """Users followed, users evicted (the ``max_users`` limit), and the followed users' events, of which those
+        that arrived out of time order or with a tied timestamp."""
         states = self._states.values()
-        return {"users": len(self._states), "events": sum(s.n for s in states),
+        return {"users": len(self._states), "evicted": self.evicted, "events": sum(s.n for s in states),
                 "reordered": sum(s.reordered for s in states), "tied": sum(s.tied for s in states)}
 
     def reset(self, user_id: str | None = None) -> None:

@@ -4,6 +4,8 @@ Every file the project writes goes through `atomic_write`: the content goes to a
 folder, is flushed to disk (``fsync``), renamed over the final name (``os.replace``, atomic on POSIX and Windows),
 and the folder itself is flushed so that the rename survives a crash. A failed write leaves no file behind and the
 old file, if any, untouched. `atomic_folder` does the same for a whole folder (a checkpoint, a saved model part).
+A temporary is named after its machine and process, so that the next write of the same file removes what a killed
+process left (`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import glob
 import shutil
-import tempfile
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +40,50 @@ def fsync_tree(folder: str | os.PathLike) -> None:
             fsync_path(file)
 
 
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """``.NAME.host~pid~random.tmp`` beside ``path``: a temporary of this process, named so that a later run can
+    tell a dead process's (`remove_stale_temporaries`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Removes the temporary siblings of ``path`` (files or folders that `atomic_write` or `atomic_folder` were
+    filling) left by processes of this machine that are gone (killed, crashed); those of live processes and of other
+    machines are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    try:
+        siblings = list(path.parent.glob(f".{glob.escape(path.name)}.*~*~*.tmp"))
+    except OSError:
+        return removed
+    for sibling in siblings:
+        parts = sibling.name[len(path.name) + 2:-len(".tmp")].split("~")
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or this platform cannot tell: keep its files
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Calls ``write(tmp)`` on a temporary sibling of ``path`` (parent folders created), flushes it to disk and
     renames it to ``path``; a failed write leaves no file behind.
@@ -51,7 +98,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # the writer creates it
+    remove_stale_temporaries(path)
+    tmp = temporary_sibling(path)  # the writer creates it
     try:
         write(tmp)
         fsync_path(tmp)
@@ -91,8 +139,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a saved model is meant to be read by others
+    remove_stale_temporaries(path)
+    tmp = temporary_sibling(path)
+    tmp.mkdir(mode=0o755)  # a saved model is meant to be read by others
     try:
         yield tmp
         replace_folder(tmp, path)

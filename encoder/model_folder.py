@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from .files import atomic_folder, atomic_write_json, atomic_write_text, fsync_path, fsync_tree, save_safetensors
+from .files import (atomic_folder, atomic_write_json, atomic_write_text, fsync_path, fsync_tree,
+                    remove_stale_temporaries, save_safetensors, temporary_sibling)
 
 SUBFOLDER = "interestbert"
 CONFIG = "config.json"
@@ -73,7 +73,9 @@ class ModelFolder:
         name, moved in when complete), its heads and ``config.json``; the card. Other parts (the drift
         calibration, training args, results) stay."""
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        remove_stale_temporaries(self.path)
+        tmp = temporary_sibling(self.path)
+        tmp.mkdir(mode=0o755)
         modes = [(m, m.training) for m in encoder.model.modules()]
         try:
             encoder.model.save_pretrained(str(tmp))

@@ -8,7 +8,8 @@ from interestbert.encoder.model import DEFAULT_BASE_MODEL
 
 # Options that do not change the trained weights: a checkpoint made with other values may be resumed.
 NOT_IN_CONFIG = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "save_steps", "save_total_limit",
-                 "logging_steps", "per_device_eval_batch_size", "disable_tqdm", "do_test", "eval_on_test_baselines"}
+                 "logging_steps", "per_device_eval_batch_size", "disable_tqdm", "do_test", "eval_on_test_baselines",
+                 "debug"}
 
 
 @dataclass
@@ -93,6 +94,8 @@ class FinetuneArguments:
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, none on CPU), no, bf16."})
     logging_steps: int = field(default=10, metadata={"help": "Update the progress bar's loss every N steps."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    debug: bool = field(default=False, metadata={"help": "Show the traceback of an error instead of its one-sentence "
+                                                        "summary."})
     do_test: bool = field(default=True, metadata={"help": "Evaluate the best model on the test split at the end."})
     eval_on_test_baselines: bool = field(default=True, metadata={"help": "Also score popularity and the untrained base (zero-shot) on test."})
 

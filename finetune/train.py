@@ -9,15 +9,20 @@ The pieces of one step live in `interestbert.finetune.steps`, the head warm-up i
 the zero-shot baseline and the sequence head that `finish` adds in `interestbert.finetune.after_training`.
 
 Data order is a function of (seed, epoch) and negatives of (seed, step), so a run resumed from a checkpoint
-continues exactly where it stopped and ends with the same weights as an uninterrupted one.
+continues exactly where it stopped and ends with the same weights as an uninterrupted one. That holds for the
+checkpoint Ctrl-C writes too: the first Ctrl-C lets the step in progress finish (with its evaluation) and saves at
+that step boundary; a second one stops at once and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interestbert.encoder.cards import load_card_data
-from interestbert.encoder.errors import InterestBertError
+from interestbert.encoder.errors import InterestBertError, describe
 from interestbert.encoder.head import StrategyHead
 from interestbert.encoder.model import InterestEncoder, parse_horizons
 from interestbert.encoder.model_folder import RESULTS, ModelFolder
@@ -192,33 +197,83 @@ def train(run: Run) -> dict:
     if state["global_step"] == 0 and args.head_warmup_epochs and not state["log"]:
         evaluate_and_keep_best(run, state, started)  # the warmed-up head is a candidate too: joint steps may only
         last_eval_step = 0                            # make it worse
-    try:
-        while state["global_step"] < run.total_steps and not state["stopped_early"]:
-            for parts in train_epoch(run, state):
-                bar.update(1)
-                if state["global_step"] % args.logging_steps == 0:
-                    bar.set_postfix(loss=f"{state['running_loss']:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
-                if state["global_step"] % args.eval_steps == 0:
-                    evaluate_and_keep_best(run, state, started)
-                    last_eval_step = state["global_step"]
-                if state["global_step"] % args.save_steps == 0:
-                    save_checkpoint(run, state)
-                out_of_time = args.max_time_minutes is not None and time.perf_counter() - started > 60 * \
-                    args.max_time_minutes
-                state["stopped_early"] |= out_of_time
-                if state["stopped_early"] or state["global_step"] >= run.total_steps:
-                    break
-    except KeyboardInterrupt:
-        bar.close()
-        path = save_checkpoint(run, state)
-        acc.print(f"interrupted at step {state['global_step']}; checkpoint saved to {path}. Resume with the same "
-                  f"command plus --resume_from_checkpoint latest.")
-        raise
+    with _stop_at_step_boundary(acc) as stop_requested:
+        try:
+            while state["global_step"] < run.total_steps and not state["stopped_early"]:
+                for parts in train_epoch(run, state):
+                    bar.update(1)
+                    if state["global_step"] % args.logging_steps == 0:
+                        bar.set_postfix(loss=f"{state['running_loss']:.4f}",
+                                        **{k: f"{v:.3f}" for k, v in parts.items()})
+                    if state["global_step"] % args.eval_steps == 0:
+                        evaluate_and_keep_best(run, state, started)
+                        last_eval_step = state["global_step"]
+                    if state["global_step"] % args.save_steps == 0:
+                        save_checkpoint(run, state)
+                    out_of_time = args.max_time_minutes is not None and time.perf_counter() - started > 60 * \
+                        args.max_time_minutes
+                    state["stopped_early"] |= out_of_time
+                    if stop_requested():  # a whole step done (and its evaluation): a clean state to resume from
+                        bar.close()
+                        path = save_checkpoint(run, state)
+                        stop_requested.saved = True
+                        acc.print(f"interrupted after step {state['global_step']}; checkpoint saved to {path} (at a "
+                                  "step boundary, so a resumed run ends with an uninterrupted run's weights). Resume "
+                                  "with the same command plus --resume_from_checkpoint latest.")
+                        raise KeyboardInterrupt
+                    if state["stopped_early"] or state["global_step"] >= run.total_steps:
+                        break
+        except KeyboardInterrupt:
+            bar.close()
+            if not stop_requested.saved:
+                last = checkpoints.checkpoint_dirs(Path(args.output_dir) / CHECKPOINTS)
+                acc.print(f"stopped at once during step {state['global_step'] + 1}; no checkpoint of an unfinished "
+                          "step is written" + (f": resume from {last[-1]} with the same command plus "
+                                               "--resume_from_checkpoint latest." if last else "."))
+            raise
     bar.close()
     if last_eval_step != state["global_step"]:
         evaluate_and_keep_best(run, state, started)
     state["train_runtime"] = time.perf_counter() - started
     return state
+
+
+class _StopRequest:
+    """Whether Ctrl-C asked the loop to stop (on every process, when several train)."""
+
+    def __init__(self, accelerator):
+        self.accelerator, self.count, self.saved = accelerator, 0, False
+
+    def __call__(self) -> bool:
+        stop = self.count > 0
+        if self.accelerator.num_processes > 1:  # every process stops after the same step
+            flag = torch.tensor([float(stop)], device=self.accelerator.device)
+            stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return stop
+
+
+@contextlib.contextmanager
+def _stop_at_step_boundary(accelerator):
+    """While training: the first Ctrl-C (SIGINT) only asks the loop to stop after the step in progress (and its
+    evaluation and checkpoint), so the Ctrl-C checkpoint is a clean training state; a second one stops at once,
+    without a checkpoint. Outside the main thread signals cannot be caught, and Ctrl-C stops at once."""
+    request = _StopRequest(accelerator)
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        request.count += 1
+        if request.count > 1:
+            raise KeyboardInterrupt
+        accelerator.print("\nCtrl-C: stopping after the step in progress and saving a checkpoint; press Ctrl-C again "
+                          "to stop at once, without one.")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train_epoch(run: Run, state: dict):
@@ -380,9 +435,12 @@ def main(argv=None) -> int:
 
         if PartialState().is_main_process:  # so that SentenceTransformer(output_dir) resolves the base offline
             register_base_model(args.output_dir)
-    except InterestBertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except (InterestBertError, OSError, UnicodeError, MemoryError, ValueError, RecursionError) as err:
+        message = describe(err)
+        if args.debug or message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0

@@ -15,8 +15,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from interestbert.encoder.errors import InterestBertError
+from interestbert.encoder.errors import InterestBertError, describe
 
 from . import commands
 
@@ -40,14 +41,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    created = _new_folders(args)
     try:
         return int(args.func(args) or 0)
-    except InterestBertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind.", file=sys.stderr)
         return 130
+    except (InterestBertError, OSError, UnicodeError, MemoryError, ValueError, RecursionError) as err:
+        message = describe(err)
+        if getattr(args, "debug", False) or message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        for folder in created:
+            _remove_if_empty(folder)
+
+
+OUTPUT_OPTIONS = ("output", "output_dir", "dry_run")
+
+
+def _new_folders(args) -> list[Path]:
+    """The output folders of ``args`` that do not exist yet: removed again after the command if it left them empty
+    (a failed command leaves no empty folder behind)."""
+    paths = [Path(v) for v in (getattr(args, k, None) for k in OUTPUT_OPTIONS) if isinstance(v, str) and v]
+    return [p for p in paths if not os.path.lexists(p)]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Removes ``folder`` if it holds nothing but empty folders."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in sorted((p for p in folder.rglob("*")), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -113,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, model_help="Model id or folder (default: the base model).", batch_size=32)
     p.add_argument("--output", required=True, help="Output folder: part-0000I-of-0000N.parquet shards and "
                                                     "_manifest.json (written last).")
+    p.add_argument("--users", nargs="+", default=None, help="Only these user ids (default: every user).")
     p.add_argument("--limit-users", type=int, default=None, help="Encode only the first K users.")
     p.add_argument("--num-shards", type=int, default=None, metavar="N", help="Split the users into N shards "
                    "(default: one per process under accelerate launch / torchrun, else 1).")
@@ -155,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Score items with the model's sequence head (reads the order of the newest events) or its "
                         "strategy head (the pooled interest vector, the one --drift-aware blends). auto: the "
                         "sequence head when the model has one and --drift-aware is off.")
+    p.add_argument("--users", nargs="+", default=None, help="Only these user ids (default: every user).")
     p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
     _add_drift_args(p)
 
@@ -204,6 +235,8 @@ def _add_logging_args(p: argparse.ArgumentParser, default) -> None:
                    help="Messages shown on stderr (default info).")
     p.add_argument("-q", "--quiet", action="store_true", default=False if default is None else default,
                    help="Only warnings and errors, no progress bars.")
+    p.add_argument("--debug", action="store_true", default=False if default is None else default,
+                   help="Show the traceback of an error instead of its one-sentence summary.")
 
 
 def _add_data_args(p: argparse.ArgumentParser, model_help: str, model_required: bool = False,

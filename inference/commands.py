@@ -31,6 +31,8 @@ def cmd_evaluate(args) -> int:
     for k in args.k:
         loading.check_positive(k, "--k")
     loading.check_positive(args.batch_size, "--batch-size")
+    if args.output:
+        loading.check_output(args.output, folder=False)
     data, encoder, verbaliser = loading.load_all(args, catalogue_fix="evaluate it on its own card.")
     split = leave_one_out(verbaliser)
     examples = split[args.split]
@@ -53,14 +55,17 @@ def cmd_recommend(args) -> int:
     from interestbert.inference.recommend import recommend_users, write_recommendations
 
     loading.check_positive(args.k, "--k")
-    data, encoder, verbaliser = loading.load_all(args, catalogue_fix="use the card it was trained on.")
-    users = loading.first_users(len(verbaliser.users), args.limit_users)
-    if args.scorer == "sequence" and encoder.sequence_head is None:
-        raise InterestBertError(f"model {args.model} has no sequence head; train one with `interestbert finetune "
-                                "--sequence_head`, or pass --scorer strategy.")
+    loading.check_positive(args.batch_size, "--batch-size")
+    loading.check_output(args.output, folder=False)
     if args.scorer == "sequence" and args.drift_aware:
         raise InterestBertError("--drift-aware blends the strategy head's interest vectors; pass --scorer "
                                 "strategy with it, or --no-drift-aware for the sequence head.")
+    data = loading.load_checked_data(args)
+    users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
+    encoder, verbaliser = loading.load_model(args, data, catalogue_fix="use the card it was trained on.")
+    if args.scorer == "sequence" and encoder.sequence_head is None:
+        raise InterestBertError(f"model {args.model} has no sequence head; train one with `interestbert finetune "
+                                "--sequence_head`, or pass --scorer strategy.")
     monitor = None
     if args.drift_aware:
         monitor, _ = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
@@ -121,6 +126,8 @@ def cmd_encode(args) -> int:
     loading.check_positive(args.chunk_users, "--chunk-users")
     shard_plan(args.num_shards, args.shard_index)  # bad shard and backend options fail before anything loads
     loading.check_backend(args.backend, args.precision, args.device)
+    loading.check_output(args.output, folder=True)
+    loading.check_model(args.model, args.max_seq_length)
     options = dict(batch_size=args.batch_size, chunk_users=args.chunk_users, num_shards=args.num_shards,
                    shard_index=args.shard_index, overwrite=args.overwrite, precision=args.precision,
                    backend=args.backend)
@@ -132,14 +139,15 @@ def cmd_encode(args) -> int:
         if args.data_dir is None:
             raise InterestBertError("--out-of-core reads the card's files from --data-dir; pass it (synthetic-shop's "
                                     "files are written by `python -m interestbert.encoder.synthetic DIR`).")
-        encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
         with StreamedCard(card, args.data_dir, work_dir=args.work_dir, memory_limit=args.memory_limit) as streamed:
-            users = loading.first_users(streamed.n_users, args.limit_users)
+            users = loading.select_users(streamed.user_ids(), args.users, args.limit_users)
+            encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
             result = encode_users(encoder, streamed, args.output, user_indices=users,
                                   model_id=args.model or encoder.base_model, **options)
     else:
-        data, encoder, verbaliser = loading.load_all(args)
-        users = loading.first_users(len(verbaliser.users), args.limit_users)
+        data = loading.load_checked_data(args)
+        users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
+        encoder, verbaliser = loading.load_model(args, data)
         result = encode_users(encoder, verbaliser, args.output, user_indices=users,
                               model_id=args.model or encoder.base_model, **options)
     shards = ", ".join(map(str, result.shards)) or "none (more processes than shards)"
@@ -162,12 +170,15 @@ def cmd_drift(args) -> int:
 
     if args.plot < 0:
         raise InterestBertError(f"--plot is {args.plot}; it must be 0 or more.")
-    data, encoder, verbaliser = loading.load_all(args)
+    loading.check_positive(args.batch_size, "--batch-size")
+    loading.check_output(args.output, folder=True)
+    data = loading.load_checked_data(args)
+    users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)  # before the calibration
+    encoder, verbaliser = loading.load_model(args, data)
     monitor, calibration = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
                                                  stride=args.stride, target_false_alarms=args.target_false_alarms,
                                                  calibrate=args.calibrate, save_calibration=args.save_calibration,
                                                  batch_size=args.batch_size)
-    users = loading.select_users(verbaliser, args.users, args.limit_users)
     summary = run_drift(data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users,
                         plot=args.plot)
     print(f"{summary['users']:,} users, {summary['users_with_drift']:,} with drift, {summary['detections']:,} "
@@ -218,6 +229,8 @@ def cmd_quickstart(args) -> int:
         loading.check_positive(value, flag)
     if args.limit_users is not None:
         loading.check_positive(args.limit_users, "--limit-users")
+    loading.check_output(args.output_dir, folder=True)
+    loading.check_model(args.model, args.max_seq_length)
     return run_quickstart(output_dir=args.output_dir, model=args.model, max_seq_length=args.max_seq_length,
                           max_steps=args.max_steps, train_minutes=args.train_minutes, limit_users=args.limit_users,
                           seed=args.seed)

@@ -7,12 +7,15 @@ The command line (`interestbert.inference.cli`) parses options and calls these; 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from interestbert.encoder.errors import InterestBertError
+from interestbert.encoder.errors import InterestBertError, excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,78 @@ def check_backend(backend: str, precision: str, device: str | None) -> None:
         check(backend, resolve_precision(precision, device)[0], device)
     except ValueError as err:
         raise InterestBertError(f"--backend {backend}: {err}") from None
+
+
+def check_output(path: str | os.PathLike, folder: bool) -> None:
+    """Before anything loads: ``path`` (a folder to write into when ``folder``, else a file to write) can be written:
+    it is not the other kind, and the nearest folder that exists takes a new file (a read-only file system, a
+    missing permission or a place like ``/proc`` is refused here, not after the work)."""
+    path = Path(path)
+    flag = "--output"
+    if folder and path.exists() and not path.is_dir():
+        raise InterestBertError(f"{flag} {path} is a file; the command writes a folder there: pass a folder's path.")
+    if not folder and path.is_dir():
+        raise InterestBertError(f"{flag} {path} is a folder; the command writes a file there: pass a file's path.")
+    probe_in = path if folder and path.is_dir() else path.parent
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise InterestBertError(f"{flag} {path}: {probe_in} is a file, so nothing can be written under it; pass "
+                                "another path.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".interestbert-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InterestBertError(f"{flag} {path} cannot be written ({err.strerror or err} in {probe_in}); pass a "
+                                "path on a writable file system.") from None
+
+
+PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_model(model: str | None, max_seq_length: int | None = None) -> None:
+    """Before anything loads: ``--model`` is a folder with safetensors weights (a folder of pickles only is refused:
+    interestbert never unpickles) or a Hub id, and ``--max-seq-length`` fits the model's position embeddings."""
+    from interestbert.encoder.hub import REPO_ID
+    from interestbert.encoder.model import DEFAULT_BASE_MODEL
+    from interestbert.encoder.packaged import resolve_model_path
+
+    if max_seq_length is not None:
+        check_positive(max_seq_length, "--max-seq-length")
+    name = model or DEFAULT_BASE_MODEL
+    folder = Path(resolve_model_path(name))
+    if not folder.is_dir():
+        if folder.exists():
+            raise InterestBertError(f"--model {name} is a file; pass the folder that holds the model.")
+        if not REPO_ID.match(name) or name.startswith((".", "/", "~")):
+            raise InterestBertError(f"--model {name}: no such folder; pass a folder saved by interestbert, a "
+                                    "BERT-family model folder, or a Hub id (ORG/NAME).")
+        return  # a Hub id: checked as it loads
+    adapter = folder / "adapter_config.json"
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = sorted(f for f in files if f.endswith(PICKLES))
+        held = (f"only pickled weights ({', '.join(pickles[:3])}), which interestbert never loads (unpickling runs "
+                "code); convert them with safetensors.torch.save_file" if pickles else
+                "no model weights (no *.safetensors file); pass the folder that holds them")
+        raise InterestBertError(f"--model {name}: the folder holds {held}.")
+    if max_seq_length is None:
+        return
+    config = folder / "config.json"
+    if adapter.is_file():
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            return  # reported as the model loads
+        config = Path(resolve_model_path(base)) / "config.json" if base else config
+    try:
+        positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return
+    if isinstance(positions, int) and max_seq_length > positions:
+        raise InterestBertError(f"--max-seq-length {max_seq_length} is more than the {positions} token positions of "
+                                f"model {name}; pass at most {positions}.")
 
 
 def load_data(card: str, data_dir: str | None):
@@ -63,14 +138,33 @@ def check_catalogue(model: str | None, encoder, data, fix: str) -> None:
 
 def load_all(args, catalogue_fix: str | None = None):
     """``(data, encoder, verbaliser)`` for a command's ``--card``, ``--data-dir``, ``--model``, ``--max-seq-length``
-    and ``--device``; with ``catalogue_fix``, the model's heads must score the card's catalogue (`check_catalogue`)."""
+    and ``--device``: `load_checked_data`, then `load_model`."""
+    data = load_checked_data(args)
+    return (data, *load_model(args, data, catalogue_fix))
+
+
+def load_checked_data(args):
+    """The card's data, after ``--model`` and ``--max-seq-length`` were checked (`check_model`): a command then
+    checks what needs the data (``--users``) before `load_model`."""
+    check_model(args.model, args.max_seq_length)
+    return load_data(args.card, args.data_dir)
+
+
+def load_model(args, data, catalogue_fix: str | None = None):
+    """``(encoder, verbaliser)`` for ``--model`` on ``data``; with ``catalogue_fix``, the model's heads must score
+    the card's catalogue (`check_catalogue`)."""
     from interestbert.encoder.verbalise import Verbaliser
 
-    data = load_data(args.card, args.data_dir)
     encoder = load_encoder(args.model, args.max_seq_length, args.device)
     if catalogue_fix is not None:
         check_catalogue(args.model, encoder, data, catalogue_fix)
-    return data, encoder, Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+    return encoder, Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+
+
+def user_ids(data) -> list[str]:
+    """A card's users in order (the `Verbaliser`'s), from its events alone."""
+    column = data.events.data.column("user_id").to_pylist()
+    return [u for i, u in enumerate(column) if i == 0 or u != column[i - 1]]  # contiguous: sorted by user
 
 
 def first_users(n: int, limit: int | None) -> np.ndarray:
@@ -81,15 +175,17 @@ def first_users(n: int, limit: int | None) -> np.ndarray:
     return np.arange(min(n, limit))
 
 
-def select_users(verbaliser, users: list[str] | None, limit: int | None) -> np.ndarray:
-    """Positions of the given user ids (all must have events), or of the first ``limit`` users."""
+def select_users(known: list[str], users: list[str] | None, limit: int | None) -> np.ndarray:
+    """Positions among ``known`` (a card's users in order: `user_ids`, a `Verbaliser`'s ``users``) of the given
+    user ids (all must have events; checked before a model loads), or of the first ``limit`` users."""
     if users:
-        missing = [u for u in users if u not in verbaliser.user_index]
+        index = {u: i for i, u in enumerate(known)}
+        missing = [u for u in users if u not in index]
         if missing:
             raise InterestBertError(f"--users: {len(missing)} of the given users have no events in this card "
-                                    f"(first: {missing[0]!r}); pass user ids exactly as in the events file.")
-        return np.asarray([verbaliser.user_index[u] for u in users], dtype=np.int64)
-    return first_users(len(verbaliser.users), limit)
+                                    f"(first: {excerpt(missing[0])}); pass user ids exactly as in the events file.")
+        return np.asarray([index[u] for u in users], dtype=np.int64)
+    return first_users(len(known), limit)
 
 
 def model_folder(model: str | None) -> str | None:

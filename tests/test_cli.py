@@ -69,7 +69,7 @@ def test_failed_encode_leaves_no_partial_file(tiny_bert, synthetic_dir, tmp_path
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--model", "/no/such/model"], "could not be loaded"),
+    (["--model", "/no/such/model"], "/no/such/model: no such folder"),
     (["--batch-size", "0"], "--batch-size is 0"),
     (["--limit-users", "-3"], "--limit-users is -3"),
 ])

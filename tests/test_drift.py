@@ -65,7 +65,7 @@ def test_streaming_counts_out_of_order_events_and_batch_sorts_them():
     monitor = DriftMonitor(bag_of_words, DriftConfig(window=2, stride=1, threshold=0.5))
     for e in events:
         monitor.update("u", e)
-    assert monitor.stream_stats() == {"users": 1, "events": 4, "reordered": 2, "tied": 0}
+    assert monitor.stream_stats() == {"users": 1, "evicted": 0, "events": 4, "reordered": 2, "tied": 0}
     result = monitor.scan(History("u", events))
     assert result.reordered == 2 and result.tied == 1
 
