@@ -96,8 +96,8 @@ class StreamedCard:
                     f"compression = {_literal(compression)})"), 0
         encoding = _DUCKDB_ENCODINGS.get(spec.encoding.lower().replace("_", "-"))
         if encoding is None:
-            raise DataCardError(f"{self.where}: file {spec.path}: encoding {excerpt(spec.encoding)} cannot be read out of "
-                                "core (DuckDB reads utf-8, latin-1 and utf-16); convert the file or read it in memory.")
+            raise DataCardError(f"{self.where}: file {spec.path}: encoding {excerpt(spec.encoding)} cannot be read "
+                                "out of core (DuckDB reads utf-8, latin-1 and utf-16); convert the file or read it in memory.")
         names = list(spec.names or self._header(path, spec, gz))
         columns = "{" + ", ".join(f"{_literal(n)}: 'VARCHAR'" for n in names) + "}"
         quote = "'\"'" if spec.quoting == "minimal" and len(spec.separator) == 1 else "''"

@@ -269,7 +269,8 @@ def _check_yaml_size(root, where: str) -> None:
 def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...]) -> FileSpec:
     columns = raw["columns"]
     if not isinstance(columns, dict) or not columns:
-        raise DataCardError(f"{where}: key `{key}.columns` must map field names to file columns, got {excerpt(columns)}.")
+        raise DataCardError(f"{where}: key `{key}.columns` must map field names to file columns, got "
+                            f"{excerpt(columns)}.")
     for col in required_columns:
         if col not in columns:
             raise DataCardError(f"{where}: key `{key}.columns.{col}` is missing; name the file column that holds it.")
@@ -281,7 +282,8 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
     spec["columns"] = {str(k): str(v) for k, v in columns.items()}
     if "names" in spec:
         if not isinstance(spec["names"], list) or not spec["names"]:
-            raise DataCardError(f"{where}: key `{key}.names` must be a list of column names, got {excerpt(spec['names'])}.")
+            raise DataCardError(f"{where}: key `{key}.names` must be a list of column names, got "
+                                f"{excerpt(spec['names'])}.")
         spec["names"] = tuple(str(n) for n in spec["names"])
     if spec.get("header") is False and "names" not in spec:
         raise DataCardError(f"{where}: key `{key}.names` is missing; a file without a header line needs its "
@@ -291,8 +293,8 @@ def _file_spec(raw: dict, key: str, where: str, required_columns: tuple[str, ...
     try:
         "".encode(spec.get("encoding", "utf-8"))
     except LookupError:
-        raise DataCardError(f"{where}: key `{key}.encoding` is {excerpt(spec['encoding'])}, which Python does not know; "
-                            "use utf-8, latin-1, ascii, ...") from None
+        raise DataCardError(f"{where}: key `{key}.encoding` is {excerpt(spec['encoding'])}, which Python does not "
+                            "know; use utf-8, latin-1, ascii, ...") from None
     return FileSpec(**spec)
 
 

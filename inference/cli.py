@@ -5,7 +5,9 @@ Commands are thin: they parse options, call the library (`interestbert.inference
 status go to stderr through `logging` (``--log-level``, ``-q``). Options are spelled with dashes
 (``--data-dir``); the underscore spelling (``--data_dir``) is accepted everywhere as an alias, and ``finetune``
 takes both (its options are a dataclass parsed by transformers' ``HfArgumentParser``, which also reads one
-``.json`` file). Bad input is reported as one sentence after ``error:`` with exit status 2, never a traceback.
+``.json`` file). Bad input, and any file system, decoding, memory or value error, is reported as one sentence after
+``error:`` with exit status 2 (``--debug`` shows the traceback instead); a failed command leaves no empty output
+folder.
 """
 
 from __future__ import annotations
@@ -69,14 +71,17 @@ def _new_folders(args) -> list[Path]:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """Removes ``folder`` if it holds nothing but empty folders."""
+    """Removes ``folder`` if it holds nothing but empty folders (quietly leaves it when it cannot)."""
     if not folder.is_dir() or folder.is_symlink():
         return
-    for sub in sorted((p for p in folder.rglob("*")), key=lambda p: len(p.parts), reverse=True):
-        if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
-            sub.rmdir()
-    if not any(folder.iterdir()):
-        folder.rmdir()
+    try:
+        for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+                sub.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:  # another process writing there, or no permission: what is left is not ours to force
+        pass
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -106,7 +106,8 @@ def _model(path):
 
 CASES = {
     # 2. silent wrong values
-    "timestamp 1e23": (case(events=_events(ts="99999999999999999999999")), "outside the range of integers read exactly"),
+    "timestamp 1e23": (case(events=_events(ts="99999999999999999999999")),
+                       "outside the range of integers read exactly"),
     "timestamp int64 max": (case(events=_events(ts="9223372036854775807")), "line 2: `timestamp` is"),
     "timestamp 1e300 (encode)": (case(events=_events(ts="1e300"), command=_encode), "outside the range"),
     "rating nan": (case(events=_events(rating="nan")), "line 2: `stars` is 'nan' in a column of numbers"),
@@ -260,8 +261,8 @@ def _mutations():
         st.tuples(st.just("rating"), st.sampled_from(["nan", "inf", "-inf", "NaN", "1e999"])),
         st.tuples(st.just("wrong type"), st.tuples(st.sampled_from(["path: events.tsv", "path: items.tsv"]),
                                                    wrong_type)),
-        st.tuples(st.just("template"), st.tuples(QUIET_TEXT, st.sampled_from(["{{ nope }}", "{{ title", "{% for %}",
-                                                                             "{{ title * 10**7 }}", "{{ ''.__class__ }}"]))),
+        st.tuples(st.just("template"), st.tuples(QUIET_TEXT, st.sampled_from(
+            ["{{ nope }}", "{{ title", "{% for %}", "{{ title * 10**7 }}", "{{ ''.__class__ }}"]))),
         st.tuples(st.just("header"), st.lists(QUIET_TEXT.filter(lambda s: s.strip() not in ("user", "item", "ts",
                                                                                              "rating")),
                                               min_size=4, max_size=4)),

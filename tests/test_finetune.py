@@ -248,7 +248,8 @@ def in_a_fresh_process(test) -> bool:
     SIGINT into a segmentation fault of the whole test run."""
     if os.environ.get("INTERESTBERT_FRESH_PROCESS") == test.__name__:
         return True
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test.__name__}"],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{__file__}::{test.__name__}"],
                           env={**os.environ, "INTERESTBERT_FRESH_PROCESS": test.__name__}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
