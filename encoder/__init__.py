@@ -6,18 +6,40 @@ that owns a saved model's layout and card. This package never imports `interestb
 `interestbert.inference`.
 """
 
-from .cards import CardData, DataCard, available_cards, load_card, load_card_data
-from .drift import DriftConfig, DriftEvent, DriftMonitor, Event, History, histories_from_verbaliser
+from importlib import import_module
+
 from .errors import DataCardError, InterestBertError
-from .head import StrategyHead
-from .model import DEFAULT_BASE_MODEL, InterestEncoder, LoraOptions
-from .model_card import ModelCardData
-from .model_folder import ModelFolder
-from .packaged import register_in_hub_cache
-from .scoring import (PopularityScorer, Scorer, SequenceHeadScorer, StrategyHeadScorer, TextCosineScorer,
-                      scorer_for)
-from .sequence import SequenceHead, SequenceOptions
-from .verbalise import Verbaliser
+
+# Everything else is imported on first use (PEP 562), so that `interestbert --help` or an error sentence does not
+# wait for torch and transformers to load.
+_LAZY = {
+    "cards": ("CardData", "DataCard", "available_cards", "load_card", "load_card_data"),
+    "drift": ("DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "histories_from_verbaliser"),
+    "head": ("StrategyHead",),
+    "model": ("DEFAULT_BASE_MODEL", "InterestEncoder", "LoraOptions"),
+    "model_card": ("ModelCardData",),
+    "model_folder": ("ModelFolder",),
+    "packaged": ("register_in_hub_cache",),
+    "scoring": ("PopularityScorer", "Scorer", "SequenceHeadScorer", "StrategyHeadScorer", "TextCosineScorer",
+                "scorer_for"),
+    "sequence": ("SequenceHead", "SequenceOptions"),
+    "verbalise": ("Verbaliser",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "DEFAULT_BASE_MODEL",

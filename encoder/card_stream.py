@@ -176,10 +176,15 @@ class StreamedCard:
         self.con.register("catalogue_arrow", catalogue)
         self.con.execute("CREATE TABLE catalogue AS SELECT item_id FROM catalogue_arrow")
         self.con.unregister("catalogue_arrow")
-        self._fail(f"SELECT e.rowid, {item} FROM ev e {join} WHERE {item} NOT IN (SELECT item_id FROM catalogue) "
-                   "ORDER BY 1",
-                   lambda r: f"{loc} line {line(r[0])}: item `{r[1]}` is not in the catalogue "
-                             f"{self.card.items.path}; add it there or drop the event.")
+        outside = f"FROM ev e {join} WHERE {item} NOT IN (SELECT item_id FROM catalogue)"
+
+        def not_in_catalogue(r) -> str:
+            (n_missing,), (n_events,) = self._one(f"SELECT count(*) {outside}"), self._one("SELECT count(*) FROM ev")
+            return (f"{loc} line {line(r[0])}: item `{r[1][:80]}` is not in the catalogue {self.card.items.path} (nor "
+                    f"are those of {n_missing:,} of the {n_events:,} events, {100 * n_missing / n_events:.0f} %); add "
+                    "them there, map them with `id_map`, or drop the events.")
+
+        self._fail(f"SELECT e.rowid, {item} {outside} ORDER BY 1", not_in_catalogue)
         self.con.execute("CREATE TABLE users AS SELECT user_id, row_number() OVER (ORDER BY min(rowid)) - 1 AS pos "
                          "FROM ev GROUP BY user_id")
         fields = "".join(f", e.{_quote(f)}" for f in self._fields)
@@ -196,14 +201,16 @@ class StreamedCard:
     def _stats(self) -> dict:
         events, items, first, last = self._one(
             "SELECT count(*), count(DISTINCT item_id), min(timestamp), max(timestamp) FROM sorted")
-        lo, hi = self._one("SELECT min(n), max(n) FROM (SELECT count(*) AS n FROM sorted GROUP BY pos)")
+        lo, hi, short = self._one("SELECT min(n), max(n), count(*) FILTER (WHERE n < 3) FROM (SELECT count(*) AS n "
+                                  "FROM sorted GROUP BY pos)")
         (tied,) = self._one(
             "SELECT avg(CASE WHEN prev = timestamp THEN 1.0 ELSE 0.0 END) FROM (SELECT timestamp, lag(timestamp) OVER "
             "w AS prev, row_number() OVER w AS k, count(*) OVER (PARTITION BY pos) AS n FROM sorted "
             "WINDOW w AS (PARTITION BY pos ORDER BY timestamp, ord)) WHERE k = n")
         return {"users": self.n_users, "items": int(items), "catalogue": len(self.items), "events": int(events),
                 "first_timestamp": int(first), "last_timestamp": int(last), "min_events_per_user": int(lo),
-                "max_events_per_user": int(hi), "last_event_tied_share": float(tied)}
+                "max_events_per_user": int(hi), "users_under_3_events": int(short),
+                "last_event_tied_share": float(tied)}
 
     # ---------------------------------------------------------------------------------------------- reading
 

@@ -404,8 +404,11 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
         event_items = [mapping[x] for x in event_items]
     missing = next((i for i, x in enumerate(event_items) if x not in seen), None)
     if missing is not None:
-        raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing]}` is not "
-                            f"in the catalogue {it_path}; add it there or drop the event.")
+        n_missing = sum(x not in seen for x in event_items)
+        raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing][:80]}` "
+                            f"is not in the catalogue {it_path} (nor are those of {n_missing:,} of the {len(ev):,} "
+                            f"events, {100 * n_missing / len(ev):.0f} %); add them there, map them with `id_map`, or "
+                            "drop the events.")
     for i, u in enumerate(ev.columns["user_id"]):
         if not u.strip():
             raise DataCardError(f"{where}: file {ev.path} line {ev.lines[i]}: `user_id` is empty; fill it or drop "
@@ -444,6 +447,7 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
         "first_timestamp": int(timestamps.min()),
         "last_timestamp": int(timestamps.max()),
         "min_events_per_user": int(np.bincount(codes).min()),
+        "users_under_3_events": int((np.bincount(codes) < 3).sum()),
         "max_events_per_user": int(np.bincount(codes).max()),
         "last_event_tied_share": float(tied[last].mean()),
     }

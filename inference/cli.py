@@ -216,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="Folder with the card's files (optional for generated cards).")
     p.set_defaults(func=commands.cmd_cards_validate)
     _add_logging_args(p, argparse.SUPPRESS)
+    p = csub.add_parser("init", help="Draft a card from an events file and an items file: prints its guesses (format, "
+                        "separator, header, which column is the user, item, time, rating) and writes the card to edit.")
+    p.add_argument("--events", required=True, help="The events file (delimited text, Parquet or JSON Lines; .gz too).")
+    p.add_argument("--items", required=True, help="The items file (the catalogue).")
+    p.add_argument("--id-map", default=None, help="A file of two columns mapping the events' item ids to the items "
+                                                  "file's ids, when they differ.")
+    p.add_argument("--name", default=None, help="The card's name (default: the events file's folder name).")
+    p.add_argument("--output", default=None, help="The card's folder (default: ./NAME); README.md is written there.")
+    p.add_argument("--force", action="store_true", help="Replace a README.md that is already there.")
+    p.set_defaults(func=commands.cmd_cards_init)
+    _add_logging_args(p, argparse.SUPPRESS)
     p = csub.add_parser("publish", help="Publish a card as a Hub dataset repo's README.md (no data files).")
     p.add_argument("card", metavar="NAME_OR_PATH", help="A shipped card name or a path to a card.")
     p.add_argument("--repo-id", required=True, help="ORG/NAME of the dataset repo (created when missing).")

@@ -93,6 +93,27 @@ def cmd_cards_list(args) -> int:
     return 0
 
 
+def cmd_cards_init(args) -> int:
+    from pathlib import Path
+
+    from interestbert.encoder.card_init import draft_card
+    from interestbert.encoder.files import atomic_write_text
+
+    name = args.name or Path(args.events).resolve().parent.name
+    folder = Path(args.output or name)
+    card = folder / "README.md"
+    if card.exists() and not args.force:
+        raise InterestBertError(f"{card} exists; pass --force to replace it, or another --output.")
+    loading.check_output(folder, folder=True)
+    draft = draft_card(args.events, args.items, name, args.id_map)
+    atomic_write_text(card, draft.text)
+    print(f"drafted data card {name} -> {card}")
+    for line in draft.summary():
+        print(line)
+    print(f"check the guesses in {card}, then: interestbert cards validate {folder} --data-dir {draft.data_dir}")
+    return 0
+
+
 def cmd_cards_validate(args) -> int:
     from interestbert.encoder.cards import load_card, load_card_data
 
@@ -109,6 +130,10 @@ def cmd_cards_validate(args) -> int:
     print(f"  items      {items}")
     print(f"  events     {s['events']:,} ({s['min_events_per_user']:,}-{s['max_events_per_user']:,} per user)")
     print(f"  time span  {day(s['first_timestamp'])} .. {day(s['last_timestamp'])} (UTC)")
+    short = s["users_under_3_events"]
+    print(f"  split      {s['users'] - short:,} users split into train/validation/test; " + (
+        f"{short:,} with fewer than 3 events are skipped by finetune and evaluate (each needs a training, a "
+        "validation and a test event)" if short else "none skipped (every user has 3 events or more)"))
     print(f"  ties       {100 * s['last_event_tied_share']:.1f} % of users' last events share the timestamp of "
           "the event before (their order is the file's)")
     if data.switches is not None:
@@ -140,7 +165,8 @@ def cmd_encode(args) -> int:
             raise InterestBertError("--out-of-core reads the card's files from --data-dir; pass it (synthetic-shop's "
                                     "files are written by `python -m interestbert.encoder.synthetic DIR`).")
         with StreamedCard(card, args.data_dir, work_dir=args.work_dir, memory_limit=args.memory_limit) as streamed:
-            users = loading.select_users(streamed.user_ids(), args.users, args.limit_users)
+            users = (loading.select_users(streamed.user_ids(), args.users, None) if args.users else
+                     loading.first_users(streamed.n_users, args.limit_users))  # no list of a million ids unasked
             encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
             result = encode_users(encoder, streamed, args.output, user_indices=users,
                                   model_id=args.model or encoder.base_model, **options)

@@ -105,7 +105,7 @@ def test_public_api_of_the_encoder_package():
     for name in encoder.__all__:
         if name == "DEFAULT_BASE_MODEL":
             continue
-        obj = vars(encoder)[name]  # defined in the package itself, not reached through a submodule attribute
+        obj = getattr(encoder, name)  # one of the package's own names (imported on first use)
         assert obj.__name__ == name and obj.__module__.startswith("interestbert.encoder."), (name, obj)
         assert obj.__doc__, f"interestbert.encoder.{name} has no docstring"
 
@@ -175,3 +175,54 @@ def test_nothing_unpickles_or_trusts_remote_code():
             text = path.read_text(encoding="utf-8")
             for banned in ("torch.load(", "pickle.load", "trust_remote_code=True"):
                 assert banned not in text, f"{path.name} uses {banned}"
+
+
+# `--option value` pairs of finetune options the README shows as a choice, not as the default
+NOT_DEFAULTS = {("head_warmup_epochs", "0"), ("resume_from_checkpoint", "latest")}
+
+
+def readme_finetune_values(text: str) -> list[tuple[str, str, object]]:
+    """Every backticked `--name value` of a finetune option in ``text``, with the option's default."""
+    import dataclasses
+
+    from interestbert.finetune.args import FinetuneArguments
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneArguments)
+                if f.default is not dataclasses.MISSING}
+    return [(name, value, defaults[name]) for name, value in re.findall(r"`--([a-z_]+) ([^`\s]+)`", text)
+            if name in defaults and (name, value) not in NOT_DEFAULTS]
+
+
+def _same(value: str, default) -> bool:
+    if isinstance(default, bool) or default is None:
+        return False
+    if isinstance(default, (int, float)):
+        try:
+            return float(value) == float(default)
+        except ValueError:
+            return False
+    return value == str(default)
+
+
+def test_the_readme_gives_the_real_finetune_defaults():
+    found = readme_finetune_values((REPO / "README.md").read_text(encoding="utf-8"))
+    assert {"learning_rate", "head_learning_rate", "sequence_dim"} <= {name for name, _, _ in found}
+    wrong = [f"--{name} {value} (default {default!r})" for name, value, default in found if not _same(value, default)]
+    assert not wrong, f"the README states other values than the defaults: {wrong}"
+
+
+def test_the_defaults_check_can_fail():
+    found = readme_finetune_values("the LoRA adapter trains at `--learning_rate 1e-4` and `--lora_r 8`")
+    assert [(n, v, _same(v, d)) for n, v, d in found] == [("learning_rate", "1e-4", False), ("lora_r", "8", True)]
+
+
+def test_help_answers_without_loading_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom interestbert.inference.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nheavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: interestbert" in done.stdout
