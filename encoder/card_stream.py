@@ -44,13 +44,13 @@ class StreamedCard:
         data_dir: The folder holding the card's files.
         work_dir: Where the database and DuckDB's spill files go (default: a new temporary folder, removed by
             `close`); it needs room for about the events file's size.
-        memory_limit: DuckDB's memory limit (``"1GB"``, ...).
+        memory_limit: DuckDB's memory limit (``"512MB"``, ``"2GB"``, ...): it sorts and spills within it.
 
     Use as a context manager, or call `close`.
     """
 
     def __init__(self, card: DataCard | str | os.PathLike, data_dir: str | os.PathLike,
-                 work_dir: str | os.PathLike | None = None, memory_limit: str = "1GB"):
+                 work_dir: str | os.PathLike | None = None, memory_limit: str = "512MB"):
         import duckdb
 
         self.card = card if isinstance(card, DataCard) else load_card(card)

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "memory).")
     p.add_argument("--work-dir", default=None, help="With --out-of-core: where the grouped events and DuckDB's "
                    "spill files go (default: a temporary folder; it needs about the events file's size).")
-    p.add_argument("--memory-limit", default="1GB", help="With --out-of-core: DuckDB's memory limit (default 1GB).")
+    p.add_argument("--memory-limit", default="512MB", help="With --out-of-core: DuckDB's memory limit; it sorts and "
+                   "spills to --work-dir within it (default 512MB).")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto", help="auto (the "
                    "default): bf16 where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it "
                    "says which. int8 (torch or onnx, CPU): dynamic quantisation, faster and less exact; its cosine to "
