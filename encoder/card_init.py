@@ -70,7 +70,8 @@ class FileGuess:
         if self.format != "csv":
             return f"{self.format}{', gzip' if self.compression == 'gzip' else ''}"
         head = "a header line" if self.header else f"no header (columns named {', '.join(self.names)})"
-        return f"{self.separator!r} separated, {head}, {self.encoding}" + (", gzip" if self.compression == "gzip" else "")
+        gz = ", gzip" if self.compression == "gzip" else ""
+        return f"{self.separator!r} separated, {head}, {self.encoding}{gz}"
 
 
 def sniff(path: str | os.PathLike) -> FileGuess:

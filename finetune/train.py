@@ -92,9 +92,10 @@ def build(args: FinetuneArguments) -> Run:
     set_seed(args.seed)
     encoder, verbaliser, split, validation, stats = build_data(args, accelerator)
     if split.n_items > args.full_softmax_max_items:
-        accelerator.print(f"{split.n_items:,} items, more than --full_softmax_max_items {args.full_softmax_max_items:,}: "
-                          f"the head trains with a sampled softmax over the batch's targets and {args.num_negatives:,} "
-                          "uniform negatives (evaluation still ranks the full catalogue)")
+        accelerator.print(f"{split.n_items:,} items, more than --full_softmax_max_items "
+                          f"{args.full_softmax_max_items:,}: the head trains with a sampled softmax over the batch's "
+                          f"targets and {args.num_negatives:,} uniform negatives (evaluation still ranks the full "
+                          "catalogue)")
     warm_state = {}
     if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
         warm_state = warm_up_head(encoder, verbaliser, split.train, args, accelerator, validation)

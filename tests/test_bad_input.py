@@ -53,7 +53,7 @@ def case(card: str = GOOD_CARD, events: str = EVENTS, items: str = ITEMS, comman
         card_path = write_card(root, card=card, events=events, items=items)
         if setup is not None:
             setup(root, monkeypatch)
-        if command in (_validate,):
+        if command is _validate:
             return command(card_path, root)
         return command(card_path, root, str(tiny_bert))
 

@@ -182,10 +182,11 @@ def test_sampled_softmax_candidates_hold_the_targets_and_repeat_per_step():
     assert torch.equal(candidates, again) and not torch.equal(candidates, other)
 
 
-def test_training_with_a_sampled_softmax(tmp_path, tiny_bert, synthetic_dir):
+def test_training_with_a_sampled_softmax(tmp_path, tiny_bert, synthetic_dir, capsys):
     args = tiny_args(tmp_path, tiny_bert, synthetic_dir, full_softmax_max_items=100, num_negatives=64, max_steps=3,
                      eval_steps=3, do_test=False)
     run = train_module.build(args)
+    assert "more than --full_softmax_max_items 100: the head trains with a sampled softmax" in capsys.readouterr().out
     loss, parts = train_module.step_loss(run, train_module.epoch_batches(run, 0)[0], step=0)
     assert torch.isfinite(loss) and parts["ce"] < np.log(600)  # a softmax over ~80 candidates, not all 600
     assert train_module.train(run)["global_step"] == 3
