@@ -11,7 +11,7 @@ import torch
 
 from interestbert.encoder.model import InterestEncoder
 from interestbert.encoder.model_folder import ModelFolder
-from interestbert.encoder.scoring import scorer_for
+from interestbert.encoder.scoring import TextCosineScorer, scorer_for
 
 from .evaluate import evaluate
 
@@ -24,7 +24,11 @@ def evaluate_zero_shot(run: Run, best: InterestEncoder) -> dict:
     base) on test, items by the cosine to their texts: what the fine-tuning bought."""
     base = InterestEncoder.from_pretrained(best.base_model, max_seq_length=run.args.max_seq_length,
                                            device=str(run.accelerator.device)).merge_adapter()
-    scorer = scorer_for(base, run.verbaliser, "text", batch_size=run.args.per_device_eval_batch_size)
+    if run.base_item_vectors is not None:  # encoded by `build` for the new head: the same model, the same texts
+        scorer = TextCosineScorer(run.verbaliser, base, item_vectors=run.base_item_vectors,
+                                  batch_size=run.args.per_device_eval_batch_size)
+    else:
+        scorer = scorer_for(base, run.verbaliser, "text", batch_size=run.args.per_device_eval_batch_size)
     return evaluate(scorer, run.split.test, accelerator=run.accelerator)
 
 

@@ -45,7 +45,7 @@ from .args import FinetuneArguments
 from .data import Examples, Split, leave_one_out
 from .evaluate import evaluate, metrics_table, popularity_scorer
 from .after_training import evaluate_zero_shot, hardware, train_and_save_sequence_head
-from .steps import EpochOrder, Trainable, example_loader, history_inputs, sample_candidates, step_loss  # noqa: F401
+from .steps import EpochOrder, Trainable, example_loader, sample_candidates, step_inputs, step_loss  # noqa: F401
 from .warmup import fit_head, warm_up_head  # noqa: F401 - part of this module's interface
 
 CHECKPOINTS = "checkpoints"
@@ -68,6 +68,11 @@ class Run:
     order: EpochOrder  # its sampler: set ``order.epoch`` before iterating
     total_steps: int
     tie_share: float  # the card's users whose last event shares its timestamp with the one before
+    # encodings made once and reused while they hold: the validation histories under the encoder before any update
+    # (the head warm-up's, scored again at step 0) and the item texts under the base model (when the run starts
+    # from one: the head's initial weights, and the zero-shot baseline's item vectors in `finish`)
+    validation_interest: np.ndarray | None = None
+    base_item_vectors: np.ndarray | None = None
 
     @property
     def updates_per_epoch(self) -> int:
@@ -90,15 +95,15 @@ def build(args: FinetuneArguments) -> Run:
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     _check_output_dir(args, accelerator)
     set_seed(args.seed)
-    encoder, verbaliser, split, validation, stats = build_data(args, accelerator)
+    encoder, verbaliser, split, validation, stats, base_items = build_data(args, accelerator)
     if split.n_items > args.full_softmax_max_items:
         accelerator.print(f"{split.n_items:,} items, more than --full_softmax_max_items "
                           f"{args.full_softmax_max_items:,}: the head trains with a sampled softmax over the batch's "
                           f"targets and {args.num_negatives:,} uniform negatives (evaluation still ranks the full "
                           "catalogue)")
-    warm_state = {}
+    warm_state, valid_interest = {}, None
     if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
-        warm_state = warm_up_head(encoder, verbaliser, split.train, args, accelerator, validation)
+        warm_state, valid_interest = warm_up_head(encoder, verbaliser, split.train, args, accelerator, validation)
 
     module = Trainable(encoder.model, encoder.head)
     lora = [p for p in module.st.parameters() if p.requires_grad]
@@ -115,12 +120,13 @@ def build(args: FinetuneArguments) -> Run:
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     return Run(args, accelerator, encoder, verbaliser, split, validation, module, optimizer, scheduler, loader, order,
-               total_steps, stats["last_event_tied_share"])
+               total_steps, stats["last_event_tied_share"], valid_interest, base_items)
 
 
-def build_data(args: FinetuneArguments, accelerator) -> tuple[InterestEncoder, Verbaliser, Split, Examples, dict]:
+def build_data(args: FinetuneArguments, accelerator):
     """The card's data, the encoder with its strategy head over the card's catalogue, the leave-one-out split,
-    the validation users (a seeded sample of at most ``max_eval_users``) and the data's counts."""
+    the validation users (a seeded sample of at most ``max_eval_users``), the data's counts, and the base model's
+    item text embeddings when the encoder is the base model (a new head starts from them), else None."""
     data = load_card_data(args.card, args.data_dir)
     empty = [i for i, t in zip(data.items["item_id"], data.items["text"]) if not t.strip()]
     if empty:
@@ -132,7 +138,8 @@ def build_data(args: FinetuneArguments, accelerator) -> tuple[InterestEncoder, V
     if len(split.train) == 0:
         raise InterestBertError(f"data card {data.card.name}: no training examples (users need at least 4 events); "
                                 "use a card with longer histories.")
-    if encoder.head is None:
+    vectors = None
+    if encoder.head is None:  # the base model with a new (zero) adapter
         vectors = encoder.encode(verbaliser.item_texts, batch_size=args.per_device_eval_batch_size)
         encoder.head = StrategyHead(verbaliser.item_ids, vectors, popularity=split.popularity["train"],
                                     init_scale=args.head_init_scale)
@@ -145,7 +152,7 @@ def build_data(args: FinetuneArguments, accelerator) -> tuple[InterestEncoder, V
     if args.max_eval_users and len(validation) > args.max_eval_users:
         pick = np.sort(np.random.default_rng(args.seed).choice(len(validation), args.max_eval_users, replace=False))
         validation = validation.subset(pick)
-    return encoder, verbaliser, split, validation, data.stats
+    return encoder, verbaliser, split, validation, data.stats, vectors
 
 
 def load_encoder(args: FinetuneArguments, device: str) -> InterestEncoder:
@@ -173,9 +180,12 @@ def epoch_batches(run: Run, epoch: int) -> list[np.ndarray]:
     return [batch.cpu().numpy() for batch in run.loader]
 
 
-def evaluate_validation(run: Run) -> dict:
+def evaluate_validation(run: Run, interest: np.ndarray | None = None) -> dict:
+    """Validation metrics of the strategy head; ``interest``: the validation histories' vectors when they are
+    already known (the encoder unchanged since they were encoded)."""
     scorer = scorer_for(run.encoder, run.verbaliser, "strategy", batch_size=run.args.per_device_eval_batch_size)
-    return evaluate(scorer, run.validation, accelerator=run.accelerator)
+    known = {} if interest is None else {"interest": interest}
+    return evaluate(scorer, run.validation, accelerator=run.accelerator, **known)
 
 
 def new_state() -> dict:
@@ -200,8 +210,9 @@ def train(run: Run) -> dict:
     run.module.train()
     last_eval_step = None
     if state["global_step"] == 0 and args.head_warmup_epochs and not state["log"]:
-        evaluate_and_keep_best(run, state, started)  # the warmed-up head is a candidate too: joint steps may only
-        last_eval_step = 0                            # make it worse
+        # the warmed-up head is a candidate too (joint steps may only make it worse), on the warm-up's encodings
+        evaluate_and_keep_best(run, state, started, interest=run.validation_interest)
+        last_eval_step = 0
     with _stop_at_step_boundary(acc) as stop_requested:
         try:
             while state["global_step"] < run.total_steps and not state["stopped_early"]:
@@ -312,11 +323,11 @@ def train_epoch(run: Run, state: dict):
     state["batches_done"] = 0
 
 
-def evaluate_and_keep_best(run: Run, state: dict, started: float) -> None:
-    """Validation metrics; the best model so far is saved to output_dir (with the training args); early
-    stopping counts evaluations without improvement."""
+def evaluate_and_keep_best(run: Run, state: dict, started: float, interest: np.ndarray | None = None) -> None:
+    """Validation metrics (``interest`` as in `evaluate_validation`); the best model so far is saved to
+    output_dir (with the training args); early stopping counts evaluations without improvement."""
     args, acc = run.args, run.accelerator
-    metrics = evaluate_validation(run)
+    metrics = evaluate_validation(run, interest)
     score = metrics["ndcg@10"]
     if state["best_metric"] is None or score > state["best_metric"]:
         state.update(best_metric=score, best_step=state["global_step"], bad_evals=0)

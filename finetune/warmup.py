@@ -18,11 +18,12 @@ from .loop import fit_epochs
 
 
 def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Examples, args: FinetuneArguments,
-                 accelerator, validation: Examples | None = None) -> dict:
+                 accelerator, validation: Examples | None = None) -> tuple[dict, np.ndarray | None]:
     """Fits ``A`` and ``b'`` alone on the frozen encoder's history vectors, encoded once: many cheap epochs of
     the head's cross-entropy before the expensive joint training (see `fit_head`). Every process computes the same
     result. Returns the AdamW state of each head parameter (at the kept epoch), so the joint optimizer continues
-    from it."""
+    from it, and the validation histories' vectors (None without ``validation``): the step-0 evaluation scores
+    the warmed-up head on them instead of encoding them again."""
     cap = args.head_warmup_max_examples
     if cap is not None and len(train) > cap:
         train = train.subset(np.sort(np.random.default_rng([args.seed, 7]).choice(len(train), cap, replace=False)))
@@ -36,7 +37,7 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
                                   args.head_learning_rate, args.weight_decay, args.seed,
                                   None if valid is None else (validation, valid), args.head_warmup_patience)
     accelerator.print(f"head warm-up: {summary}")
-    return {param: optimizer.state[param] for param in encoder.head.parameters()}
+    return {param: optimizer.state[param] for param in encoder.head.parameters()}, valid
 
 
 def fit_head(encoder: InterestEncoder, verbaliser: Verbaliser, interest, targets, epochs: int, lr: float,

@@ -361,6 +361,61 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_bert, syntheti
         "rng_state_0.safetensors", "rng_state_1.safetensors"}
 
 
+def test_a_packed_step_encodes_each_text_once_and_computes_the_unpacked_loss(tmp_path, tiny_bert, synthetic_dir):
+    """One length-sorted pass over the step's distinct texts gives the loss and gradients of one pass per horizon
+    (dropout off), with fewer padded tokens, and every distinct text in exactly one chunk."""
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, interest_horizons="1:0.5,4:0.3,all:0.2",
+                     per_device_train_batch_size=16)
+    run = train_module.build(args)
+    run.module.eval()  # no dropout: both layouts must then agree to float noise
+    batch = train_module.epoch_batches(run, 0)[0]
+    ex = run.split.train.subset(np.asarray(batch))
+    packed, unpacked = train_module.step_inputs(run, ex), train_module.step_inputs(run, ex, packed=False)
+    assert len(unpacked.chunks) == 4  # three horizons and the item texts
+    assert packed.padded_tokens < unpacked.padded_tokens
+    texts = [run.verbaliser.texts_for_indices(ex.users, ex.ends, e) for e, _ in run.encoder.horizons]
+    distinct = {(t, args.max_seq_length) for group in texts for t in group}
+    distinct |= {(run.verbaliser.item_texts[i], args.max_item_length) for i in ex.targets.tolist()}
+    assert sum(len(c["input_ids"]) for c in packed.chunks) == len(distinct) == len(packed.restore)
+    assert packed.real_tokens < unpacked.real_tokens  # a short history's 4-event and whole texts are one text
+    for chunk in packed.chunks:  # sorted, so a chunk's rows are nearly as long as its longest
+        lengths = chunk["attention_mask"].sum(1)
+        assert lengths.max() == chunk["attention_mask"].shape[1] and bool((lengths[1:] >= lengths[:-1]).all())
+    grads = []
+    for layout in (True, False):
+        run.module.zero_grad(set_to_none=True)
+        loss, parts = train_module.step_loss(run, batch, 0, packed=layout)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in run.module.parameters() if p.grad is not None]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    assert len(grads[0][1]) == len(grads[1][1]) > 2
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_encodings_reused_before_the_first_update_are_the_ones_encoding_gives(tmp_path, tiny_bert, synthetic_dir):
+    """The warm-up's validation vectors (scored again at step 0) and the base model's item vectors (the new head's
+    start, the zero-shot baseline's items) are what encoding them again gives; after an update they are not."""
+    from interestbert.finetune.after_training import evaluate_zero_shot
+
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=3)
+    run = train_module.build(args)
+    again = run.encoder.encode_histories(run.verbaliser, run.validation.users, run.validation.ends)
+    np.testing.assert_allclose(run.validation_interest, again, atol=1e-5)
+    assert train_module.evaluate_validation(run, run.validation_interest) == train_module.evaluate_validation(run)
+    base = run.encoder.encode(run.verbaliser.item_texts)
+    np.testing.assert_allclose(run.base_item_vectors, base, atol=1e-5)
+    cached = evaluate_zero_shot(run, run.encoder)
+    run.base_item_vectors = None
+    assert evaluate_zero_shot(run, run.encoder) == cached
+    # a run from a saved model (its head trained) keeps no base item vectors, and one without warm-up no vectors
+    state = train_module.train(train_module.build(replace(args, max_steps=1, eval_steps=1,
+                                                          output_dir=str(tmp_path / "one"))))
+    saved = train_module.build(replace(args, model_name_or_path=str(tmp_path / "one"), head_warmup_epochs=0,
+                                       output_dir=str(tmp_path / "two")))
+    assert state["global_step"] == 1 and saved.base_item_vectors is None and saved.validation_interest is None
+
+
 def test_training_interest_equals_the_encoders_interest(tmp_path, tiny_bert, synthetic_dir):
     """The interest the loss sees is the one evaluation, `encode` and `recommend` use (`encode_histories`)."""
     args = tiny_args(tmp_path, tiny_bert, synthetic_dir, interest_horizons="1:0.6,all:0.4")
@@ -369,7 +424,7 @@ def test_training_interest_equals_the_encoders_interest(tmp_path, tiny_bert, syn
     ex = run.split.train.subset(slice(0, 24))
     run.module.eval()
     with torch.no_grad():
-        interest, _, _ = run.module(train_module.history_inputs(run, ex))
+        interest, _, _ = run.module(train_module.step_inputs(run, ex, items=False))
     expected = run.encoder.encode_histories(run.verbaliser, ex.users, ex.ends)
     np.testing.assert_allclose(interest.numpy(), expected, atol=1e-5)
     with pytest.raises(ValueError, match="EVENTS:WEIGHT"):
