@@ -37,6 +37,18 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
         resolve_precision("int4")
 
 
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_encode_command_records_what_auto_picked(tiny_bert, synthetic_dir, tmp_path, capsys, monkeypatch, has_bf16):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_bf16)
+    out = tmp_path / "emb"
+    assert main(["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
+                 "--max-seq-length", "40", "--limit-users", "4", "--output", str(out)]) == 0
+    expected = "bf16" if has_bf16 else "fp32"
+    assert json.loads((out / "_manifest.json").read_text())["precision"] == expected
+    assert f"precision {expected} (auto: " in capsys.readouterr().err
+
+
 def cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -97,7 +109,7 @@ def test_encode_command_with_openvino_records_it(tiny_bert, synthetic_dir, tmp_p
             "--max-seq-length", "40", "--limit-users", "16"]
     assert main([*args, "--output", str(tmp_path / "ov"), "--backend", "openvino", "--precision", "fp32"]) == 0
     assert "fp32, openvino" in capsys.readouterr().out
-    assert main([*args, "--output", str(tmp_path / "pt")]) == 0
+    assert main([*args, "--output", str(tmp_path / "pt"), "--precision", "fp32"]) == 0
     manifest = json.loads((tmp_path / "ov" / "_manifest.json").read_text())
     assert manifest["backend"] == "openvino" and manifest["precision"] == "fp32"
     (ua, a), (ub, b) = read_embeddings(tmp_path / "ov"), read_embeddings(tmp_path / "pt")

@@ -42,7 +42,7 @@ def test_encode_is_deterministic_and_matches_the_library(tiny_bert, synthetic_di
     from interestbert.encoder import InterestEncoder, Verbaliser
 
     args = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-            "--max-seq-length", "40", "--limit-users", "6"]
+            "--max-seq-length", "40", "--limit-users", "6", "--precision", "fp32"]  # the library's default
     assert main([*args, "--output", str(tmp_path / "a")]) == 0
     assert main([*args, "--output", str(tmp_path / "b"), "--batch-size", "3"]) == 0
     ua, a = read_embeddings(tmp_path / "a")
