@@ -1,23 +1,28 @@
-"""Drift detection benchmark: our DriftMonitor vs river's ADWIN, PageHinkley and KSWIN, with ruptures' KernelCPD as
-an offline reference, on streams with known change points.
+"""Drift detection benchmark, version 2 (design: the project's ``DRIFT_BENCHMARK.md``): renewal streams whose changes
+no constant can find, every detector compared at the same cost (false alarms per 1,000 control events).
 
-Streams, per dataset:
-- synthetic-shop (seed 1, not the quickstart's seed 0): users' histories with their recorded switches;
-- spliced real histories (ml-1m, amazon-office, amazon-beauty): the first part of user A followed by the first part
-  of user B (B's timestamps moved to continue A's), the splice point known;
-- control: other users' unspliced histories, the "no injected change" streams for false alarms.
+Streams (`interestbert.encoder.drift_eval`): P1 renewal splicing on movielens-1m (headline) and movielens-100k, P2
+short renewal on amazon-beauty and amazon-office, synthetic-shop with its recorded switches. Users are split into
+disjoint tune / calibrate / evaluate pools; every reported number is on the evaluation streams.
 
-Users are split three ways: tuning (river's parameters picked for the best F1 on tuning splices; ruptures' penalty
-likewise; our calibration target, among fractions of the best river detector's false-alarm rate, likewise),
-calibration (our threshold set on control histories to that target), and evaluation (every reported number). A
-"position prior" row, one alarm at a fixed event index picked on the tuning splices, shows what the streams'
-construction alone gives. A detection is a hit when it comes 0..10 events after a
-true point (the first one only); the offline reference may land 10 events either side. Reported: precision,
-recall, F1, mean delay in events, false alarms per 1,000 events on the evaluation control streams.
+Rows, at each budget (5 and 10 false alarms per 1,000 scored control events):
+- none; random alarms at the budget; the best content-free detector (one alarm at a fixed index, or periodic
+  alarms, fitted on the tuning streams): together, what the streams' construction gives away;
+- a metadata oracle: the Jensen-Shannon divergence of the genre/category mix of the newest events against the ones
+  before, its threshold calibrated on the calibration controls (no text model at all; amazon-office has no
+  categories);
+- river's ADWIN, PageHinkley and KSWIN, each fed the better of two scalar signals built from the packaged
+  encoder's item embeddings, the signal and parameters the highest-recall setting within the budget on the tuning
+  streams;
+- ruptures' KernelCPD, offline (it sees the whole stream, so it may place a change up to M events early), its
+  penalty tuned the same way;
+- ours: `DriftMonitor` with its default settings, calibrated by `DriftMonitor.calibrate` on the calibration
+  controls to the budget.
 
-River's detectors get the best scalar signal we found cheap to give them: the cosine distance of each new item's
-text embedding to the running mean of the stream's item embeddings since the last detection. Ours embeds the
-verbalised window (one encoder call per stride). Both use the packaged all-MiniLM-L6-v2, untrained.
+Threshold-free: event-level ROC-AUC and average precision of each continuous score; the recall-vs-false-alarm
+curve (PNG). Recall by magnitude tercile, median delay, paired bootstrap intervals of each recall and of its
+ratio to the best river detector's. The script checks itself: it fails if its content-free or random row's recall
+is above chance by more than its interval.
 
     python benchmarks/drift.py --data-dir ../shared/data --out benchmarks/results/drift
 """
@@ -26,384 +31,486 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
+import math
 import platform
 import sys
+import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from interestbert.encoder import drift_eval as de
 from interestbert.encoder.cards import load_card, load_card_data
-from interestbert.encoder.drift import DriftConfig, DriftMonitor, Event, History, histories_from_verbaliser
-from interestbert.encoder.errors import InterestBertError
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, History, histories_from_verbaliser
 from interestbert.encoder.files import atomic_write_text
-from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.inference.drift import switch_points
+from results_io import read_results, write_json
 
-MARGIN = 10
-# per dataset: folder, the monitor's window/stride (the defaults everywhere), and the lengths of A's and B's
-# parts of a splice
+BUDGETS = (5.0, 10.0)
+CURVE_BUDGETS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
+
+
+def genres(sep: str):
+    return lambda value: [g for g in str(value).split(sep) if g]
+
+
+def amazon_categories(value) -> list[str]:
+    """``'Beauty', 'Skin Care', 'Face', ...`` without the top level every item shares."""
+    return [c.strip(" '\"") for c in str(value).split("',")][1:]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    folder: str | None
+    column: str | None  # the items' genre/category column (the magnitude and the metadata oracle)
+    parse: object = None
+
+
 DATASETS = {
-    "synthetic-shop": dict(folder=None, window=4, stride=2, part=None),
-    "movielens-1m": dict(folder="ml-1m", window=4, stride=2, part=(30, 60)),
-    "amazon-office": dict(folder="amazon-office-2014-5core", window=4, stride=2, part=(10, 20)),
-    "amazon-beauty": dict(folder="amazon-beauty-10core", window=4, stride=2, part=(10, 20)),
+    "movielens-1m": Dataset("ml-1m", "genres", genres("|")),
+    "movielens-100k": Dataset("ml-100k", "genres", genres(" ")),
+    "amazon-beauty": Dataset("amazon-beauty-10core", "categories", amazon_categories),
+    "amazon-office": Dataset("amazon-office-2014-5core", None),
+    "synthetic-shop": Dataset(None, "category", lambda v: [str(v)]),
 }
-RIVER_GRID = {  # wide enough that the picked value is inside the grid, not at its edge
+SYNTHETIC_DESIGN = de.StreamDesign((20, 120), 20, 0, warmup=8, margin=8, min_user_events=20, magnitude_window=8)
+RIVER_GRID = {
     "ADWIN": [dict(delta=d, clock=1, min_window_length=3, grace_period=5)
-              for d in (0.99, 0.9, 0.7, 0.5, 0.3, 0.1, 0.03, 0.01, 0.002)],
-    "PageHinkley": [dict(min_instances=5, delta=d, threshold=t, mode="up") for d in (0.0, 0.005, 0.05, 0.1)
-                    for t in (0.05, 0.1, 0.15, 0.2, 0.3, 0.6, 1.0, 2.0, 4.0)],
-    "KSWIN": [dict(alpha=a, window_size=w, stat_size=w // 3, seed=0) for a in (0.3, 0.1, 0.05, 0.01, 0.003, 0.001)
-              for w in (9, 15, 30)],
+              for d in (0.9, 0.5, 0.2, 0.05, 0.01, 0.002, 1e-4)],
+    "PageHinkley": [dict(min_instances=5, delta=d, threshold=t, mode="up") for d in (0.0, 0.02, 0.05)
+                    for t in (0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0)],
+    "KSWIN": [dict(alpha=a, window_size=w, stat_size=w // 3, seed=0) for a in (0.01, 0.001, 1e-4)
+              for w in (15, 30)],
 }
-RUPTURES_PENALTIES = (0.5, 1.0, 2.0, 4.0, 8.0)
-TARGET_FRACTIONS = (1.0, 0.7, 0.5, 0.35, 0.25)  # our calibration targets, as fractions of the river detector's rate
-DEFAULT_ROW = "interestbert DriftMonitor (default: centred)"
+RUPTURES_PENALTIES = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 
 # ------------------------------------------------------------------------------------------------------ streams
 
 
-def shift_events(events: list[Event], after: int) -> list[Event]:
-    """``events`` with timestamps moved to start just after ``after``, spacing kept."""
-    if not events:
-        return []
-    first = events[0].timestamp
-    return [Event(e.text, e.item_text, after + 1 + (e.timestamp - first)) for e in events]
+def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
+    """The design, ``{split: (spliced, controls)}`` and the events' category function of one dataset."""
+    spec = DATASETS[name]
+    if spec.folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
+        from interestbert.encoder import synthetic
+
+        synthetic.generate(folder, seed=1, n_users=max(9 * n, 900), n_items=1500)
+        data = load_card_data(load_card("synthetic-shop"), folder)
+    else:
+        data = load_card_data(name, data_dir / spec.folder)
+    verbaliser = Verbaliser(data, tokenizer, 128)
+    histories = histories_from_verbaliser(verbaliser)
+    category_of = None
+    if spec.column is not None:
+        table = dict(zip(data.items["text"], data.items[spec.column]))
+        parsed = {text: tuple(spec.parse(value)) for text, value in table.items()}
+        category_of = lambda event: parsed.get(event.item_text, ())  # noqa: E731
+    if spec.folder is None:
+        design = SYNTHETIC_DESIGN
+        return design, synthetic_splits(histories, switch_points(data), n, design, seed, category_of), category_of, \
+            verbaliser.separator
+    design = de.DESIGNS[name]
+    pools = de.split_users(histories, design, seed)
+    splits = {k: de.renewal_streams(pools[k], n, design, seed + i, category_of) for i, k in enumerate(de.SPLITS)}
+    return design, splits, category_of, verbaliser.separator
 
 
-def make_streams(histories: list[History], part: tuple[int, int], n: int, rng) -> dict:
-    """Disjoint users for tuning / calibration / evaluation; spliced streams and control streams of similar length."""
-    lo, hi = part
-    eligible = [h for h in histories if len(h.events) >= lo]
-    order = rng.permutation(len(eligible))
-    pool = [eligible[i] for i in order]
-    need = 3 * n
-    if len(pool) < 3 * need:
-        n = len(pool) // 9
-        need = 3 * n
-    out = {}
-    for k, name in enumerate(("tune", "calibrate", "eval")):
-        users = pool[k * need: (k + 1) * need]
-        spliced, truth = [], {}
-        for j in range(n):
-            a, b = users[2 * j], users[2 * j + 1]
-            m_a = int(min(len(a.events), rng.integers(lo, hi + 1)))
-            m_b = int(min(len(b.events), rng.integers(lo, hi + 1)))
-            head = a.events[:m_a]
-            sid = f"{a.user_id}+{b.user_id}"
-            spliced.append(History(sid, head + shift_events(b.events[:m_b], head[-1].timestamp)))
-            truth[sid] = [m_a]
-        control = []
-        for c in users[2 * n: 3 * n]:
-            m = int(min(len(c.events), rng.integers(2 * lo, 2 * hi + 1)))
-            control.append(History(c.user_id, c.events[:m]))
-        out[name] = {"spliced": spliced, "truth": truth, "control": control}
-    return out
-
-
-def synthetic_streams(n: int):
-    """synthetic-shop, seed 1: users with their recorded switches; control = the same generator's users cut before
-    their first switch (no change inside)."""
-    import tempfile
-
-    from interestbert.encoder import synthetic
-
-    folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
-    synthetic.generate(folder, seed=1, n_users=max(9 * n, 900), n_items=1500)
-    return load_card_data(load_card("synthetic-shop"), folder)
-
-
-def synthetic_split(histories: list[History], switches: dict[str, list[int]], n: int, window: int, rng) -> dict:
-    order = rng.permutation(len(histories))
+def synthetic_splits(histories, switches, n, design, seed, category_of):
+    """synthetic-shop: users with their recorded switches; controls are other users cut before their first."""
+    order = np.random.default_rng([seed, 5]).permutation(len(histories))
     users = [histories[i] for i in order]
     out = {}
-    for k, name in enumerate(("tune", "calibrate", "eval")):
-        block = users[k * 3 * n: (k + 1) * 3 * n]
-        switching = block[:n]
-        truth = {h.user_id: switches.get(h.user_id, []) for h in switching}
-        control = []
+    for k, split in enumerate(de.SPLITS):
+        block = users[k * 3 * n:(k + 1) * 3 * n]
+        spliced = []
+        for h in block[:n]:
+            changes = [t for t in switches.get(h.user_id, []) if 0 < t < len(h.events)]
+            spliced.append(de.Stream(f"s:{h.user_id}", list(h.events), changes, [(h.user_id, 0, len(h.events))],
+                                     [de.change_magnitude(h.events, t, design.magnitude_window, category_of)
+                                      for t in changes]))
+        controls = []
         for h in block[n:]:
-            cut = min(switches.get(h.user_id, [len(h.events)]) + [len(h.events)])
-            if cut >= 2 * window + 2:
-                control.append(History(h.user_id, h.events[:cut]))
-            if len(control) == n:
+            cut = min([*switches.get(h.user_id, []), len(h.events)])
+            if cut >= design.warmup + 10:
+                controls.append(de.Stream(f"c:{h.user_id}", list(h.events[:cut]), segments=[(h.user_id, 0, cut)]))
+            if len(controls) == n:
                 break
-        out[name] = {"spliced": switching, "truth": truth, "control": control}
+        out[split] = (spliced, controls)
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- scoring
-
-
-def score_detections(detections: dict[str, list[int]], truth: dict[str, list[int]], streams: list[History],
-                     before: int = 0) -> dict:
-    hits = false = 0
-    delays = []
-    n_truth = sum(len(v) for v in truth.values())
-    for h in streams:
-        used = set()
-        for d in detections.get(h.user_id, []):
-            t = next((t for t in truth.get(h.user_id, []) if t - before <= d <= t + MARGIN and t not in used), None)
-            if t is None:
-                false += 1
-            else:
-                used.add(t)
-                hits += 1
-                delays.append(d - t)
-    precision = hits / max(hits + false, 1)
-    recall = hits / max(n_truth, 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "mean_delay_events": round(float(np.mean(delays)), 2) if delays else None, "hits": hits,
-            "detections": hits + false, "true_points": n_truth}
-
-
-def false_alarm_rate(detections: dict[str, list[int]], control: list[History]) -> float:
-    events = sum(len(h.events) for h in control)
-    return round(1000 * sum(len(detections.get(h.user_id, [])) for h in control) / max(events, 1), 3)
-
-
-# ------------------------------------------------------------------------------------------------- detectors
+# ------------------------------------------------------------------------------------------- scalar signals
 
 
 class ItemVectors:
-    """Item text -> unit vector, encoded once."""
+    """Item text -> unit vector from the encoder, each distinct text encoded once."""
 
-    def __init__(self, encoder, streams: list[History]):
-        texts = sorted({e.item_text for h in streams for e in h.events})
-        vectors = encoder.encode(texts, batch_size=128, show_progress_bar=False)
+    def __init__(self, encode, streams):
+        texts = sorted({e.item_text for s in streams for e in s.events})
         self.index = {t: i for i, t in enumerate(texts)}
-        self.vectors = np.asarray(vectors, np.float32)
+        self.vectors = np.asarray(encode(texts), np.float32)
 
-    def of(self, history: History) -> np.ndarray:
-        return self.vectors[[self.index[e.item_text] for e in history.events]]
+    def of(self, stream) -> np.ndarray:
+        return self.vectors[[self.index[e.item_text] for e in stream.events]]
 
 
-def river_detections(name: str, params: dict, streams: list[History], items: ItemVectors) -> dict[str, list[int]]:
-    """Each stream fed event by event: distance of the item to the running mean since the last detection; the
-    detector and the mean restart after a detection."""
-    import river.drift
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
-    out = {}
-    for h in streams:
-        x = items.of(h)
-        detector = getattr(river.drift, name)(**params)
-        total, count, found = None, 0, []
-        for i, v in enumerate(x):
-            if count:
-                mean = total / max(np.linalg.norm(total), 1e-12)
-                detector.update(float(1.0 - mean @ v))
-                if detector.drift_detected:
-                    found.append(i)
-                    detector = getattr(river.drift, name)(**params)
-                    total, count = None, 0
-            total = v.astype(np.float64) if total is None else total + v
-            count += 1
-        out[h.user_id] = found
+
+def item_signal(x: np.ndarray, lookback: int, window: int = 1) -> np.ndarray:
+    """Per event i: 1 - cos(mean of the ``window`` newest item vectors, mean of the ``lookback`` before them); NaN
+    until both exist. ``window`` 1 is the item's own distance, 4 the item-vector analogue of our window."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    csum = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x.astype(np.float64), axis=0)])
+    for i in range(window + 1, n):
+        lo = max(0, i - window + 1 - lookback)
+        new = csum[i + 1] - csum[i - window + 1]
+        old = csum[i - window + 1] - csum[lo]
+        out[i] = 1.0 - float(unit(new) @ unit(old))
     return out
 
 
-def ruptures_detections(penalty: float, streams: list[History], items: ItemVectors) -> dict[str, list[int]]:
+SIGNALS = {"item vs last L": dict(window=1), "mean of 4 items vs last L": dict(window=4)}
+CANDIDATE_GRID = [dict(window=w, lookback=lb, centre=c) for w in (2, 4, 6, 8) for lb in (8, 20, 40)
+                  for c in (False, True)]
+
+
+def centred(values: np.ndarray, lag: int) -> np.ndarray:
+    """``values`` minus the mean of the stream's own values up to ``lag`` events before (its usual level)."""
+    finite = np.where(np.isnan(values), 0.0, values)
+    count = np.cumsum(~np.isnan(values))
+    total = np.cumsum(finite)
+    out = np.full(len(values), np.nan)
+    for i in range(lag + 3, len(values)):
+        k = count[i - lag]
+        if k >= 3:
+            out[i] = values[i] - total[i - lag] / k
+    return out
+
+
+def candidate_series(x: np.ndarray, window: int, lookback: int, centre: bool) -> np.ndarray:
+    """A per-event score from item vectors alone: the newest ``window`` items' mean against the ``lookback``
+    before, optionally centred on the stream's own level."""
+    values = item_signal(x, lookback, window)
+    return centred(values, window) if centre else values
+
+
+def river_alarms(detector: str, params: dict, series: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """A river detector fed a scalar series event by event (NaN skipped), restarted after each detection."""
+    import river.drift
+
+    cls = getattr(river.drift, detector)
+    out = {}
+    for sid, values in series.items():
+        det, found = cls(**params), []
+        for i, v in enumerate(values):
+            if v != v:
+                continue
+            det.update(float(v))
+            if det.drift_detected:
+                found.append(i)
+                det = cls(**params)
+        out[sid] = found
+    return out
+
+
+def ruptures_alarms(penalty: float, vectors: dict[str, np.ndarray]) -> dict[str, list[int]]:
     import ruptures
 
     out = {}
-    for h in streams:
-        x = items.of(h)
-        if len(x) < 4:
-            out[h.user_id] = []
+    for sid, x in vectors.items():
+        if len(x) < 8:
+            out[sid] = []
             continue
-        bkps = ruptures.KernelCPD(kernel="cosine", min_size=3).fit(x).predict(pen=penalty)
-        out[h.user_id] = [b for b in bkps if b < len(x)]
+        bkps = ruptures.KernelCPD(kernel="cosine", min_size=4).fit(x).predict(pen=penalty)
+        out[sid] = [b for b in bkps if b < len(x)]
     return out
 
 
-class CachedEncode:
-    """The encoder's ``encode`` with a memo, so the two variants of ours share their window embeddings."""
+def oracle_series(stream, category_of, recent: int, before: int) -> np.ndarray:
+    """Per event: JS divergence of the category mix of the ``recent`` newest events against the ``before`` ones
+    preceding them (the metadata oracle; it reads the genres, not the text)."""
+    cats = [category_of(e) for e in stream.events]
+    out = np.full(len(cats), np.nan)
+    for i in range(recent + 2, len(cats)):
+        new = Counter(c for cs in cats[i - recent + 1:i + 1] for c in cs)
+        old = Counter(c for cs in cats[max(0, i - recent + 1 - before):i - recent + 1] for c in cs)
+        out[i] = de.js_divergence(old, new)
+    return out
 
-    def __init__(self, encoder):
-        self.encoder, self.memo = encoder, {}
 
-    def __call__(self, texts, batch_size=64, show_progress_bar=False):
+# -------------------------------------------------------------------------------------------- our detector
+
+
+class MemoEncode:
+    """The encoder's ``encode`` with a memo: every distinct window text is encoded once across all scans."""
+
+    def __init__(self, encoder, precision: str):
+        self.encoder, self.precision, self.memo = encoder, precision, {}
+
+    def __call__(self, texts, batch_size=128, show_progress_bar=False):
         new = list(dict.fromkeys(t for t in texts if t not in self.memo))
         if new:
-            vectors = self.encoder.encode(new, batch_size=batch_size, show_progress_bar=show_progress_bar)
+            vectors = self.encoder.encode(new, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                          precision=self.precision)
             self.memo.update(zip(new, np.asarray(vectors, np.float32)))
-        return np.stack([self.memo[t] for t in texts])
+        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
 
-def fixed_position(k: int, streams: list[History]) -> dict[str, list[int]]:
-    """One alarm at event index ``k`` of every stream long enough to have it."""
-    return {h.user_id: [k] if len(h.events) > k else [] for h in streams}
+def monitor_alarms(monitor: DriftMonitor, streams) -> dict[str, list[int]]:
+    return {r.user_id: [e.index for e in r.events] for r in monitor.scan_many([s.history() for s in streams])}
 
 
-def ours(monitor: DriftMonitor, streams: list[History]) -> dict[str, list[int]]:
-    return {r.user_id: [e.index for e in r.events] for r in monitor.scan_many(streams)}
+def monitor_series(monitor: DriftMonitor, streams) -> dict[str, np.ndarray]:
+    """The monitor's score per event without resets (threshold at infinity), forward-filled between strides."""
+    saved = monitor.config.threshold
+    monitor.config.threshold = math.inf
+    try:
+        results = monitor.scan_many([s.history() for s in streams])
+    finally:
+        monitor.config.threshold = saved
+    return {r.user_id: de.forward_fill(r.indices, r.scores, r.n_events) for r in results}
 
 
-# ------------------------------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------------------------------- one dataset
 
 
-def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, part: tuple[int, int] | None = None) -> dict:
-    spec = dict(DATASETS[name])
-    if part is not None and spec["part"] is not None:
-        spec["part"] = tuple(part)
-    rng = np.random.default_rng(seed)
-    if spec["folder"] is None:
-        data = synthetic_streams(n)
-    else:
-        data = load_card_data(name, data_dir / spec["folder"])
-    verbaliser = Verbaliser(data, encoder.tokenizer, 128)
-    histories = histories_from_verbaliser(verbaliser)
-    if spec["folder"] is None:
-        sets = synthetic_split(histories, switch_points(data), n, spec["window"], rng)
-    else:
-        sets = make_streams(histories, spec["part"], n, rng)
-    all_streams = [h for s in sets.values() for h in s["spliced"] + s["control"]]
-    items = ItemVectors(encoder, all_streams)
-    tune, cal, ev = sets["tune"], sets["calibrate"], sets["eval"]
-    rows = {}
-
-    # river: parameters picked on the tuning splices, false-alarm rate also measured on calibration control
-    best_river = None
-    for det, grid in RIVER_GRID.items():
-        scored = []
-        for params in grid:
-            s = score_detections(river_detections(det, params, tune["spliced"], items), tune["truth"],
-                                 tune["spliced"])
-            scored.append((s["f1"], -len(scored), params))
-        params = max(scored)[2]
-        start = time.perf_counter()
-        result = score_detections(river_detections(det, params, ev["spliced"], items), ev["truth"], ev["spliced"])
-        result["false_alarms_per_1000"] = false_alarm_rate(river_detections(det, params, ev["control"], items),
-                                                           ev["control"])
-        result["calibration_false_alarms_per_1000"] = false_alarm_rate(
-            river_detections(det, params, cal["control"], items), cal["control"])
-        result["params"] = params
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        rows[f"river {det}"] = result
-        if best_river is None or result["f1"] > rows[best_river]["f1"]:
-            best_river = f"river {det}"
-
-    # ruptures KernelCPD, offline reference
-    scored = [(score_detections(ruptures_detections(p, tune["spliced"], items), tune["truth"], tune["spliced"],
-                                before=MARGIN)["f1"], p) for p in RUPTURES_PENALTIES]
-    penalty = max(scored)[1]
-    result = score_detections(ruptures_detections(penalty, ev["spliced"], items), ev["truth"], ev["spliced"],
-                              before=MARGIN)
-    result["false_alarms_per_1000"] = false_alarm_rate(ruptures_detections(penalty, ev["control"], items),
-                                                       ev["control"])
-    result["params"] = {"kernel": "cosine", "min_size": 3, "pen": penalty, "offline": True}
-    rows["ruptures KernelCPD (offline)"] = result
-
-    # a position prior, not a detector: one alarm at a fixed event index (picked on the tuning splices); what the
-    # streams' construction alone gives, the floor a detector has to clear to show it sees the content
-    scored = [(score_detections(fixed_position(k, tune["spliced"]), tune["truth"], tune["spliced"])["f1"], -k)
-              for k in range(1, max(len(h.events) for h in tune["spliced"]))]
-    k = -max(scored)[1]
-    result = score_detections(fixed_position(k, ev["spliced"]), ev["truth"], ev["spliced"])
-    result["false_alarms_per_1000"] = false_alarm_rate(fixed_position(k, ev["control"]), ev["control"])
-    result["params"] = {"alarm_at_event": k}
-    rows["position prior (one alarm at a fixed index)"] = result
-
-    # ours: calibrated on calibration control to a rate no higher than the best river detector's there; which
-    # rate (the river's, or a stricter fraction of it) is picked by F1 on the tuning splices, as river's
-    # parameters were
-    cap = max(rows[best_river]["calibration_false_alarms_per_1000"], 0.5)
-    encode = CachedEncode(encoder)
-    for centre in (True, False):
-        monitor = DriftMonitor(encode, DriftConfig(window=spec["window"], stride=spec["stride"], centre=centre),
-                               separator=verbaliser.separator, batch_size=128)
-        start = time.perf_counter()
-        tuned = []
-        for fraction in TARGET_FRACTIONS:
-            try:
-                record = monitor.calibrate(cal["control"], cap * fraction)
-            except InterestBertError as err:  # too few calibration events for the rate
-                record = {"error": str(err)}
-                continue
-            f1 = score_detections(ours(monitor, tune["spliced"]), tune["truth"], tune["spliced"])["f1"]
-            tuned.append((f1, fraction, record))
-        if not tuned:  # the smallest rate the calibration set allows
-            monitor.calibrate(cal["control"], 1000 * 10 / sum(len(h.events) for h in cal["control"]))
-            tuned.append((0.0, None, {"error": "calibration set too small for the river detector's rate"}))
-        _, fraction, record = max(tuned, key=lambda t: (t[0], -(t[1] or 0)))
-        if fraction is not None:
-            monitor.calibrate(cal["control"], cap * fraction)
-        result = score_detections(ours(monitor, ev["spliced"]), ev["truth"], ev["spliced"])
-        result["false_alarms_per_1000"] = false_alarm_rate(ours(monitor, ev["control"]), ev["control"])
-        result["params"] = {"window": spec["window"], "stride": spec["stride"], "centre": centre,
-                            "threshold": round(monitor.config.threshold, 4),
-                            "calibrated_to": None if fraction is None else round(cap * fraction, 3),
-                            "river_rate": cap, "tuning_f1_by_fraction": {str(f): v for v, f, _ in tuned},
-                            "calibration": record}
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        label = "interestbert DriftMonitor" + (" (default: centred)" if centre else " (raw distance)")
-        rows[label] = result
-    ours_best = DEFAULT_ROW  # the headline is the default configuration, whichever variant scored higher here
-    result = rows[ours_best]
-    f1_ratio = result["f1"] / max(rows[best_river]["f1"], 1e-12)
-    return {"dataset": name, "streams": {k: {"spliced": len(v["spliced"]), "control": len(v["control"])}
-                                         for k, v in sets.items()},
-            "best_river": best_river, "best_ours": ours_best, "f1_vs_best_river": round(f1_ratio, 3), "rows": rows}
+def chance_recall(budget: float, margin: int) -> float:
+    """Recall of alarms at random positions at ``budget`` per 1,000 events: P(one in the M + 1 events after)."""
+    return 1 - (1 - budget / 1000) ** (margin + 1)
 
 
-def streaming_cost(encoder, n_events: int = 600) -> dict:
-    """Events/s and per-call latency of `update` with the default window and stride on the packaged model."""
-    from interestbert.encoder import synthetic
-
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="drift-bench-stream-"))
-    synthetic.generate(folder, seed=2, n_users=40, n_items=600)
-    data = load_card_data(load_card("synthetic-shop"), folder)
-    verbaliser = Verbaliser(data, encoder.tokenizer, 128)
-    monitor = DriftMonitor(encoder.encode, DriftConfig(threshold=0.3), separator=verbaliser.separator)
-    stream = [(h.user_id, e) for h in histories_from_verbaliser(verbaliser) for e in h.events][:n_events]
-    latencies = []
-    start = time.perf_counter()
-    for user, event in stream:
-        t0 = time.perf_counter()
-        monitor.update(user, event)
-        latencies.append(time.perf_counter() - t0)
-    total = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1000
-    return {"events": len(stream), "window": monitor.config.window, "stride": monitor.config.stride,
-            "events_per_second": round(len(stream) / total, 1), "p50_ms": round(float(np.percentile(lat, 50)), 3),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2), "encoder_calls": int(np.sum(lat > 1.0))}
+def content_free_alarms(key: str, streams, design) -> dict[str, list[int]]:
+    if key == "none":
+        return {}
+    words = key.split()
+    if words[0] == "fixed":
+        return de.fixed_alarms(streams, int(words[1]))
+    return de.periodic_alarms(streams, int(words[1]), int(words[3]) - design.warmup, design)
 
 
-def headline(result: dict) -> dict:
-    """The default configuration as our headline row, and its F1 over the best river detector's."""
-    result["best_ours"] = DEFAULT_ROW
-    best = result["rows"][result["best_river"]]["f1"]
-    result["f1_vs_best_river"] = round(result["rows"][DEFAULT_ROW]["f1"] / max(best, 1e-12), 3)
-    return result
+def tuned_rows(grid: dict[str, dict], run_on_eval, tune_streams, design, budgets) -> dict:
+    """For each budget, the grid's highest-recall setting within it on the tuning streams, run on evaluation."""
+    chosen, cache = {}, {}
+    for b in budgets:
+        key, score = de.best_within_budget(grid, tune_streams, design, b)
+        if key is not None and key not in cache:
+            cache[key] = run_on_eval(key)
+        chosen[b] = (key, score, cache.get(key, {}))
+    return chosen
 
 
-def markdown(results: list[dict], cost: dict | None) -> str:
-    lines = ["| dataset | detector | precision | recall | F1 | mean delay (events) | false alarms / 1,000 "
-             "(control) | parameters |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str, curve: bool) -> dict:
+    timings = {}
+    clock = time.perf_counter()
+    design, splits, category_of, separator = load_streams(name, data_dir, n, seed, encoder.tokenizer)
+    (tune_s, tune_c), (cal_s, cal_c), (ev_s, ev_c) = (splits[k] for k in de.SPLITS)
+    tune, evaluate = tune_s + tune_c, ev_s + ev_c
+    timings["streams"] = time.perf_counter() - clock
+    encode = MemoEncode(encoder, precision)
+    items = ItemVectors(encode, tune + cal_c + evaluate)
+    lookback = design.magnitude_window
+    signals = {sig: {s.stream_id: item_signal(items.of(s), lookback, **kw) for s in tune + evaluate}
+               for sig, kw in SIGNALS.items()}
+    rows: dict[str, dict] = {}  # row -> {budget: {"alarms", "params", ...}}
+    scores: dict[str, dict[str, np.ndarray]] = {}  # continuous scores for AUC/AP
+
+    def put(row, budget, alarms, params, early=0):
+        rows.setdefault(row, {})[budget] = {"alarms": alarms, "params": params, "early": early}
+
+    budgets = sorted(set(BUDGETS) | (set(CURVE_BUDGETS) if curve else set()))
+    for b in budgets:
+        put("none", b, {}, {})
+        put("random at the budget", b, de.random_alarms(evaluate, b, design, seed), {"per_1000": b})
+        key, _ = de.best_content_free(tune, design, b)
+        put("best content-free (fitted on tune)", b, content_free_alarms(key, evaluate, design), {"setting": key})
+    scores["position only (event index)"] = {s.stream_id: np.arange(len(s.events), dtype=float) for s in evaluate}
+
+    clock = time.perf_counter()
+    if category_of is not None:
+        series = {s.stream_id: oracle_series(s, category_of, 4, 16 if design.margin == 8 else 8)
+                  for s in cal_c + evaluate}
+        scores["metadata oracle (category JS)"] = {s.stream_id: series[s.stream_id] for s in evaluate}
+        for b in budgets:
+            threshold = de.calibrate_threshold(series, cal_c, design, b, design.margin)
+            put("metadata oracle (category JS, calibrated)", b,
+                de.threshold_alarms({s.stream_id: series[s.stream_id] for s in evaluate}, threshold, design.margin,
+                                    design.warmup), {"threshold": round(threshold, 4)})
+    timings["oracle"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    for sig in SIGNALS:
+        scores[f"river signal: {sig}"] = {s.stream_id: signals[sig][s.stream_id] for s in evaluate}
+    for detector, grid in RIVER_GRID.items():
+        settings = {(sig, i): river_alarms(detector, p, {s.stream_id: signals[sig][s.stream_id] for s in tune})
+                    for sig in SIGNALS for i, p in enumerate(grid)}
+        run = lambda key, d=detector, g=grid: river_alarms(  # noqa: E731
+            d, g[key[1]], {s.stream_id: signals[key[0]][s.stream_id] for s in evaluate})
+        for b, (key, _, alarms) in tuned_rows(settings, run, tune, design, budgets).items():
+            params = {"signal": None, "params": None} if key is None else {"signal": key[0], **grid[key[1]]}
+            put(f"river {detector}", b, alarms if key else {}, params)
+    timings["river"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    vectors = {s.stream_id: items.of(s) for s in tune + evaluate}
+    settings = {p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in tune}) for p in RUPTURES_PENALTIES}
+    tuned = tuned_rows({p: a for p, a in settings.items()},
+                       lambda p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in evaluate}),
+                       tune, design, budgets)
+    for b, (key, _, alarms) in tuned.items():
+        put("ruptures KernelCPD (offline, may be M early)", b, alarms if key else {},
+            {"kernel": "cosine", "min_size": 4, "pen": key}, early=design.margin)
+    timings["ruptures"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    vectors.update({s.stream_id: items.of(s) for s in cal_c})
+    tune_ids, cal_ids, ev_ids = ([s.stream_id for s in g] for g in (tune, cal_c, evaluate))
+    tuning = {}
+    for k, spec in enumerate(CANDIDATE_GRID):
+        series = {sid: candidate_series(vectors[sid], **spec) for sid in tune_ids}
+        threshold = de.calibrate_threshold(series, tune_c, design, BUDGETS[0], design.margin)
+        alarms = de.threshold_alarms(series, threshold, design.margin, design.warmup)
+        tuning[k] = de.score_alarms(alarms, tune, design)["recall"]
+    spec = CANDIDATE_GRID[max(tuning, key=tuning.get)]
+    label = "candidate: item-vector window vs lookback (tuned, calibrated)"
+    series = {sid: candidate_series(vectors[sid], **spec) for sid in cal_ids + ev_ids}
+    scores[label] = {sid: series[sid] for sid in ev_ids}
+    for b in budgets:
+        threshold = de.calibrate_threshold(series, cal_c, design, b, design.margin)
+        put(label, b, de.threshold_alarms({sid: series[sid] for sid in ev_ids}, threshold, design.margin,
+                                          design.warmup), {**spec, "threshold": round(threshold, 4)})
+    timings["candidate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    monitor = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
+    scores["interestbert DriftMonitor (default)"] = monitor_series(monitor, evaluate)
+    monitor_series(monitor, cal_c)  # every window text of the calibration controls, encoded once
+    timings["ours encode"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    for b in budgets:
+        record = monitor.calibrate([s.history() for s in cal_c], b)
+        put("interestbert DriftMonitor (default)", b, monitor_alarms(monitor, evaluate),
+            {"window": monitor.config.window, "stride": monitor.config.stride, "centre": monitor.config.centre,
+             "threshold": round(monitor.config.threshold, 4),
+             "calibration_rate": record["achieved_false_alarms_per_1000_events"]})
+    timings["ours calibrate+scan"] = time.perf_counter() - clock
+
+    return report(name, design, splits, rows, scores, budgets, timings, n_windows=len(encode.memo))
+
+
+def report(name, design, splits, rows, scores, budgets, timings, n_windows) -> dict:
+    ev_s, ev_c = splits["evaluate"]
+    evaluate = ev_s + ev_c
+    results = {"dataset": name, "design": design.__dict__,
+               "streams": {k: {"spliced": len(s), "controls": len(c), "changes": sum(len(x.changes) for x in s),
+                               "mean_length": round(float(np.mean([len(x.events) for x in s])), 1)}
+                           for k, (s, c) in splits.items()},
+               "window_texts_encoded": n_windows, "seconds": {k: round(v, 1) for k, v in timings.items()},
+               "event_scores": {k: de.event_scores(v, evaluate, design) for k, v in scores.items()},
+               "budgets": {}, "curve": {}}
+    river_rows = [r for r in rows if r.startswith("river ")]
+    for b in budgets:
+        per = {r: de.outcomes(v[b]["alarms"], evaluate, design, v[b]["early"]) for r, v in rows.items() if b in v}
+        summary = {r: de.summarise(o) for r, o in per.items()}
+        results["curve"][str(b)] = {r: {"recall": s["recall"], "false_alarms_per_1000": s["false_alarms_per_1000"]}
+                                    for r, s in summary.items()}
+        if b not in BUDGETS:
+            continue
+        best_river = max(river_rows, key=lambda r: (summary[r]["recall"], -summary[r]["false_alarms_per_1000"]))
+        intervals = de.bootstrap(per, "recall", reference=best_river, n=500, seed=0)
+        table = {}
+        for r, s in summary.items():
+            table[r] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
+            table[r]["recall_interval"] = [intervals[r]["low"], intervals[r]["high"]]
+            table[r]["ratio_to_best_river"] = intervals[r]["ratio"]
+            table[r]["ratio_interval"] = [intervals[r]["ratio_low"], intervals[r]["ratio_high"]]
+            table[r]["params"] = rows[r][b]["params"]
+        chance = chance_recall(b, design.margin)
+        results["budgets"][str(b)] = {"best_river": best_river, "chance_recall": chance, "rows": table}
+        for r in ("random at the budget", "best content-free (fitted on tune)"):
+            low = intervals[r]["low"]
+            if low > chance:
+                raise SystemExit(f"benchmark broken on {name}: the {r!r} row's recall at {b:g}/1000 has its 95 % "
+                                 f"interval [{low:.3f}, {intervals[r]['high']:.3f}] above chance {chance:.3f}: the "
+                                 f"streams give the change positions away")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def fmt(x, digits=3):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = []
     for r in results:
-        for name, m in r["rows"].items():
-            params = {k: v for k, v in m["params"].items() if k not in ("calibration", "tuning_f1_by_fraction")}
-            delay = "-" if m["mean_delay_events"] is None else f"{m['mean_delay_events']:.1f}"
-            lines.append(f"| {r['dataset']} | {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
-                         f"{delay} | {m['false_alarms_per_1000']:.2f} | `{json.dumps(params)}` |")
-    lines.append("")
-    for r in results:
-        lines.append(f"- {r['dataset']}: streams {r['streams']['eval']} (evaluation); best river detector "
-                     f"{r['best_river']}; ours: {r['best_ours']}; our F1 / its F1 = {r['f1_vs_best_river']:.2f}")
-    if cost:
-        lines += ["", f"Streaming cost (`update`, window {cost['window']}, stride {cost['stride']}, {cost['events']} "
-                      f"events): {cost['events_per_second']:.1f} events/s, p50 {cost['p50_ms']:.3f} ms, p99 "
-                      f"{cost['p99_ms']:.1f} ms ({cost['encoder_calls']} calls ran the encoder)."]
-    return "\n".join(lines) + "\n"
+        s = r["streams"]["evaluate"]
+        lines += [f"### {r['dataset']}", "",
+                  f"Evaluation: {s['spliced']} spliced streams ({s['changes']} changes, mean length "
+                  f"{s['mean_length']}) and {s['controls']} controls; margin M = {r['design']['margin']}, warm-up "
+                  f"{r['design']['warmup']}.", ""]
+        for b, block in r["budgets"].items():
+            lines += [f"At {float(b):g} false alarms per 1,000 control events (chance recall "
+                      f"{block['chance_recall']:.3f}; ratio to {block['best_river']}):", "",
+                      "| detector | recall [95 %] | FA / 1,000 (realised) | precision | F1 | median delay | recall "
+                      "low / mid / high magnitude | ratio to best river [95 %] |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for name, m in block["rows"].items():
+                mags = m.get("recall_by_magnitude") or {}
+                lo, hi = m["recall_interval"]
+                rlo, rhi = m["ratio_interval"]
+                lines.append(f"| {name} | {fmt(m['recall'])} [{fmt(lo)}, {fmt(hi)}] | "
+                             f"{fmt(m['false_alarms_per_1000'], 2)} | {fmt(m['precision'])} | {fmt(m['f1'])} | "
+                             f"{fmt(m['median_delay'], 1)} | "
+                             f"{' / '.join(fmt(mags.get(k)) for k in ('low', 'middle', 'high')) if mags else '-'} | "
+                             f"{fmt(m['ratio_to_best_river'], 2)} [{fmt(rlo, 2)}, {fmt(rhi, 2)}] |")
+            lines.append("")
+        lines += ["Threshold-free (every scored event; positive: within M events after a change):", "",
+                  "| continuous score | event AUC | AP | base rate |", "| --- | ---: | ---: | ---: |"]
+        for name, m in r["event_scores"].items():
+            lines.append(f"| {name} | {fmt(m['auc'])} | {fmt(m['ap'])} | {fmt(m['base_rate'])} |")
+        lines += ["", f"Seconds: {json.dumps(r['seconds'])}; window texts encoded: {r['window_texts_encoded']:,}; "
+                      f"command `{r.get('command', '')}`, {r.get('date', '')}, {r.get('hardware', '')}.", ""]
+    return "\n".join(lines)
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        budgets = sorted(r["curve"], key=float)
+        names = [k for k in r["curve"][budgets[0]] if k != "none"]
+        for name in names:
+            pts = [(r["curve"][b][name]["false_alarms_per_1000"], r["curve"][b][name]["recall"]) for b in budgets
+                   if name in r["curve"][b]]
+            ax.plot(*zip(*pts), marker="o", ms=3, label=name, lw=2 if name.startswith("interestbert") else 1)
+        xs = np.linspace(0, 20, 50)
+        ax.plot(xs, [chance_recall(x, r["design"]["margin"]) for x in xs], "k:", label="chance")
+        ax.set(title=r["dataset"], xlabel="false alarms per 1,000 control events (realised)", ylabel="recall",
+               xlim=(0, 22), ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -413,32 +520,31 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--streams", type=int, default=150, help="Spliced (and control) streams per split.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-cost", action="store_true", help="Skip the streaming-cost measurement.")
-    parser.add_argument("--splice-part", nargs=2, type=int, metavar=("LO", "HI"), default=None,
-                        help="Lengths of each user's part of a splice, for every spliced dataset (default: per "
-                             "dataset, ml-1m 30-60, Amazon 10-20).")
-    parser.add_argument("--report-only", action="store_true", help="Rebuild drift.md from the saved JSON files.")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--no-curve", action="store_true", help="Only the two headline budgets (faster).")
+    parser.add_argument("--report-only", action="store_true", help="Rebuild drift.md and the PNG from the JSON.")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not args.report_only:
+        torch.manual_seed(args.seed)
         encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=128).merge_adapter()
+        from interestbert.encoder.backends import resolve_precision
+
+        precision, why = resolve_precision(args.precision)
         command = "python benchmarks/drift.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        hardware = f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
+        hardware = (f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+                    f"encoder {precision} ({why})")
         for name in args.datasets:
             started = time.perf_counter()
-            result = run_dataset(name, Path(args.data_dir), args.streams, args.seed, encoder, args.splice_part)
-            result.update(seconds=round(time.perf_counter() - started), command=command,
+            result = run_dataset(name, Path(args.data_dir), args.streams, args.seed, encoder, precision,
+                                 not args.no_curve)
+            result.update(total_seconds=round(time.perf_counter() - started), command=command,
                           date=dt.date.today().isoformat(), hardware=hardware)
             write_json(out / f"{name}.json", result)
-            print(markdown([result], None), flush=True)
-        if not args.no_cost:
-            write_json(out / "streaming_cost.json", streaming_cost(encoder))
-    done = [headline(r) for r in read_results(out, DATASETS)]
-    saved = out / "streaming_cost.json"
-    cost = json.loads(saved.read_text()) if saved.is_file() else None
-    write_json(out / "drift.json", {"datasets": done, "streaming_cost": cost})
-    atomic_write_text(out / "drift.md", markdown(done, cost))
-    print(markdown(done, cost))
+            print(markdown([result]), flush=True)
+    done = read_results(out, DATASETS)
+    atomic_write_text(out / "drift.md", markdown(done))
+    plot_curves(done, out / "recall_vs_false_alarms.png")
     return 0
 
 
