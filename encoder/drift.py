@@ -1,8 +1,11 @@
 """Interest drift: notice when a person's recent behaviour stops looking like their earlier behaviour, and say how.
 
-Along a history, every ``stride`` events the monitor embeds the text of the newest ``window`` events (one encoder
-call) and compares it, by cosine, with the user's long-term interest in the current segment: the mean of the
-earlier window vectors that do not overlap the newest window. The distance is ``1 - cosine``; the drift score is
+Along a history, every ``stride`` events the monitor takes a vector of the newest ``window`` events and compares
+it, by cosine, with the user's interest in the current segment: the mean of the earlier window vectors that do
+not overlap the newest window (all of them since the segment began, or with ``reference_windows=K`` the newest
+K). The window vector is the embedding of the window's joined text (``window_vector="text"``: one encoder call
+per evaluation) or the normalised mean of its events' own vectors (``"mean"``: each distinct event text is
+encoded once, in batch across all histories and in streaming from a bounded memo). The distance is ``1 - cosine``; the drift score is
 that distance minus the mean of the segment's earlier distances (``centre``, the default: an eclectic user's
 windows always differ more from their mean than a focused user's, and only a rise above their own level is a
 shift), or the distance itself. When the score reaches the threshold, a `DriftEvent` is emitted and a new segment
@@ -38,6 +41,7 @@ __all__ = ["MAX_STREAM_USERS", "MIN_ALARMS_TO_CALIBRATE", "DriftConfig", "DriftE
 
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
+MEMO_TEXTS = 20_000  # event texts whose vectors `update` keeps with ``window_vector="mean"`` (~31 MB at dim 384)
 MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~0.9 GB at ~9.4 KB each)
 
 
@@ -46,10 +50,11 @@ class _UserState:
     """The small per-user state of the streaming monitor (also driven by `scan`)."""
 
     __slots__ = ("recent", "n", "last_ts", "pending", "ref_sum", "ref_count", "reordered", "tied", "last_score",
-                 "dist_n", "dist_mean")
+                 "dist_n", "dist_mean", "ref_windows")
 
-    def __init__(self, window: int):
+    def __init__(self, window: int, reference_windows: int | None = None):
         self.recent: deque[Event] = deque(maxlen=2 * window)  # texts of the newest 2 windows
+        self.ref_windows: deque[np.ndarray] = deque(maxlen=reference_windows)  # with a sliding reference
         self.n = 0
         self.last_ts: int | None = None
         self.pending: deque[tuple[int, np.ndarray]] = deque()  # (index, vector) still overlapping the newest window
@@ -97,6 +102,7 @@ class DriftMonitor:
         self.max_users = max_users
         self.evicted = 0
         self._states: OrderedDict[str, _UserState] = OrderedDict()  # least recently updated first
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()  # event text -> vector (``window_vector="mean"``)
 
     # ------------------------------------------------------------------------------------------- persistence
 
@@ -107,6 +113,8 @@ class DriftMonitor:
         saved = folder.load_drift()
         config = DriftConfig()
         if saved is not None:
+            if "window_vector" not in saved:  # saved before these options: calibrated with the window text
+                saved = {**saved, "window_vector": "text", "reference_windows": None}
             try:
                 config = DriftConfig(**saved)
             except (ValueError, TypeError) as err:
@@ -133,9 +141,9 @@ class DriftMonitor:
         """`scan` for many histories, with all window texts encoded in large batches."""
         threshold = self._threshold()
         plans = [self._plan(h) for h in histories]
-        vectors = self._encode([text for _, _, texts in plans for text in texts], show_progress_bar)
+        blocks = self._window_vectors(plans, show_progress_bar)
         return [self._replay(h.user_id, events, block, threshold, stats)
-                for h, (events, stats, _), block in zip(histories, plans, _split(vectors, plans))]
+                for h, (events, stats, _), block in zip(histories, plans, blocks)]
 
     def eval_positions(self, n_events: int) -> range:
         """Event indices after which the monitor embeds the newest window: every ``stride``-th event once a window
@@ -149,15 +157,40 @@ class DriftMonitor:
         return _first_eval(self.config.window, self.config.stride)
 
     def _plan(self, history: History) -> tuple[list[Event], tuple[int, int], list[str]]:
+        """A history's events in time order, their order statistics, and the texts to encode: one per evaluation
+        (the window's joined text) or, with ``window_vector="mean"``, one per event."""
         events, stats = sort_events(history.events)
-        w = self.config.window
-        texts = [self.separator.join(e.text for e in events[i - w + 1: i + 1])
-                 for i in self.eval_positions(len(events))]
-        return events, stats, texts
+        w, positions = self.config.window, self.eval_positions(len(events))
+        if self.config.window_vector == "mean":
+            return events, stats, [e.text for e in events] if len(positions) else []
+        return events, stats, [self.separator.join(e.text for e in events[i - w + 1: i + 1]) for i in positions]
+
+    def _window_vectors(self, plans: list, show_progress_bar: bool) -> list[np.ndarray]:
+        """Per plan, one unit vector per evaluation position; every distinct text of all plans encoded once."""
+        texts = [text for _, _, plan_texts in plans for text in plan_texts]
+        unique = list(dict.fromkeys(texts))
+        encoded = self._encode(unique, show_progress_bar)
+        if unique:
+            index = {text: k for k, text in enumerate(unique)}
+            encoded = encoded[[index[text] for text in texts]]
+        blocks = _split(encoded, plans)
+        if self.config.window_vector == "text":
+            return blocks
+        return [self._mean_windows(block, len(events)) for (events, _, _), block in zip(plans, blocks)]
+
+    def _mean_windows(self, event_vectors: np.ndarray, n_events: int) -> np.ndarray:
+        """The unit-norm mean of the ``window`` newest event vectors at each evaluation position."""
+        positions = np.asarray(self.eval_positions(n_events), dtype=np.int64)
+        if not len(positions):
+            return np.zeros((0, event_vectors.shape[-1] if event_vectors.ndim == 2 else 0), dtype=np.float32)
+        w = self.config.window  # the same sum in `scan` and `update` (one window there), so they agree exactly
+        windows = np.lib.stride_tricks.sliding_window_view(event_vectors, w, axis=0)[positions - w + 1]
+        means = windows.sum(axis=-1, dtype=np.float64)
+        return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def _replay(self, user_id: str, events: list[Event], vectors: np.ndarray, threshold: float,
                 stats: tuple[int, int], explain_events: bool = True) -> ScanResult:
-        state = _UserState(self.config.window)
+        state = _UserState(self.config.window, self.config.reference_windows)
         positions = list(self.eval_positions(len(events)))
         scores = np.full(len(positions), np.nan, dtype=np.float32)
         detections = []
@@ -188,7 +221,7 @@ class DriftMonitor:
         as ``evicted`` in `stream_stats`), who starts a new history if they return."""
         state = self._states.get(user_id)
         if state is None:
-            state = self._states[user_id] = _UserState(self.config.window)
+            state = self._states[user_id] = _UserState(self.config.window, self.config.reference_windows)
             if self.max_users is not None and len(self._states) > self.max_users:
                 self._states.popitem(last=False)  # the user idle longest starts afresh if they come back
                 self.evicted += 1
@@ -204,8 +237,11 @@ class DriftMonitor:
         w, first = self.config.window, self.first_evaluated
         if i < first or (i - first) % self.config.stride:
             return None
-        text = self.separator.join(e.text for e in list(state.recent)[-w:])
-        vector = self._encode([text], False)[0]
+        newest = list(state.recent)[-w:]
+        if self.config.window_vector == "mean":
+            vector = self._mean_windows(self._cached([e.text for e in newest]), w)[0]
+        else:
+            vector = self._encode([self.separator.join(e.text for e in newest)], False)[0]
         return self._step(user_id, state, event, vector, self._threshold())[1]
 
     def last_score(self, user_id: str) -> float:
@@ -250,8 +286,7 @@ class DriftMonitor:
             raise InterestBertError(f"calibration set too small: {n_events:,} events in {len(plans):,} histories, "
                                     f"but a rate of {target:g} false alarms per 1,000 events needs at least "
                                     f"{needed:,} events; pass more histories or a higher target.")
-        vectors = self._encode([text for _, _, texts in plans for text in texts], show_progress_bar)
-        blocks = _split(vectors, plans)
+        blocks = self._window_vectors(plans, show_progress_bar)
         truth = {u: sorted(int(p) for p in points) for u, points in (change_points or {}).items()}
 
         def replay_all(threshold: float) -> list[ScanResult]:
@@ -299,13 +334,29 @@ class DriftMonitor:
         out = self.encode_fn(texts, batch_size=self.batch_size, show_progress_bar=show_progress_bar)
         return np.asarray(out, dtype=np.float32)
 
+    def _cached(self, texts: list[str]) -> np.ndarray:
+        """Vectors of event texts for `update`, from a memo of the `MEMO_TEXTS` most recently used texts (the
+        same item's text recurs across users), the missing ones encoded in one call."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if missing:
+            self._memo.update(zip(missing, self._encode(missing, False)))
+        for text in texts:
+            self._memo.move_to_end(text)
+        while len(self._memo) > MEMO_TEXTS:
+            self._memo.popitem(last=False)
+        return np.stack([self._memo[t] for t in texts])
+
     def _step(self, user_id: str, state: _UserState, event: Event, vector: np.ndarray, threshold: float,
               explain_events: bool = True) -> tuple[float, DriftEvent | None]:
         """One evaluation at the newest event: compare, maybe detect, then update the segment's reference."""
         i, w = state.n - 1, self.config.window
         while state.pending and state.pending[0][0] <= i - w:  # no longer overlaps the newest window
             _, old = state.pending.popleft()
-            state.ref_sum = old.astype(np.float64) if state.ref_sum is None else state.ref_sum + old
+            if self.config.reference_windows is None:  # the whole segment: a running sum
+                state.ref_sum = old.astype(np.float64) if state.ref_sum is None else state.ref_sum + old
+            else:  # the newest K windows
+                state.ref_windows.append(old)
+                state.ref_sum = np.sum(state.ref_windows, axis=0, dtype=np.float64)
             state.ref_count += 1
         score = float("nan")
         if state.ref_count:
@@ -326,6 +377,7 @@ class DriftMonitor:
             detection = DriftEvent(user_id, i, int(event.timestamp), score, i - w + 1, moved_from, moved_to)
             state.pending.clear()  # a new segment starts with the newest window
             state.ref_sum, state.ref_count = None, 0
+            state.ref_windows.clear()
             state.dist_n, state.dist_mean = 0, 0.0
         state.pending.append((i, vector))
         return score, detection

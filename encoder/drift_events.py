@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+WINDOW_VECTORS = ("text", "mean")
 _WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
 _STOP = frozenset("""a an and are as at be by for from in into is it its of on or the to with without your you
                      this that these those new set pack vol edition de la le les el""".split())
@@ -80,6 +81,8 @@ class DriftConfig:
     threshold: float | None = None
     explain_terms: int = 3
     centre: bool = True  # score = distance minus the mean of the segment's earlier distances (the user's own level)
+    reference_windows: int | None = 5  # the reference: the newest K earlier windows (None: the whole segment)
+    window_vector: str = "mean"  # "mean": the mean of the window's event vectors; "text": its joined text encoded
     alpha_max: float = 0.25  # drift-aware recommendation: the short-term weight at and above the threshold
     calibration: dict = field(default_factory=dict)
 
@@ -88,6 +91,11 @@ class DriftConfig:
             raise ValueError(f"`window` should be at least 2 events, got {self.window}.")
         if not 1 <= self.stride <= self.window:
             raise ValueError(f"`stride` should be between 1 and `window` ({self.window}), got {self.stride}.")
+        if self.reference_windows is not None and self.reference_windows < 1:
+            raise ValueError(f"`reference_windows` should be at least 1 (or None), got {self.reference_windows}.")
+        if self.window_vector not in WINDOW_VECTORS:
+            raise ValueError(f"`window_vector` should be one of {', '.join(WINDOW_VECTORS)}, got "
+                             f"{self.window_vector!r}.")
         if not 0 <= self.alpha_max <= 1:
             raise ValueError(f"`alpha_max` should be in [0, 1], got {self.alpha_max}.")
 
