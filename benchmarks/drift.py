@@ -499,7 +499,7 @@ def streaming_cost(encoder, precision: str, n_events: int = 1200, n_users: int =
     data = load_card_data(load_card("synthetic-shop"), folder)
     verbaliser = Verbaliser(data, encoder.tokenizer, 128)
     histories = histories_from_verbaliser(verbaliser)
-    stream = [(h.user_id, e) for k in range(max(len(h.events) for h in histories)) for h in histories
+    stream = [(h.user_id, h.events[k]) for k in range(max(len(h.events) for h in histories)) for h in histories
               if k < len(h.events)][:n_events]
     out = []
     for label, config in (("window text vs whole segment (0.1 default)", PREVIOUS), ("default", DriftConfig())):
