@@ -42,7 +42,7 @@ __all__ = ["MAX_STREAM_USERS", "MIN_ALARMS_TO_CALIBRATE", "DriftConfig", "DriftE
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
 MEMO_TEXTS = 20_000  # event texts whose vectors `update` keeps with ``window_vector="mean"`` (~31 MB at dim 384)
-MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~0.9 GB at ~9.4 KB each)
+MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~1.6 GB at ~16 KB each)
 
 
 
@@ -215,9 +215,10 @@ class DriftMonitor:
         encoder call, on every ``stride``-th event. An event older than the user's last one is taken as arriving
         now (streams cannot be re-sorted) and counted in `stream_stats`.
 
-        The monitor keeps a small state per user (the newest ``2 * window`` events and a few vectors: 9.4 KB
-        measured with tracemalloc at the defaults, dim 384, the event texts not counted: they are the caller's
-        strings) for at most ``max_users`` users: a new user beyond that evicts the one idle longest (counted
+        The monitor keeps a small state per user (the newest ``2 * window`` events and a few vectors: 16.3 KB
+        measured with tracemalloc at the defaults, 9.4 KB with ``reference_windows=None``, dim 384, the event texts
+        not counted: they are the caller's strings; with ``window_vector="mean"`` one memo of event-text vectors,
+        `MEMO_TEXTS` at most, is shared by all users) for at most ``max_users`` users: a new user beyond that evicts the one idle longest (counted
         as ``evicted`` in `stream_stats`), who starts a new history if they return."""
         state = self._states.get(user_id)
         if state is None:
