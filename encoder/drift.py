@@ -5,10 +5,10 @@ it, by cosine, with the user's interest in the current segment: the mean of the 
 not overlap the newest window (all of them since the segment began, or with ``reference_windows=K`` the newest
 K). The window vector is the embedding of the window's joined text (``window_vector="text"``: one encoder call
 per evaluation) or the normalised mean of its events' own vectors (``"mean"``: each distinct event text is
-encoded once, in batch across all histories and in streaming from a bounded memo). The distance is ``1 - cosine``; the drift score is
-that distance minus the mean of the segment's earlier distances (``centre``, the default: an eclectic user's
-windows always differ more from their mean than a focused user's, and only a rise above their own level is a
-shift), or the distance itself. When the score reaches the threshold, a `DriftEvent` is emitted and a new segment
+encoded once, in batch across all histories and in streaming from a bounded memo). The distance is
+``1 - cosine``; the drift score is that distance minus the mean of the segment's earlier distances (``centre``,
+the default: an eclectic user's windows always differ more from their mean than a focused user's, and only a rise
+above their own level is a shift), or the distance itself. When the score reaches the threshold, a `DriftEvent` is emitted and a new segment
 starts from the newest window, so one shift raises one alarm and the next comparison waits until the new segment
 has a window of history and a few distances.
 
@@ -218,8 +218,9 @@ class DriftMonitor:
         The monitor keeps a small state per user (the newest ``2 * window`` events and a few vectors: 16.3 KB
         measured with tracemalloc at the defaults, 9.4 KB with ``reference_windows=None``, dim 384, the event texts
         not counted: they are the caller's strings; with ``window_vector="mean"`` one memo of event-text vectors,
-        `MEMO_TEXTS` at most, is shared by all users) for at most ``max_users`` users: a new user beyond that evicts the one idle longest (counted
-        as ``evicted`` in `stream_stats`), who starts a new history if they return."""
+        `MEMO_TEXTS` at most, is shared by all users) for at most ``max_users`` users: a new user beyond that
+        evicts the one idle longest (counted as ``evicted`` in `stream_stats`), who starts a new history if they
+        return."""
         state = self._states.get(user_id)
         if state is None:
             state = self._states[user_id] = _UserState(self.config.window, self.config.reference_windows)
