@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ import torch
 
 from interestbert.encoder import drift_eval as de
 from interestbert.encoder.cards import load_card, load_card_data
-from interestbert.encoder.drift import DriftConfig, DriftMonitor, Event, histories_from_verbaliser
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, histories_from_verbaliser
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
@@ -384,7 +384,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     timings["river"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    vectors = {s.stream_id: items.of(s) for s in tune + evaluate}
+    vectors = {s.stream_id: items.of(s) for s in tune + cal_c + evaluate}
     settings = {p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in tune}) for p in RUPTURES_PENALTIES}
     tuned = tuned_rows({p: a for p, a in settings.items()},
                        lambda p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in evaluate}),
@@ -395,7 +395,6 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     timings["ruptures"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    vectors.update({s.stream_id: items.of(s) for s in cal_c})
     tune_ids, cal_ids, ev_ids = ([s.stream_id for s in g] for g in (tune, cal_c, evaluate))
     tuning = {}
     for k, spec in enumerate(CANDIDATE_GRID):
@@ -505,7 +504,7 @@ def streaming_cost(encoder, precision: str, n_events: int = 1200, n_users: int =
               if k < len(h.events)][:n_events]
     out = []
     for label, config in (("window text vs whole segment (0.1 default)", PREVIOUS), ("default", DriftConfig())):
-        config = DriftConfig(**{**config.__dict__, "threshold": 0.3})
+        config = replace(config, threshold=0.3)
         encode = lambda texts, **kw: encoder.encode(texts, precision=precision, **kw)  # noqa: E731
         monitor = DriftMonitor(encode, config, separator=verbaliser.separator)
         latencies = []
@@ -517,10 +516,9 @@ def streaming_cost(encoder, precision: str, n_events: int = 1200, n_users: int =
         total = time.perf_counter() - start
         lat = np.asarray(latencies) * 1000
         monitor.reset()  # per-user state: a fresh monitor on the same stream, under tracemalloc, encoder memo warm
-        events = [(u, Event(e.text, e.item_text, e.timestamp)) for u, e in stream]
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
-        for user, event in events:
+        for user, event in stream:
             monitor.update(user, event)
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
@@ -647,7 +645,8 @@ def main(argv=None) -> int:
     done = read_results(out, DATASETS)
     cost = out / "streaming_cost.json"
     atomic_write_text(out / "drift.md", markdown(done, json.loads(cost.read_text()) if cost.is_file() else None))
-    plot_curves(done, out / "recall_vs_false_alarms.png")
+    if done:  # a cost-only run into a new folder has no curves to draw
+        plot_curves(done, out / "recall_vs_false_alarms.png")
     return 0
 
 
