@@ -234,19 +234,21 @@ class EmbeddingsFolder:
 
     def finish_run(self) -> bool:
         """Writes ``_manifest.json`` (last) when every shard is done, and removes ``_work``. Returns whether the
-        folder is now complete. Any process may call it; the one that sees every shard done writes it."""
+        folder is now complete. Any process may call it; the one that sees every shard done writes it (two that
+        finish together both write the same manifest, each through its own temporary file)."""
         if not all(self.shard_done(s) for s in range(self.num_shards)):
-            return False
-        shards = [json.loads(self._done_file(s).read_text(encoding="utf-8")) for s in range(self.num_shards)]
+            return (self.path / MANIFEST_FILE).is_file()  # another process finished and removed `_work`
+        try:
+            shards = [json.loads(self._done_file(s).read_text(encoding="utf-8")) for s in range(self.num_shards)]
+        except FileNotFoundError:  # another process finished meanwhile
+            return (self.path / MANIFEST_FILE).is_file()
         manifest = {"format": FORMAT, **{k: self.run[k] for k in ("model", "model_hash", "card", "precision",
                                                                   "backend", "max_seq_length",
                                                                   "interest_horizons", "embedding_dim")},
                     "rows": sum(s["rows"] for s in shards),
                     "histories_cut_to_budget": sum(s["histories_cut_to_budget"] for s in shards), "shards": shards,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run": self.run}
-        for tmp in self.path.glob(f".{MANIFEST_FILE}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-        path = self.path / MANIFEST_FILE
+        path = self.path / MANIFEST_FILE  # atomic_write removes dead processes' temporaries, never a live one's
         _writing(path, lambda: atomic_write_json(path, manifest))
         shutil.rmtree(self.work, ignore_errors=True)
         return True

@@ -96,6 +96,21 @@ def test_shards_by_index_then_manifest_when_the_last_is_done(encode_args, tmp_pa
     assert "nothing to encode" in capsys.readouterr().out
 
 
+def test_finishing_keeps_a_live_process_temporary_manifest(encode_args, tmp_path):
+    """Two processes that finish together both write `_manifest.json`; neither may delete the other's temporary
+    (it did: a 2-process run failed in CI with "writing _manifest.json failed (No such file or directory)")."""
+    from interestbert.encoder.files import _HOST
+
+    out = tmp_path / "emb"
+    assert main(encode_args(out, "--limit-users", 10, "--num-shards", 2, "--shard-index", 0)) == 0
+    live = out / f".{embedding_files.MANIFEST_FILE}.{_HOST}~{os.getppid()}~aaaaaaaa.tmp"  # a process still writing
+    dead = out / f".{embedding_files.MANIFEST_FILE}.{_HOST}~{2 ** 22 + 12345}~bbbbbbbb.tmp"  # no such process
+    live.write_text("{}")
+    dead.write_text("{}")
+    assert main(encode_args(out, "--limit-users", 10, "--num-shards", 2, "--shard-index", 1)) == 0
+    assert (out / embedding_files.MANIFEST_FILE).is_file() and live.is_file() and not dead.exists()
+
+
 def one_sentence(capsys) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
