@@ -4,7 +4,8 @@ and memory and overhead as the number of users grows.
 1. **Throughput** (ml-1m, the packaged all-MiniLM-L6-v2 merged as `interestbert encode` loads it): the first
    --users users' history texts at max_seq_length 128 and 256, torch at 1 and 2 threads. The peer is
    ``SentenceTransformer(<packaged model>).encode(texts, batch_size=32)`` in fp32; each of ours is
-   ``InterestEncoder.encode(texts, batch_size=32, precision=P, backend=B)`` on the same texts. Peer and ours take
+   ``InterestEncoder.encode(texts, batch_size=32, precision=P, backend=B)`` on the same texts (the first row,
+   ``auto/torch``, is what `interestbert encode` runs when given no option). Peer and ours take
    turns run by run (interleaved), so load from other processes falls on both; the ratio is the peer's median
    seconds over ours. Min cosine to the peer's embeddings, over all texts. The machine's fp32 GEMM rate (a
    (4096 x 384) @ (384 x 1536) matmul, the model's FFN shape) is measured beside it, and the model's fp32 rate
@@ -49,7 +50,7 @@ from speed import machine  # noqa: E402
 
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 
-CONFIGS = [("fp32", "torch"), ("bf16", "torch"), ("int8", "torch"), ("fp32", "openvino"), ("bf16", "openvino"),
+CONFIGS = [("auto", "torch"), ("fp32", "torch"), ("bf16", "torch"), ("int8", "torch"), ("fp32", "openvino"), ("bf16", "openvino"),
            ("fp32", "onnx"), ("int8", "onnx")]
 
 
@@ -93,13 +94,13 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
             gemm = gemm_gflops(t)
             for precision, backend in configs:
                 try:
-                    encoder.resolve_precision(precision, backend)
+                    resolved = encoder.resolve_precision(precision, backend)
                 except ValueError as err:
                     rows.append({"max_seq_length": seq_len, "threads": t, "precision": precision,
                                  "backend": backend, "skipped": str(err)})
                     continue
                 # bf16 where the hardware has no bf16 (emulated, ~10x slower): one run on a quarter of the texts
-                emulated = precision == "bf16" and not bf16_support("cpu") and backend == "torch"
+                emulated = resolved == "bf16" and not bf16_support("cpu") and backend == "torch"
                 sample = texts[: max(8, n_users // 4)] if emulated else texts
                 ours = lambda: encoder.encode(sample, batch_size=32, precision=precision, backend=backend)  # noqa
                 base = lambda: peer.encode(sample, batch_size=32)  # noqa: E731
@@ -118,7 +119,7 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
                 peer_s, ours_s = statistics.median(runs["peer"]), statistics.median(runs["ours"])
                 n = len(sample)
                 row = {"max_seq_length": seq_len, "threads": t, "precision": precision, "backend": backend,
-                       "users": n, "mean_tokens": round(float(np.mean(tokens[:n])), 1), "emulated_bf16": emulated,
+                       "resolved_precision": resolved, "users": n, "mean_tokens": round(float(np.mean(tokens[:n])), 1), "emulated_bf16": emulated,
                        "peer_users_per_s": round(n / peer_s, 2), "ours_users_per_s": round(n / ours_s, 2),
                        "ratio": round(peer_s / ours_s, 2), "min_cosine": float(cos.min()), "runs": runs,
                        "gemm_gflops": round(gemm, 1),
@@ -260,7 +261,9 @@ def markdown(res: dict) -> str:
                 lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | | | | |"
                              f" not run: {r['skipped']} |")
                 continue
-            lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | "
+            shown = r["precision"] if r["precision"] != "auto" else \
+                f"**auto (= {r.get('resolved_precision', '?')}): the default of `interestbert encode`**"
+            lines.append(f"| {r['max_seq_length']} | {r['threads']} | {shown} | {r['backend']} | "
                          f"{r['ours_users_per_s']:.1f} | {r['peer_users_per_s']:.1f} | {r['ratio']:.2f}x | "
                          f"{r['min_cosine']:.6f} | run of {r.get('date', '?')[:16]}; "
                          f"{'bf16 emulated (no native bf16): one run; ' if r['emulated_bf16'] else ''}"

@@ -7,8 +7,10 @@ picked and why (`resolve_precision`). It never picks int8: ``precision="int8"`` 
 quantisation) runs only on request, after `int8_check` has logged its cosine to fp32 on a sample. The torch
 backend at fp32 is sentence-transformers' own ``encode``; every other combination runs the same steps here: texts
 tokenised once and sorted by token length (so a batch pads to its longest text, not the corpus'), one forward per
-batch (bf16 under autocast; on CUDA through pinned host memory), mean pooling over the attention mask in fp32, L2
-normalisation.
+batch (on CUDA through pinned host memory), mean pooling over the attention mask in fp32, L2 normalisation. bf16
+runs a merged copy of the model whose weights and activations are bf16 (not autocast, which keeps the activations
+in fp32 and re-casts every weight in every batch: 1.2x slower on a 2-core Xeon with AMX at the same min cosine to
+fp32 of 0.9999+, measured on 2,400 ml-1m and Amazon texts).
 
 OpenVINO and ONNX Runtime run an export of the merged model (LoRA folded into the base weights), made on first use
 and cached in ``$INTERESTBERT_CACHE`` (default ``~/.cache/interestbert``) under ``exports/<model hash>-<backend>``,
@@ -129,15 +131,18 @@ class _Runner:
 
 
 class TorchRunner(_Runner):
-    """The model itself, under bf16 autocast (or fp32), on its device; int8: a merged copy with every Linear
-    dynamically quantised (``torch.ao.quantization.quantize_dynamic``), on the CPU."""
+    """The model itself (fp32), on its device; bf16: a merged copy in bf16 on the same device; int8: a merged
+    copy with every Linear dynamically quantised (``torch.ao.quantization.quantize_dynamic``), on the CPU."""
 
     def __init__(self, encoder, precision: str):
+        import torch
+
         super().__init__(encoder, precision)
         self.model = encoder.model[0].auto_model
         self.device = encoder.device
-        if precision == "int8":
-            import torch
+        if precision == "bf16":
+            self.model = _merged_copy(encoder).to(self.device, torch.bfloat16)
+        elif precision == "int8":
             from torch.ao.quantization import quantize_dynamic
 
             self.model = quantize_dynamic(_merged_copy(encoder), {torch.nn.Linear}, dtype=torch.qint8)
@@ -145,13 +150,11 @@ class TorchRunner(_Runner):
     def _hidden(self, batch) -> np.ndarray:
         import torch
 
-        cuda = self.device.type == "cuda"
         inputs = {k: torch.from_numpy(batch[k]) for k in _INPUTS}
-        if cuda:
+        if self.device.type == "cuda":
             inputs = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in inputs.items()}
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
-            hidden = self.model(**inputs).last_hidden_state
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state  # (B, T, dim), bf16 in a bf16 copy
         return hidden.float().cpu().numpy()
 
 

@@ -167,12 +167,16 @@ class Scorer:
 class InterestScorer(Scorer):
     """A scorer of the encoder's interest vector (`InterestEncoder.encode_histories`); `score_interest` maps
     ``(n, dim)`` vectors to ``(n, n_items)`` scores. `rank` and `topk` take ``interest=`` vectors computed ahead
-    (a drift-aware blend, a warm-up's fixed vectors) instead of encoding the histories."""
+    (a drift-aware blend, a warm-up's fixed vectors) instead of encoding the histories. ``precision`` and
+    ``backend`` choose how the histories are encoded (see `InterestEncoder.encode`; fp32 torch by default, the
+    model's own numbers)."""
 
-    def __init__(self, verbaliser, encoder=None, batch_size: int = 64):
+    def __init__(self, verbaliser, encoder=None, batch_size: int = 64, precision: str = "fp32",
+                 backend: str = "torch"):
         super().__init__(verbaliser)
         self.encoder = encoder
         self.batch_size = batch_size
+        self.fast = {"precision": precision, "backend": backend}
 
     def score_interest(self, interest) -> torch.Tensor:
         raise NotImplementedError
@@ -183,7 +187,7 @@ class InterestScorer(Scorer):
                 raise ValueError(f"{type(self).__name__} has no encoder: pass `interest=` vectors.")
             was_training = self.encoder.model.training
             interest = self.encoder.encode_histories(self.verbaliser, users, ends, batch_size=self.batch_size,
-                                                     show_progress_bar=False)
+                                                     show_progress_bar=False, **self.fast)
             self.encoder.model.train(was_training)
         else:
             interest = interest[rows]
@@ -195,8 +199,8 @@ class StrategyHeadScorer(InterestScorer):
 
     name = "strategy head"
 
-    def __init__(self, head, verbaliser, encoder=None, batch_size: int = 64):
-        super().__init__(verbaliser, encoder, batch_size)
+    def __init__(self, head, verbaliser, encoder=None, batch_size: int = 64, **fast):
+        super().__init__(verbaliser, encoder, batch_size, **fast)
         self.head = head
 
     def score_interest(self, interest) -> torch.Tensor:
@@ -213,12 +217,13 @@ class TextCosineScorer(InterestScorer):
 
     name = "text cosine (zero-shot)"
 
-    def __init__(self, verbaliser, encoder=None, item_vectors=None, batch_size: int = 64):
-        super().__init__(verbaliser, encoder, batch_size)
+    def __init__(self, verbaliser, encoder=None, item_vectors=None, batch_size: int = 64, **fast):
+        super().__init__(verbaliser, encoder, batch_size, **fast)
         if item_vectors is None:
             if encoder is None:
                 raise ValueError("TextCosineScorer needs an encoder or the item texts' `item_vectors`.")
-            item_vectors = encoder.encode(verbaliser.item_texts, batch_size=batch_size, show_progress_bar=False)
+            item_vectors = encoder.encode(verbaliser.item_texts, batch_size=batch_size, show_progress_bar=False,
+                                          **self.fast)
         device = encoder.device if encoder is not None else "cpu"
         self.item_vectors = torch.as_tensor(item_vectors, device=device)  # (n_items, dim)
 
@@ -263,7 +268,8 @@ class PopularityScorer(Scorer):
         return self.counts.repeat(len(users), 1)
 
 
-def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64) -> Scorer:
+def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64, precision: str = "fp32",
+               backend: str = "torch") -> Scorer:
     """The scorer of a model (`InterestEncoder`) over a verbaliser's catalogue.
 
     Args:
@@ -271,6 +277,8 @@ def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64) ->
             the item texts) or ``auto``: the sequence head when the model has one, else the strategy head, else
             the text cosine.
         batch_size: Histories per forward pass when encoding.
+        precision, backend: How the interest scorers encode (see `InterestEncoder.encode`); the sequence head
+            reads item ids and ignores them.
     """
     if kind not in SCORER_KINDS:
         raise ValueError(f"scorer kind should be one of {', '.join(SCORER_KINDS)}, got {kind!r}.")
@@ -284,5 +292,5 @@ def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64) ->
         if encoder.head is None:
             raise ValueError("the model has no strategy head (an untrained base model); fine-tune it first, or score "
                              "with the text cosine.")
-        return StrategyHeadScorer(encoder.head, verbaliser, encoder, batch_size)
-    return TextCosineScorer(verbaliser, encoder, batch_size=batch_size)
+        return StrategyHeadScorer(encoder.head, verbaliser, encoder, batch_size, precision=precision, backend=backend)
+    return TextCosineScorer(verbaliser, encoder, batch_size=batch_size, precision=precision, backend=backend)

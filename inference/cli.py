@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, nargs="+", default=[10], help="Cut-offs (default 10).")
     p.add_argument("--limit-users", type=int, default=None, help="Score only the first K users' targets.")
     p.add_argument("--output", default=None, help="Also write the metrics to this JSON file.")
+    _add_fast_path_args(p, "fp32")
 
     p = command("encode", commands.cmd_encode, "Encode every user's history to Parquet.")
     _add_data_args(p, model_help="Model id or folder (default: the base model).", batch_size=32)
@@ -164,13 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "spill files go (default: a temporary folder; it needs about the events file's size).")
     p.add_argument("--memory-limit", default="512MB", help="With --out-of-core: DuckDB's memory limit; it sorts and "
                    "spills to --work-dir within it (default 512MB).")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto", help="auto (the "
-                   "default): bf16 where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it "
-                   "says which. int8 (torch or onnx, CPU): dynamic quantisation, faster and less exact; its cosine to "
-                   "fp32 on a sample is printed first.")
-    p.add_argument("--backend", choices=("torch", "openvino", "onnx"), default="torch", help="torch, or the merged "
-                   "model exported once (cached by its hash) to OpenVINO or ONNX Runtime, CPU only; extras "
-                   "interestbert[openvino] / interestbert[onnx].")
+    _add_fast_path_args(p, "auto")
 
     p = command("drift", commands.cmd_drift, "Scan users for interest shifts: scores, explained events, summary, plots.")
     _add_data_args(p, model_help="Model folder or id (default: the base model).")
@@ -265,6 +260,18 @@ def _add_data_args(p: argparse.ArgumentParser, model_help: str, model_required: 
                    help="Token budget of a history text (default: the model's, 256 for all-MiniLM-L6-v2).")
     p.add_argument("--batch-size", type=int, default=batch_size, help="Texts per forward pass.")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available).")
+
+
+def _add_fast_path_args(p, precision: str) -> None:
+    """``--precision`` and ``--backend``: how histories are encoded (`InterestEncoder.encode`)."""
+    default = {"auto": "auto (the default)", "fp32": "fp32 (the default: the model's own numbers)"}[precision]
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default=precision, help=f"{default}; "
+                   "auto: bf16 where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it "
+                   "says which. int8 (torch or onnx, CPU): dynamic quantisation, faster and less exact; its cosine to "
+                   "fp32 on a sample is printed first.")
+    p.add_argument("--backend", choices=("torch", "openvino", "onnx"), default="torch", help="torch, or the merged "
+                   "model exported once (cached by its hash) to OpenVINO or ONNX Runtime, CPU only; extras "
+                   "interestbert[openvino] / interestbert[onnx].")
 
 
 def _add_drift_args(p: argparse.ArgumentParser) -> None:

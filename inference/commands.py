@@ -33,7 +33,9 @@ def cmd_evaluate(args) -> int:
     loading.check_positive(args.batch_size, "--batch-size")
     if args.output:
         loading.check_output(args.output, folder=False)
+    loading.check_backend(args.backend, args.precision, args.device)
     data, encoder, verbaliser = loading.load_all(args, catalogue_fix="evaluate it on its own card.")
+    fast = {"precision": encoder.resolve_precision(args.precision, args.backend), "backend": args.backend}
     split = leave_one_out(verbaliser)
     examples = split[args.split]
     if args.limit_users is not None:
@@ -41,13 +43,15 @@ def cmd_evaluate(args) -> int:
         examples = examples.subset(slice(0, args.limit_users))
         split = dataclasses.replace(split, **{args.split: examples})
     rows = evaluate_model(encoder, verbaliser, split, args.split, args.k, batch_size=args.batch_size,
-                          show_progress_bar=True)
+                          show_progress_bar=True, **fast)
     print(f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
-          f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped)")
+          f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped); "
+          f"histories encoded in {fast['precision']} by {fast['backend']}")
     print(metrics_table(rows, args.k))
     if args.output:
         atomic_write_json(args.output, {"card": data.card.name, "split": args.split,
-                                        "model": args.model or encoder.base_model, "users": len(examples), **rows})
+                                        "model": args.model or encoder.base_model, "users": len(examples), **fast,
+                                        **rows})
     return 0
 
 

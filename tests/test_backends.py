@@ -62,6 +62,28 @@ def test_own_loop_equals_sentence_transformers_and_bf16_is_close(tiny_encoder):
     assert np.abs(bf16 - reference).max() > 0  # it did run in bf16
 
 
+def test_bf16_runs_a_bf16_copy_of_the_merged_model_that_follows_the_weights(tiny_encoder):
+    """bf16 is weights and activations in bf16 (a merged copy), not autocast over the fp32 model; the encoder
+    itself stays fp32, and a change of its weights (a training step) rebuilds the copy."""
+    def set_adapter(seed):
+        with torch.no_grad():
+            for name, p in tiny_encoder.model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+
+    set_adapter(0)
+    first = tiny_encoder.encode(TEXTS, batch_size=3)
+    assert cosines(tiny_encoder.encode(TEXTS, batch_size=3, precision="bf16"), first).min() > 0.99
+    (runner,) = [r for (backend, precision, _), (_, r) in tiny_encoder._runners.items() if precision == "bf16"]
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in tiny_encoder.model.parameters()} == {torch.float32}
+    assert not any("lora" in name for name, _ in runner.model.named_parameters())  # merged, not run beside
+    set_adapter(1)
+    second = tiny_encoder.encode(TEXTS, batch_size=3)
+    assert cosines(second, first).min() < 0.99  # the new adapter changes the embeddings ...
+    assert cosines(tiny_encoder.encode(TEXTS, batch_size=3, precision="bf16"), second).min() > 0.99  # ... and bf16's
+
+
 @pytest.mark.parametrize("backend", ["openvino", "onnx"])
 def test_exported_backends_equal_fp32_and_are_cached_by_hash(tiny_encoder, private_cache, backend):
     reference = tiny_encoder.encode(TEXTS, batch_size=4)

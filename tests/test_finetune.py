@@ -326,8 +326,10 @@ def test_model_folder_loads_with_its_head_and_as_sentence_transformer(tmp_path, 
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")) and not list(folder.rglob("*.pkl"))
 
 
-def test_evaluate_command_prints_model_and_popularity(tmp_path, tiny_bert, synthetic_dir, capsys):
+def test_evaluate_command_prints_model_and_popularity(tmp_path, tiny_bert, synthetic_dir, capsys, monkeypatch):
     from interestbert.inference.cli import main
+
+    monkeypatch.setenv("INTERESTBERT_CACHE", str(tmp_path / "cache"))  # the OpenVINO export below
 
     train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=4, eval_steps=4, do_test=False))
     code = main(["evaluate", "--model", str(tmp_path / "out"), "--card", "synthetic-shop", "--data-dir",
@@ -337,6 +339,16 @@ def test_evaluate_command_prints_model_and_popularity(tmp_path, tiny_bert, synth
     assert "| interestbert (fine-tuned) |" in out and "| popularity |" in out and "NDCG@5" in out
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["popularity"]["n"] == 120 and 0 <= saved["interestbert (fine-tuned)"]["ndcg@10"] <= 1
+    assert (saved["precision"], saved["backend"]) == ("fp32", "torch")  # the default: the model's own numbers
+    # the fast path, as a user checks it on their own data: the histories in bf16 by OpenVINO, the same ranking
+    assert main(["evaluate", "--model", str(tmp_path / "out"), "--card", "synthetic-shop", "--data-dir",
+                 str(synthetic_dir), "--split", "validation", "--precision", "bf16", "--backend", "openvino",
+                 "--output", str(tmp_path / "bf16.json")]) == 0
+    assert "histories encoded in bf16 by openvino" in capsys.readouterr().out
+    fast = json.loads((tmp_path / "bf16.json").read_text())
+    assert (fast["precision"], fast["backend"]) == ("bf16", "openvino")
+    assert fast["interestbert (fine-tuned)"]["ndcg@10"] == pytest.approx(saved["interestbert (fine-tuned)"]["ndcg@10"],
+                                                                         abs=0.02)
 
 
 @pytest.mark.slow
