@@ -7,9 +7,10 @@ pass per interest horizon plus one for the item texts (``step_loss(..., packed=F
 every distinct text of the step once, length-sorted into chunks. Both take whole optimizer steps (loss, backward,
 clip, AdamW); every --eval-every steps both are scored on the same validation users, so the table shows whether
 the packed layout learns the same curve (dropout masks differ between layouts, so curves agree within noise only).
-No head warm-up: the step is what is measured.
+No head warm-up: the step is what is measured. ``--variants before after "after, bf16"`` adds a third run: the
+packed step under bf16 autocast (what ``--mixed_precision bf16`` runs on a CPU), worth measuring on a CPU with AMX.
 
-    python benchmarks/train_step.py [--datasets amazon-beauty] [--steps 30] [--eval-every 10]
+    python benchmarks/train_step.py [--datasets amazon-beauty] [--steps 30] [--eval-every 10] [--variants ...]
 
 Results: ``benchmarks/results/train_step.json`` and ``.md``. Step times are medians over the steps after the first;
 compare figures of one run only.
@@ -40,13 +41,16 @@ from interestbert.finetune.steps import step_inputs  # noqa: E402
 
 DATASETS = {"amazon-beauty": "amazon-beauty-10core", "amazon-office": "amazon-office-2014-5core",
             "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
-LAYOUTS = {"before": False, "after": True}  # packed
+# name: (packed step, bf16 autocast). "after, bf16": the packed step under torch's bf16 autocast, as Accelerate's
+# `mixed_precision="bf16"` runs it on a CPU (one process holds one Accelerator state, so it is applied here)
+VARIANTS = {"before": (False, False), "after": (True, False), "after, bf16": (True, True)}
 
 
-def _step(run, batch, step: int, packed: bool) -> tuple[float, float]:
+def _step(run, batch, step: int, packed: bool, bf16: bool = False) -> tuple[float, float]:
     """One whole optimizer step; its seconds and loss."""
     start = time.perf_counter()
-    loss, _ = train_module.step_loss(run, batch, step, packed=packed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = train_module.step_loss(run, batch, step, packed=packed)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.module.parameters(), run.args.max_grad_norm)
     run.optimizer.step()
@@ -56,10 +60,11 @@ def _step(run, batch, step: int, packed: bool) -> tuple[float, float]:
 
 
 def measure(dataset: str, data_root: Path, steps: int, eval_every: int, max_seq_length: int, batch: int,
-            eval_users: int) -> dict:
+            eval_users: int, variants: list[str]) -> dict:
+    layouts = {name: VARIANTS[name][0] for name in variants}  # name: packed
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
-        for name in LAYOUTS:
+        for name in layouts:
             args = FinetuneArguments(card=dataset, data_dir=str(data_root / DATASETS[dataset]),
                                      output_dir=f"{tmp}/{name}", max_seq_length=max_seq_length,
                                      per_device_train_batch_size=batch, max_steps=steps, head_warmup_epochs=0,
@@ -67,54 +72,60 @@ def measure(dataset: str, data_root: Path, steps: int, eval_every: int, max_seq_
                                      max_train_prefixes_per_user=4)
             torch.manual_seed(0)
             runs[name] = train_module.build(args)
-        batches = train_module.epoch_batches(runs["after"], 0)[:steps]
-        seconds = {name: [] for name in LAYOUTS}
-        losses = {name: [] for name in LAYOUTS}
-        tokens = {name: [] for name in LAYOUTS}
-        curve = [{"step": 0, **{name: train_module.evaluate_validation(runs[name])["ndcg@10"] for name in LAYOUTS}}]
+        first = runs[variants[0]]
+        batches = train_module.epoch_batches(first, 0)[:steps]
+        seconds = {name: [] for name in layouts}
+        losses = {name: [] for name in layouts}
+        tokens = {name: [] for name in layouts}
+        curve = [{"step": 0, **{name: train_module.evaluate_validation(runs[name])["ndcg@10"] for name in layouts}}]
         for step, idx in enumerate(batches):
-            ex = runs["after"].split.train.subset(np.asarray(idx))
-            for name, packed in LAYOUTS.items():
+            ex = first.split.train.subset(np.asarray(idx))
+            for name, packed in layouts.items():
                 inputs = step_inputs(runs[name], ex, items=True, packed=packed)
                 tokens[name].append((inputs.real_tokens, inputs.padded_tokens, len(inputs.restore)))
                 runs[name].module.train()
-                sec, loss = _step(runs[name], idx, step, packed)
+                sec, loss = _step(runs[name], idx, step, packed, VARIANTS[name][1])
                 seconds[name].append(sec)
                 losses[name].append(loss)
             if (step + 1) % eval_every == 0 or step + 1 == len(batches):
                 curve.append({"step": step + 1, **{name: train_module.evaluate_validation(runs[name])["ndcg@10"]
-                                                   for name in LAYOUTS}})
+                                                   for name in layouts}})
                 print(f"{dataset} step {step + 1}: " + ", ".join(
                     f"{n} {statistics.median(seconds[n][1:] or seconds[n]):.2f} s/step, valid ndcg@10 "
-                    f"{curve[-1][n]:.4f}" for n in LAYOUTS), flush=True)
-    example_tokens = statistics.mean(r for r, _, _ in tokens["before"])  # the step's texts, each horizon apart
+                    f"{curve[-1][n]:.4f}" for n in layouts), flush=True)
+    # the step's texts, each horizon apart (what the unpacked layout encodes)
+    example_tokens = statistics.mean(step_inputs(first, first.split.train.subset(np.asarray(idx)), items=True,
+                                                 packed=False).real_tokens for idx in batches)
     rows = []
-    for name in LAYOUTS:
+    for name in layouts:
         step_s = statistics.median(seconds[name][1:] or seconds[name])  # the first step warms up
         real, padded = (statistics.mean(t[i] for t in tokens[name]) for i in (0, 1))
-        rows.append({"layout": name, "step_s": round(step_s, 3), "steps_per_s": round(1 / step_s, 3),
+        rows.append({"layout": name, "bf16_autocast": VARIANTS[name][1], "step_s": round(step_s, 3), "steps_per_s": round(1 / step_s, 3),
                      "texts_per_step": round(statistics.mean(t[2] for t in tokens[name]), 1),
                      "encoded_real_tokens_per_step": round(real), "encoded_padded_tokens_per_step": round(padded),
                      "padding_share": round(1 - real / padded, 3),
                      "training_tokens_per_s": round(example_tokens / step_s),
                      "mean_loss": round(statistics.mean(losses[name]), 4)})
-    speedup = rows[0]["step_s"] / rows[1]["step_s"]
+    speedup = {r["layout"]: round(rows[0]["step_s"] / r["step_s"], 2) for r in rows[1:]}
     return {"dataset": dataset, "steps": len(batches), "batch": batch, "max_seq_length": max_seq_length,
-            "interest_horizons": runs["after"].args.interest_horizons, "eval_users": eval_users,
-            "training_tokens_per_step": round(example_tokens), "layouts": rows, "speedup": round(speedup, 2),
+            "interest_horizons": first.args.interest_horizons, "eval_users": eval_users,
+            "training_tokens_per_step": round(example_tokens), "layouts": rows, "speedup": speedup,
             "validation_curve": curve, "losses": losses}
 
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# Training throughput: one pass per horizon (before) vs the packed step (after) ({m['date']})", "",
+    lines = [f"# Training throughput: {' vs '.join(res.get('variants', list(VARIANTS)[:2]))} ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), load "
              f"{m['load_average_at_start']:.1f} at start, {m['load_average_at_end']:.1f} at the end. "
              f"`{res['command']}`", ""]
     for r in res["runs"]:
+        names = [x["layout"] for x in r["layouts"]]
+        speedup = ", ".join(f"{name} {x:.2f}x" for name, x in r["speedup"].items())
         lines += [f"## {r['dataset']}: batch {r['batch']}, max_seq_length {r['max_seq_length']}, horizons "
                   f"`{r['interest_horizons']}`, {r['steps']} steps each, interleaved", "",
-                  f"**Speed-up: {r['speedup']:.2f}x** steps/s (training tokens/s: the {r['training_tokens_per_step']:,} "
+                  f"**Speed-up over {names[0]}: {speedup}** steps/s (training tokens/s: the "
+                  f"{r['training_tokens_per_step']:,} "
                   "tokens of a step's texts, each horizon counted apart, over the step's seconds).", "",
                   "| layout | s / step | steps/s | training tokens/s | texts encoded / step | real tokens encoded | "
                   "padded tokens | padding | mean loss |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -123,8 +134,8 @@ def markdown(res: dict) -> str:
                   f"{x['encoded_padded_tokens_per_step']:,} | {100 * x['padding_share']:.0f} % | {x['mean_loss']:.4f} |"
                   for x in r["layouts"]]
         lines += ["", f"Validation NDCG@10 ({r['eval_users']:,} users, full ranking), same seed and batches:", "",
-                  "| step | before | after |", "| ---: | ---: | ---: |"]
-        lines += [f"| {c['step']} | {c['before']:.4f} | {c['after']:.4f} |" for c in r["validation_curve"]]
+                  "| step | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
+        lines += [f"| {c['step']} | " + " | ".join(f"{c[n]:.4f}" for n in names) + " |" for c in r["validation_curve"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -139,6 +150,8 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-users", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--variants", nargs="+", default=["before", "after"], choices=list(VARIANTS),
+                        help="What to compare, side by side; the first is the reference of the speed-up.")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -147,8 +160,9 @@ def main(argv=None) -> None:
            "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
                        "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0],
                        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")},
+           "variants": args.variants,
            "runs": [measure(d, args.data_dir, args.steps, args.eval_every, args.max_seq_length, args.batch,
-                            args.eval_users) for d in args.datasets]}
+                            args.eval_users, args.variants) for d in args.datasets]}
     res["machine"]["load_average_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "train_step.json", res)

@@ -19,6 +19,11 @@ change; every other scored alarm on a spliced stream is a false positive, and ev
 a false alarm, counted per 1,000 scored control events (the budget a detector is tuned to). `event_scores` turns
 a detector's continuous score into event-level ROC-AUC and average precision (positive: an event in
 ``[t, t + margin]``); `bootstrap` gives 95 % intervals over streams, paired across detectors.
+
+Downstream (``benchmarks/drift_downstream.py``): `downstream_queries` asks, at ``j`` events after each change, for
+the next event of the new segment; `next_item_ranks` ranks it over the whole catalogue by an interest vector (the
+evaluation protocol); `headroom_recovered` is the share of an oracle reset's NDCG@10 gain over long-term interest
+that a policy recovers, with `headroom_interval` over streams.
 """
 
 from __future__ import annotations
@@ -428,3 +433,73 @@ def best_content_free(tune: Sequence[Stream], design: StreamDesign, budget: floa
     if key is None:
         return "none", score_alarms({}, tune, design)
     return key, score
+
+
+# ------------------------------------------------------------------------------------------------- downstream
+
+DOWNSTREAM_OFFSETS = (2, 4, 6, 8, 10)
+
+
+def downstream_queries(streams: Sequence[Stream], offsets: Sequence[int] = DOWNSTREAM_OFFSETS,
+                       pseudo_changes: Sequence[int] | None = None, seed: int = 0) -> list[tuple[int, int, int]]:
+    """The downstream measure's queries: ``(stream index, change t, offset j)`` for each change ``t`` of each
+    stream and each ``j`` in ``offsets`` while ``t + j`` is still in the new segment; the query recommends event
+    ``t + j`` from the events before it. A stream without changes (a control) gets one pseudo-change drawn from
+    ``pseudo_changes`` (the spliced streams' change positions), so the cost on controls is measured at the same
+    offsets."""
+    rng = np.random.default_rng([seed, 53])
+    out = []
+    for k, s in enumerate(streams):
+        changes = list(s.changes) or ([int(rng.choice(pseudo_changes))] if pseudo_changes is not None else [])
+        ends = [*changes[1:], len(s.events)] if s.changes else [len(s.events)]
+        out += [(k, t, j) for t, end in zip(changes, ends) for j in offsets if t + j < end]
+    return out
+
+
+def next_item_ranks(interest: np.ndarray, item_vectors: np.ndarray, streams: Sequence[Stream],
+                    queries: Sequence[tuple[int, int, int]], row_of: Mapping[str, int]) -> np.ndarray:
+    """0-based rank of each query's target (the item of event ``t + j``) among all catalogue items scored by
+    ``interest[q] · item_vectors`` (the evaluation protocol: the stream's earlier items excluded, the target kept,
+    ties to the lower catalogue row). ``row_of`` maps an item text to its catalogue row."""
+    scores = np.asarray(interest, np.float32) @ np.asarray(item_vectors, np.float32).T  # (n_queries, n_items)
+    ranks = np.zeros(len(queries), dtype=np.int64)
+    for q, (k, t, j) in enumerate(queries):
+        events, s = streams[k].events, scores[q]
+        target = row_of[events[t + j].item_text]
+        kept = s[target]
+        s[[row_of[e.item_text] for e in events[:t + j]]] = -np.inf
+        s[target] = kept
+        ranks[q] = int((s > kept).sum() + (s[:target] == kept).sum())
+    return ranks
+
+
+def ndcg_at(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of one relevant item at each 0-based rank."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1 / np.log2(ranks + 2.0), 0.0)
+
+
+def headroom_recovered(ndcg: Mapping[str, np.ndarray], policy: str, baseline: str = "long-only",
+                       oracle: str = "oracle reset") -> float:
+    """``(NDCG_policy - NDCG_baseline) / (NDCG_oracle - NDCG_baseline)`` over all queries (NaN when the oracle does
+    not beat the baseline): the share of the oracle's gain that ``policy`` recovers."""
+    gain = float(np.mean(ndcg[oracle]) - np.mean(ndcg[baseline]))
+    return float(np.mean(ndcg[policy]) - np.mean(ndcg[baseline])) / gain if gain > 0 else math.nan
+
+
+def headroom_interval(ndcg: Mapping[str, np.ndarray], queries: Sequence[tuple[int, int, int]], policy: str,
+                      n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """The interval of `headroom_recovered` over streams resampled with replacement (a stream's queries stay
+    together, and every strategy sees the same resample: paired)."""
+    stream_of = np.asarray([k for k, _, _ in queries])
+    ids = np.unique(stream_of)
+    members = [np.flatnonzero(stream_of == s) for s in ids]
+    rng = np.random.default_rng([seed, 59])
+    draws = np.array([headroom_recovered({name: v[rows] for name, v in ndcg.items()}, policy)
+                      for rows in (np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+                                   for _ in range(n))])
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return math.nan, math.nan
+    low, high = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(low), float(high)

@@ -78,7 +78,9 @@ def blend(vectors: UserVectors, threshold: float, alpha_max: float) -> np.ndarra
     """``normalize(a * short + (1 - a) * long)`` with ``a`` from `short_term_weight`."""
     alpha = short_term_weight(vectors.score, threshold, alpha_max)
     mixed = alpha[:, None] * vectors.short + (1 - alpha[:, None]) * vectors.long
-    return mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    mixed = mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    # no drift: the long-term vector itself, not a renormalised copy, whose last-bit changes can reorder near-ties
+    return np.where(alpha[:, None] == 0, vectors.long, mixed)
 
 
 def strategies(vectors: UserVectors, threshold: float, alpha_max: float) -> dict[str, np.ndarray]:

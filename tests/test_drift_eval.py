@@ -8,8 +8,9 @@ import pytest
 from scipy import stats
 
 from interestbert.encoder.drift_eval import (DESIGNS, Stream, StreamDesign, best_content_free, bootstrap,
-                                             calibrate_threshold, event_scores, fixed_alarms, forward_fill,
-                                             js_divergence, outcomes, periodic_alarms, random_alarms,
+                                             calibrate_threshold, downstream_queries, event_scores, fixed_alarms,
+                                             forward_fill, headroom_interval, headroom_recovered, js_divergence,
+                                             ndcg_at, next_item_ranks, outcomes, periodic_alarms, random_alarms,
                                              renewal_streams, score_alarms, segment_lengths, split_users,
                                              threshold_alarms)
 from interestbert.encoder.drift_events import Event, History
@@ -180,3 +181,44 @@ def test_content_free_detectors_score_at_chance():
     assert rand["false_alarms_per_1000"] == pytest.approx(budget, rel=0.35)
     assert rand["recall"] < 3 * chance and content_free["recall"] < 3 * chance, (setting, content_free, chance)
     assert content_free["false_alarms_per_1000"] < 3 * budget
+
+
+def item_stream(items: list[str], changes: list[int], sid: str = "s") -> Stream:
+    return Stream(sid, [Event(f"viewed {x}", x, 10**9 + i) for i, x in enumerate(items)], changes)
+
+
+def test_downstream_queries_stay_inside_the_new_segment():
+    spliced = item_stream(["a"] * 60, [30, 50])
+    assert downstream_queries([spliced]) == [(0, 30, j) for j in (2, 4, 6, 8, 10)] + [(0, 50, j) for j in (2, 4, 6, 8)]
+    control = item_stream(["a"] * 39, [], "c")
+    # a control gets one pseudo-change drawn from the spliced streams' positions, queried at the same offsets
+    assert downstream_queries([control], pseudo_changes=[33]) == [(0, 33, j) for j in (2, 4)]
+    assert downstream_queries([control]) == []
+
+
+def test_next_item_ranks_exclude_earlier_items_keep_the_target_and_break_ties_by_row():
+    row_of = {"a": 0, "b": 1, "c": 2, "d": 3}
+    items = np.eye(4, dtype=np.float32)
+    stream = item_stream(["a", "c", "b", "a", "d"], [1])
+    interest = np.array([[0.9, 0.5, 0.8, 0.1],   # query (t=1, j=1): event 2 ("b") after "a", "c" (excluded)
+                         [0.9, 0.5, 0.8, 0.1],   # query (t=1, j=2): event 3 ("a"), seen before: kept, rank 0
+                         [0.3, 0.3, 0.3, 0.3]])  # query (t=1, j=3): event 4 ("d"), a tie with nothing left
+    ranks = next_item_ranks(interest, items, [stream], [(0, 1, 1), (0, 1, 2), (0, 1, 3)], row_of)
+    assert ranks.tolist() == [0, 0, 0]
+    tie = next_item_ranks(np.full((1, 4), 0.5, np.float32), items, [item_stream(["a", "d"], [1])], [(0, 1, 0)],
+                          row_of)
+    assert tie.tolist() == [2]  # "d" ties "b" and "c" (rows 1, 2 before it); "a" was seen
+    np.testing.assert_allclose(ndcg_at(np.array([0, 1, 9, 10])), [1, 1 / np.log2(3), 1 / np.log2(11), 0])
+
+
+def test_headroom_is_the_share_of_the_oracle_gain_and_its_interval_covers_it():
+    queries = [(k, 20, j) for k in range(30) for j in (2, 4)]
+    rng = np.random.default_rng(0)
+    long = rng.random(len(queries)) * 0.2
+    ndcg = {"long-only": long, "oracle reset": long + 0.2, "half": long + 0.1, "none": long}
+    assert headroom_recovered(ndcg, "half") == pytest.approx(0.5)
+    assert headroom_recovered(ndcg, "none") == 0 and headroom_recovered(ndcg, "oracle reset") == pytest.approx(1)
+    assert np.isnan(headroom_recovered({"long-only": long, "oracle reset": long, "x": long}, "x"))
+    noisy = dict(ndcg, half=long + 0.1 + rng.normal(0, 0.05, len(queries)))
+    low, high = headroom_interval(noisy, queries, "half", n=300)
+    assert low < headroom_recovered(noisy, "half") < high and 0.2 < low and high < 0.8
