@@ -24,7 +24,8 @@ def evaluate_zero_shot(run: Run, best: InterestEncoder) -> dict:
     base) on test, items by the cosine to their texts: what the fine-tuning bought."""
     base = InterestEncoder.from_pretrained(best.base_model, max_seq_length=run.args.max_seq_length,
                                            device=str(run.accelerator.device)).merge_adapter()
-    if run.base_item_vectors is not None:  # encoded by `build` for the new head: the same model, the same texts
+    # encoded by `build` for the new head: the same model and texts, reused where they were encoded in fp32
+    if run.base_item_vectors is not None and base.resolve_precision(run.args.encode_precision) == "fp32":
         scorer = TextCosineScorer(run.verbaliser, base, item_vectors=run.base_item_vectors,
                                   batch_size=run.args.per_device_eval_batch_size)
     else:

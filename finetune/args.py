@@ -92,6 +92,11 @@ class FinetuneArguments:
     sequence_max_minutes: float | None = field(default=None, metadata={"help": "Stop the sequence head's training "
                                                                                "after this long."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, none on CPU), no, bf16."})
+    encode_precision: str = field(default="auto", metadata={"help": "How the encodings that train nothing are "
+                                  "computed: the head warm-up's history vectors, a new head's item vectors, the "
+                                  "validation scoring during training. auto: bf16 where the hardware computes it (CUDA; "
+                                  "a CPU with AMX or avx512_bf16), else fp32; fp32; bf16. The test scoring at the end is "
+                                  "fp32."})
     logging_steps: int = field(default=10, metadata={"help": "Update the progress bar's loss every N steps."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
     debug: bool = field(default=False, metadata={"help": "Show the traceback of an error instead of its one-sentence "
@@ -131,6 +136,8 @@ class FinetuneArguments:
             raise ValueError(f"`sequence_learning_rate` should be positive, got {self.sequence_learning_rate}.")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"`mixed_precision` should be auto, no or bf16, got {self.mixed_precision!r}.")
+        if self.encode_precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"`encode_precision` should be auto, fp32 or bf16, got {self.encode_precision!r}.")
 
     def sequence_options(self):
         from interestbert.encoder.sequence import SequenceOptions

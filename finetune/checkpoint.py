@@ -27,6 +27,8 @@ from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_json, replace_folder, save_safetensors
 
 PREFIX = "checkpoint-"
+# options added since checkpoints were first written, with the value that earlier runs used
+OLDER_DEFAULTS = {"encode_precision": "fp32"}
 
 
 def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
@@ -86,7 +88,7 @@ def resolve_checkpoint(value: str, root: str | os.PathLike) -> Path:
 
 def check_config(path: Path, config: dict) -> None:
     """Refuses a checkpoint made under other options, naming each difference."""
-    saved = json.loads((path / "training_config.json").read_text(encoding="utf-8"))
+    saved = {**OLDER_DEFAULTS, **json.loads((path / "training_config.json").read_text(encoding="utf-8"))}
     keys = sorted(set(saved) | set(config))
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
     if diff:

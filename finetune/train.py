@@ -140,7 +140,8 @@ def build_data(args: FinetuneArguments, accelerator):
                                 "use a card with longer histories.")
     vectors = None
     if encoder.head is None:  # the base model with a new (zero) adapter
-        vectors = encoder.encode(verbaliser.item_texts, batch_size=args.per_device_eval_batch_size)
+        vectors = encoder.encode(verbaliser.item_texts, batch_size=args.per_device_eval_batch_size,
+                                 precision=args.encode_precision)
         encoder.head = StrategyHead(verbaliser.item_ids, vectors, popularity=split.popularity["train"],
                                     init_scale=args.head_init_scale)
     elif encoder.head.item_ids != verbaliser.item_ids:
@@ -183,7 +184,8 @@ def epoch_batches(run: Run, epoch: int) -> list[np.ndarray]:
 def evaluate_validation(run: Run, interest: np.ndarray | None = None) -> dict:
     """Validation metrics of the strategy head; ``interest``: the validation histories' vectors when they are
     already known (the encoder unchanged since they were encoded)."""
-    scorer = scorer_for(run.encoder, run.verbaliser, "strategy", batch_size=run.args.per_device_eval_batch_size)
+    scorer = scorer_for(run.encoder, run.verbaliser, "strategy", batch_size=run.args.per_device_eval_batch_size,
+                        precision=run.args.encode_precision)
     known = {} if interest is None else {"interest": interest}
     return evaluate(scorer, run.validation, accelerator=run.accelerator, **known)
 

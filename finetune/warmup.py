@@ -29,10 +29,12 @@ def warm_up_head(encoder: InterestEncoder, verbaliser: Verbaliser, train: Exampl
         train = train.subset(np.sort(np.random.default_rng([args.seed, 7]).choice(len(train), cap, replace=False)))
     show = not args.disable_tqdm and accelerator.is_main_process
     with torch.no_grad():
-        interest = encoder.encode_histories(verbaliser, train.users, train.ends,
-                                            batch_size=args.per_device_eval_batch_size, show_progress_bar=show)
+        interest = encoder.encode_histories(verbaliser, train.users, train.ends, show_progress_bar=show,
+                                            batch_size=args.per_device_eval_batch_size,
+                                            precision=args.encode_precision)
         valid = None if validation is None or not len(validation) else encoder.encode_histories(
-            verbaliser, validation.users, validation.ends, batch_size=args.per_device_eval_batch_size)
+            verbaliser, validation.users, validation.ends, batch_size=args.per_device_eval_batch_size,
+            precision=args.encode_precision)
     optimizer, summary = fit_head(encoder, verbaliser, interest, train.targets, args.head_warmup_epochs,
                                   args.head_learning_rate, args.weight_decay, args.seed,
                                   None if valid is None else (validation, valid), args.head_warmup_patience)

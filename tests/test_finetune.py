@@ -405,18 +405,26 @@ def test_a_packed_step_encodes_each_text_once_and_computes_the_unpacked_loss(tmp
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_encodings_reused_before_the_first_update_are_the_ones_encoding_gives(tmp_path, tiny_bert, synthetic_dir):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_encodings_reused_before_the_first_update_are_the_ones_encoding_gives(tmp_path, tiny_bert, synthetic_dir,
+                                                                              precision):
     """The warm-up's validation vectors (scored again at step 0) and the base model's item vectors (the new head's
-    start, the zero-shot baseline's items) are what encoding them again gives; after an update they are not."""
+    start, the zero-shot baseline's items) are what encoding them again gives, at `encode_precision`; after an
+    update they are not."""
     from interestbert.finetune.after_training import evaluate_zero_shot
 
-    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=3)
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=3, encode_precision=precision)
     run = train_module.build(args)
-    again = run.encoder.encode_histories(run.verbaliser, run.validation.users, run.validation.ends)
+    same = dict(batch_size=args.per_device_eval_batch_size, precision=precision)  # bf16 depends on the batching
+    again = run.encoder.encode_histories(run.verbaliser, run.validation.users, run.validation.ends, **same)
     np.testing.assert_allclose(run.validation_interest, again, atol=1e-5)
     assert train_module.evaluate_validation(run, run.validation_interest) == train_module.evaluate_validation(run)
-    base = run.encoder.encode(run.verbaliser.item_texts)
+    base = run.encoder.encode(run.verbaliser.item_texts, **same)
     np.testing.assert_allclose(run.base_item_vectors, base, atol=1e-5)
+    fp32 = run.encoder.encode_histories(run.verbaliser, run.validation.users, run.validation.ends)
+    gap = np.abs(run.validation_interest - fp32).max()
+    assert gap < 1e-5 if precision == "fp32" else 1e-4 < gap  # bf16 did run in bf16 ...
+    assert (run.validation_interest * fp32).sum(1).min() > 0.99  # ... close to fp32
     cached = evaluate_zero_shot(run, run.encoder)
     run.base_item_vectors = None
     assert evaluate_zero_shot(run, run.encoder) == cached
@@ -441,3 +449,17 @@ def test_training_interest_equals_the_encoders_interest(tmp_path, tiny_bert, syn
     np.testing.assert_allclose(interest.numpy(), expected, atol=1e-5)
     with pytest.raises(ValueError, match="EVENTS:WEIGHT"):
         replace(args, interest_horizons="newest:1")
+
+
+def test_a_checkpoint_from_before_encode_precision_resumes_as_fp32(tmp_path, tiny_bert, synthetic_dir):
+    """Checkpoints written before `encode_precision` existed were made with fp32 encodings: they resume under
+    ``--encode_precision fp32`` and are refused, with the option named, under ``auto``."""
+    from interestbert.encoder.errors import InterestBertError
+    from interestbert.finetune.checkpoint import check_config
+
+    config = tiny_args(tmp_path, tiny_bert, synthetic_dir, encode_precision="fp32").result_config()
+    (tmp_path / "training_config.json").write_text(json.dumps({k: v for k, v in config.items()
+                                                               if k != "encode_precision"}))
+    check_config(tmp_path, config)
+    with pytest.raises(InterestBertError, match="encode_precision: checkpoint 'fp32', now 'auto'"):
+        check_config(tmp_path, dict(config, encode_precision="auto"))
