@@ -28,10 +28,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, hardware  # noqa: E402
-from results_io import write_json  # noqa: E402
+from results_io import write_report  # noqa: E402
 
 from interestbert.encoder.backends import resolve_precision  # noqa: E402
-from interestbert.encoder.files import atomic_write_text  # noqa: E402
 from interestbert.finetune import train as train_module  # noqa: E402
 from interestbert.finetune.args import FinetuneArguments  # noqa: E402
 
@@ -84,10 +83,7 @@ def main(argv: list[str] | None = None) -> None:
            "hardware": hardware(), "threads": torch.get_num_threads(),
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "results": [measure(d, args.data_dir, args.repeats) for d in args.datasets]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "before_training.json", res)
-    atomic_write_text(args.out / "before_training.md", markdown(res))
-    print(markdown(res))
+    write_report(args.out, "before_training", res, markdown(res))
 
 
 if __name__ == "__main__":

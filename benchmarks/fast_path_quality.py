@@ -34,10 +34,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, HEAD_LR, LORA_LR, MAX_SEQ_LENGTH, hardware  # noqa: E402
-from results_io import write_json  # noqa: E402
+from results_io import write_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
-from interestbert.encoder.files import atomic_write_text  # noqa: E402
 from interestbert.encoder.model import InterestEncoder  # noqa: E402
 from interestbert.encoder.scoring import scorer_for  # noqa: E402
 from interestbert.encoder.verbalise import Verbaliser  # noqa: E402
@@ -151,10 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     models = args.models or args.out / "models"
     command = "python benchmarks/fast_path_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = [run_dataset(name, args.data_dir, models, args.configs, args) for name in args.datasets]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "fast_path_quality.json", {"command": command, "results": results})
-    atomic_write_text(args.out / "fast_path_quality.md", markdown(results, command.strip()))
-    print(markdown(results, command.strip()))
+    write_report(args.out, "fast_path_quality", {"command": command, "results": results},
+                 markdown(results, command.strip()))
 
 
 if __name__ == "__main__":

@@ -16,3 +16,11 @@ def write_json(path: Path, data) -> None:
 def read_results(out: Path, names: Iterable[str]) -> list[dict]:
     """``out/<name>.json`` for each name that has one, in the order given."""
     return [json.loads((out / f"{n}.json").read_text()) for n in names if (out / f"{n}.json").is_file()]
+
+
+def write_report(out: Path, name: str, data, markdown: str) -> None:
+    """``out/<name>.json`` and ``out/<name>.md`` (each complete or absent), and the Markdown on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", data)
+    atomic_write_text(out / f"{name}.md", markdown)
+    print(markdown)

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
+from results_io import write_report  # noqa: E402
 
-from interestbert.encoder.files import atomic_write_text  # noqa: E402
 from interestbert.finetune import train as train_module  # noqa: E402
 from interestbert.finetune.args import FinetuneArguments  # noqa: E402
 from interestbert.finetune.steps import step_inputs  # noqa: E402
@@ -164,10 +163,7 @@ def main(argv=None) -> None:
            "runs": [measure(d, args.data_dir, args.steps, args.eval_every, args.max_seq_length, args.batch,
                             args.eval_users, args.variants) for d in args.datasets]}
     res["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "train_step.json", res)
-    atomic_write_text(args.out / "train_step.md", markdown(res))
-    print(markdown(res))
+    write_report(args.out, "train_step", res, markdown(res))
 
 
 if __name__ == "__main__":
