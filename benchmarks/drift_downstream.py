@@ -31,6 +31,7 @@ Results: ``<out>/<dataset>.json`` and ``<out>/drift_downstream.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -47,6 +48,7 @@ from interestbert.encoder.cards import load_card_data  # noqa: E402
 from interestbert.encoder.drift import DriftConfig, DriftMonitor  # noqa: E402
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder  # noqa: E402
+from interestbert.inference.recommend import short_term_weight  # noqa: E402
 
 BUDGET = 5.0
 STRATEGIES = ("long-only", "drift-aware (blend)", "drift-aware (reset)", "short-only", "oracle reset",
@@ -74,9 +76,7 @@ def interests(streams, vectors, starts, qs, detections, scores, threshold: float
         long, short, since_t = unit(x[starts[k][p]:p].mean(0)), unit(x[p - w:p].mean(0)), unit(x[t:p].mean(0))
         for n in (1, 2, 20):
             out[f"newest {n}"].append(unit(x[max(0, p - n):p].mean(0)))
-        score = scores[k][p - 1]
-        a = 0.0 if not np.isfinite(score) else alpha_max * (float(score >= threshold) if threshold <= 0
-                                                            else float(np.clip(score / threshold, 0, 1)))
+        a = float(short_term_weight(np.asarray([scores[k][p - 1]]), threshold, alpha_max)[0])  # the product's
         raised = [d for d in detections[k] if d.index <= p - 1]  # never longer than the long-term span
         reset = unit(x[max(raised[-1].since_index, starts[k][p]):p].mean(0)) if raised else long
         out["long-only"].append(long)
@@ -110,7 +110,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     row_of = {text: i for i, text in enumerate(catalogue)}
     items = np.asarray(encode(catalogue), np.float32)  # (n_items, dim)
     changes = [t for s in ev_s for t in s.changes]
-    result = {"dataset": name, "design": design.__class__.__name__, "items": len(catalogue),
+    result = {"dataset": name, "design": dataclasses.asdict(design), "items": len(catalogue),
               "threshold": round(float(threshold), 4), "budget_per_1000": BUDGET,
               "alpha_max": monitor.config.alpha_max, "window": monitor.config.window}
     for kind, streams in (("changes", ev_s), ("controls", ev_c)):
