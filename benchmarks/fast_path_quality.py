@@ -30,7 +30,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, HEAD_LR, LORA_LR, MAX_SEQ_LENGTH, hardware  # noqa: E402
@@ -41,7 +40,8 @@ from interestbert.encoder.model import InterestEncoder  # noqa: E402
 from interestbert.encoder.scoring import scorer_for  # noqa: E402
 from interestbert.encoder.verbalise import Verbaliser  # noqa: E402
 from interestbert.finetune.args import FinetuneArguments  # noqa: E402
-from interestbert.finetune.checkpoint import checkpoint_dirs  # noqa: E402
+from interestbert.finetune.checkpoint import checkpoint_dirs, load_trainable  # noqa: E402
+from interestbert.finetune.steps import Trainable  # noqa: E402
 from interestbert.finetune.data import leave_one_out  # noqa: E402
 from interestbert.finetune.evaluate import evaluate  # noqa: E402
 from interestbert.finetune.train import CHECKPOINTS, finetune  # noqa: E402
@@ -69,11 +69,7 @@ def model_for(name: str, folder: Path, models: Path, args) -> tuple[Path, dict]:
         warmup_ratio=0.1, disable_tqdm=True, seed=42))
     last = checkpoint_dirs(train_dir / CHECKPOINTS)[-1]
     model = InterestEncoder.from_pretrained(train_dir, max_seq_length=MAX_SEQ_LENGTH)
-    parts = {"st": model.model, "head": model.head}
-    params = {f"{prefix}.{n}": p for prefix, module in parts.items() for n, p in module.named_parameters()}
-    with torch.no_grad():
-        for name_, value in load_file(str(last / "trainable.safetensors")).items():
-            params[name_].copy_(value)
+    load_trainable(last, Trainable(model.model, model.head))  # the module the checkpoint's names refer to
     model.save_pretrained(model_dir)
     return model_dir, {"trained": "here", "steps": results["global_step"], "saved": f"after step {last.name}",
                        "best_validation_step": results["best_step"], "train_seconds": results["train_runtime_s"],

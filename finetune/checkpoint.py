@@ -96,8 +96,8 @@ def check_config(path: Path, config: dict) -> None:
                                 "same options or start a new run in another --output_dir.")
 
 
-def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler, accelerator) -> dict:
-    """Restores weights, optimizer, scheduler and this process's RNG; returns the trainer state."""
+def load_trainable(path: Path, module: torch.nn.Module) -> None:
+    """Copies a checkpoint's trained weights (adapter and head) into ``module``, the training's `Trainable`."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(module.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -107,6 +107,11 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler, a
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].dtype))
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler, accelerator) -> dict:
+    """Restores weights, optimizer, scheduler and this process's RNG; returns the trainer state."""
+    load_trainable(path, module)
     groups = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), groups))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
