@@ -100,7 +100,8 @@ RUPTURES_PENALTIES = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 
 def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
-    """The design, ``{split: (spliced, controls)}`` and the events' category function of one dataset."""
+    """The design, ``{split: (spliced, controls)}``, the events' category function, the separator, and the
+    histories of the users in no calibration or evaluation stream (a learned projection may train on them)."""
     spec = DATASETS[name]
     if spec.folder is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
@@ -119,12 +120,17 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
         category_of = lambda event: parsed.get(event.item_text, ())  # noqa: E731
     if spec.folder is None:
         design = SYNTHETIC_DESIGN
-        return design, synthetic_splits(histories, switch_points(data), n, design, seed, category_of), category_of, \
-            verbaliser.separator
-    design = de.DESIGNS[name]
-    pools = de.split_users(histories, design, seed)
-    splits = {k: de.renewal_streams(pools[k], n, design, seed + i, category_of) for i, k in enumerate(de.SPLITS)}
-    return design, splits, category_of, verbaliser.separator
+        design = SYNTHETIC_DESIGN
+        splits = synthetic_splits(histories, switch_points(data), n, design, seed, category_of)
+    else:
+        design = de.DESIGNS[name]
+        pools = de.split_users(histories, design, seed)
+        splits = {k: de.renewal_streams(pools[k], n, design, seed + i, category_of) for i, k in enumerate(de.SPLITS)}
+        held = {h.user_id for k in ("calibrate", "evaluate") for h in pools[k]}
+    if spec.folder is None:  # the synthetic streams are whole users
+        held = {user for k in ("calibrate", "evaluate") for group in splits[k] for s in group
+                for user, _, _ in s.segments}
+    return design, splits, category_of, verbaliser.separator, [h for h in histories if h.user_id not in held]
 
 
 def synthetic_splits(histories, switches, n, design, seed, category_of):
@@ -292,6 +298,7 @@ MONITOR_GRID = [DriftConfig(window=w, stride=2, centre=c, reference_windows=k, w
                 for w in (4, 6) for k in (5, 10) for c in (True, False)]
 TUNED_LABEL = "interestbert DriftMonitor: mean of event vectors vs sliding reference (picked on tune)"
 DEFAULT_LABEL = "interestbert DriftMonitor (default settings)"
+PROJECTED_LABEL = "interestbert DriftMonitor (default settings) + same-user projection (fitted outside the streams)"
 SETTINGS = ("window", "stride", "centre", "reference_windows", "window_vector")
 
 
@@ -335,7 +342,7 @@ def tuned_rows(grid: dict[str, dict], run_on_eval, tune_streams, design, budgets
 def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str, curve: bool) -> dict:
     timings = {}
     clock = time.perf_counter()
-    design, splits, category_of, separator = load_streams(name, data_dir, n, seed, encoder.tokenizer)
+    design, splits, category_of, separator, outside = load_streams(name, data_dir, n, seed, encoder.tokenizer)
     (tune_s, tune_c), (cal_s, cal_c), (ev_s, ev_c) = (splits[k] for k in de.SPLITS)
     tune, evaluate = tune_s + tune_c, ev_s + ev_c
     timings["streams"] = time.perf_counter() - clock
@@ -428,6 +435,11 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     if not any(same_settings(m.config, DriftConfig()) for m in monitors.values()):
         monitors[DEFAULT_LABEL] = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
     timings["ours tuning"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    projected = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
+    projection_fit = projected.fit_projection(outside)
+    monitors[PROJECTED_LABEL] = projected
+    timings["projection fit"] = time.perf_counter() - clock
     for label, monitor in monitors.items():
         clock = time.perf_counter()
         scores[label] = monitor_series(monitor, evaluate)
@@ -445,7 +457,8 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
                     if label == TUNED_LABEL else {})})
         timings[label] = time.perf_counter() - clock
 
-    return report(name, design, splits, rows, scores, budgets, timings, n_texts=len(encode.memo))
+    return {**report(name, design, splits, rows, scores, budgets, timings, n_texts=len(encode.memo)),
+            "projection_fit": projection_fit}
 
 
 def report(name, design, splits, rows, scores, budgets, timings, n_texts) -> dict:

@@ -90,7 +90,7 @@ def interests(streams, vectors, starts, qs, detections, scores, threshold: float
 
 def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str) -> dict:
     clock = time.perf_counter()
-    design, splits, _, separator = load_streams(name, data_dir, n, seed, encoder.tokenizer)
+    design, splits, _, separator, _ = load_streams(name, data_dir, n, seed, encoder.tokenizer)
     (_, cal_c), (ev_s, ev_c) = splits["calibrate"], splits["evaluate"]
     encode = MemoEncode(encoder, precision)
     memo: dict[str, int] = {}

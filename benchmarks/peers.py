@@ -284,7 +284,7 @@ def run_dataset(name: str, data_dir: Path, rows_wanted: list[str], minutes: floa
             "seconds": round(time.perf_counter() - clock, 1)}
 
 
-def markdown(results: list[dict], command: str) -> str:
+def markdown(results: list[dict]) -> str:
     lines = ["| dataset | model | HR@10 | NDCG@10 | MRR@10 | settings (picked on validation) | training |",
              "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for result in results:
@@ -299,8 +299,8 @@ def markdown(results: list[dict], command: str) -> str:
             lines.append(f"| {result['dataset']} ({result['users']:,} users, {result['items']:,} items) | {label} | "
                          f"{row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['mrr@10']:.4f} | {settings} | "
                          f"{'-' if seconds is None else f'{seconds / 60:.1f} min'} |")
-    hw = results[0]["hardware"] if results else ""
-    return "\n".join(lines) + f"\n\n{hw}, torch threads {torch.get_num_threads()}; command `{command}`.\n"
+    notes = [f"- {r['dataset']}: {r['hardware']}, {r['date']}, `{r.get('command', '')}`" for r in results]
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def main(argv=None) -> int:
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
                                  args.sequence_events)
             write_json(out / f"{name}.json", {**result, "command": command})
     results = read_results(out, DATASETS)
-    write_report(out, "peers", results, markdown(results, results[0].get("command", command) if results else command))
+    write_report(out, "peers", results, markdown(results))
     return 0
 
 

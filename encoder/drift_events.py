@@ -85,6 +85,7 @@ class DriftConfig:
     window_vector: str = "mean"  # "mean": the mean of the window's event vectors; "text": its joined text encoded
     alpha_max: float = 0.25  # drift-aware recommendation: the short-term weight at and above the threshold
     calibration: dict = field(default_factory=dict)
+    projection: dict | None = None  # the record of `DriftMonitor.fit_projection` (None: event vectors as encoded)
 
     def __post_init__(self):
         if self.window < 2:

@@ -147,9 +147,10 @@ class ModelFolder:
             if file:
                 (self.subfolder / file).unlink(missing_ok=True)
 
-    def save_drift(self, config: dict) -> Path:
-        """The drift monitor's calibration (`DriftConfig` as a dict) to ``interestbert/drift/config.json``."""
-        path = self.save_part(DRIFT, None, config) / CONFIG
+    def save_drift(self, config: dict, tensors: dict | None = None) -> Path:
+        """The drift monitor's calibration (`DriftConfig` as a dict) to ``interestbert/drift/config.json``, and its
+        learned projection (``tensors``) to ``model.safetensors`` beside it."""
+        path = self.save_part(DRIFT, tensors, config) / CONFIG
         self.write_card()
         return path
 

@@ -282,6 +282,9 @@ def _add_drift_args(p: argparse.ArgumentParser) -> None:
                    help="Alarms per 1,000 events when calibrating (default 2).")
     p.add_argument("--calibrate", action="store_true", help="Calibrate again even if the model holds a calibration.")
     p.add_argument("--save-calibration", action="store_true", help="Write the calibration into the --model folder.")
+    p.add_argument("--projection", action=argparse.BooleanOptionalAction, default=True,
+                   help="When calibrating now, first fit the same-user projection of event vectors on other users' "
+                        "training histories (default: on).")
 
 
 def _log_level(argv: Sequence[str]) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, DriftMonitor, History, ScanResult,
+from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_PROJECTION_USERS, DriftMonitor, History, ScanResult,
                                         count_false_alarms, histories_from_verbaliser)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write, atomic_write_text
@@ -36,6 +36,7 @@ MARGIN = 10  # a detection within this many events after a true switch is a hit
 DEFAULT_TARGET = 2.0  # false alarms per 1,000 events when calibrating on the fly
 CALIBRATION_USERS = 2000  # at most this many users' training histories calibrate a threshold on the fly
 CALIBRATION_EVENTS = 10_000  # ... and only as many as give this many events (or twice what the rate needs)
+PROJECTION_USERS = 5000  # at most this many other users' training histories fit the projection on the fly
 
 
 @dataclass
@@ -46,10 +47,15 @@ class Calibration:
 
 def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, users: int = CALIBRATION_USERS,
                       seed: int = 0, reason: str | None = None, show_progress_bar: bool = True,
-                      data=None, min_events: int = CALIBRATION_EVENTS) -> Calibration:
+                      data=None, min_events: int = CALIBRATION_EVENTS, projection: bool = True,
+                      projection_steps: int = 2000) -> Calibration:
     """Uses the model's calibration, or (when it has none, or for ``reason``) calibrates on the card's training
     split (each history without its last two events, the validation and test targets) of sampled users, and says
-    so. With ``data`` (the card's data) holding recorded switches, alarms at them are not false."""
+    so. With ``data`` (the card's data) holding recorded switches, alarms at them are not false. With
+    ``projection``, a calibration made now first fits the monitor's same-user projection
+    (`DriftMonitor.fit_projection`) on the training split of other users than those it calibrates on (at most
+    `PROJECTION_USERS`; none when fewer than 50 are left), so the false-alarm rate is measured on users the
+    projection never saw; without it, the monitor scores the vectors as encoded."""
     if monitor.calibrated and reason is None:
         return Calibration("the model's saved calibration", dict(monitor.config.calibration,
                                                                  threshold=monitor.config.threshold))
@@ -66,6 +72,18 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     pick = np.sort(order[:enough])
     histories = histories_from_verbaliser(verbaliser, pick, n_events[pick] - 2)
     why = reason or "the model has no drift calibration"
+    monitor.projection, monitor.config.projection = None, None
+    rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
+        np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
+    if projection and len(rest) >= 2 * MIN_PROJECTION_USERS:
+        logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
+                    f"{len(rest):,}")
+        fit = monitor.fit_projection(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2),
+                                     steps=projection_steps, seed=seed, show_progress_bar=show_progress_bar)
+        logger.info("  loss %.3f -> %.3f (chance %.3f)", fit["first_loss"], fit["last_loss"], fit["chance_loss"])
+    elif projection:
+        logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(rest), len(pick),
+                    2 * MIN_PROJECTION_USERS)
     switches = switch_points(data) if data is not None else None
     known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
     logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "
@@ -129,6 +147,7 @@ def summarise(results: list[ScanResult], monitor: DriftMonitor, calibration: Cal
         "threshold": monitor.config.threshold,
         "calibration": calibration.source,
         "calibration_record": calibration.record,
+        "projection": monitor.config.projection,
         "score_quantiles": {f"p{q}": round(float(np.quantile(scores, q / 100)), 4) for q in (5, 25, 50, 75, 95, 99)}
         if len(scores) else {},
     }

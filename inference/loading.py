@@ -195,10 +195,11 @@ def model_folder(model: str | None) -> str | None:
 
 def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int | None = None,
                   stride: int | None = None, target_false_alarms: float | None = None, calibrate: bool = False,
-                  save_calibration: bool = False, batch_size: int = 64):
+                  save_calibration: bool = False, batch_size: int = 64, projection: bool = True):
     """The drift monitor of a model with its calibration: the model's saved one, or made now on the card's
     training split when it has none, when ``calibrate`` asks for it, or when ``window``/``stride`` differ from
-    the saved ones. Returns ``(monitor, Calibration)``."""
+    the saved ones (``projection``: fitting the same-user projection first, see `ensure_calibrated`). Returns
+    ``(monitor, Calibration)``."""
     from interestbert.encoder.drift import DriftConfig, DriftMonitor
     from interestbert.inference.drift import ensure_calibrated
 
@@ -210,20 +211,23 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
     overrides = {k: v for k, v in (("window", window), ("stride", stride)) if v is not None}
     local = model_folder(model)
     folder = local or getattr(encoder, "folder", None)  # a model from the Hub: its snapshot, read only
-    saved = DriftMonitor.from_pretrained(folder, encoder.encode).config if folder is not None else DriftConfig()
+    found = DriftMonitor.from_pretrained(folder, encoder.encode) if folder is not None else None
+    saved = found.config if found is not None else DriftConfig()
     changed = any(getattr(saved, k) != v for k, v in overrides.items())
     try:
         config = dataclasses.replace(saved, **overrides)  # validates the options
     except ValueError as err:
         raise InterestBertError(f"drift options: {err}") from None
-    monitor = DriftMonitor(encoder.encode, config, verbaliser.separator)
+    monitor = DriftMonitor(encoder.encode, config, verbaliser.separator,
+                           projection=None if found is None else found.projection)
     monitor.batch_size = batch_size
     reason = None
     if calibrate:
         reason = "asked for by --calibrate"
     elif changed and monitor.calibrated:
         reason = "the model's calibration is for another --window or --stride"
-    calibration = ensure_calibrated(monitor, verbaliser, target_false_alarms, reason=reason, data=data)
+    calibration = ensure_calibrated(monitor, verbaliser, target_false_alarms, reason=reason, data=data,
+                                    projection=projection)
     if save_calibration:
         if local is None:
             raise InterestBertError("--save-calibration needs --model to be a local model folder to write into.")

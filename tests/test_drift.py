@@ -224,6 +224,7 @@ def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthet
     assert code == 0, printed + logged
     # status messages are logged to stderr, the command's result to stdout
     assert "the model has no drift calibration" in logged and "training split" in logged, logged
+    assert "no drift projection: 0 users besides the 120 calibrating" in logged, logged  # all 120 calibrate
     assert "detections" in printed and "calibrating" not in printed, printed
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     events = pq.read_table(out / "events.parquet").to_pandas()
@@ -233,6 +234,7 @@ def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthet
     assert set(events.columns) >= {"user_id", "event_index", "score", "moved_from", "moved_to", "explanation"}
     assert (events.score >= summary["threshold"] - 1e-6).all(), (events.score.min(), summary["threshold"])
     assert "against_recorded_switches" in summary and "precision" in (out / "summary.md").read_text()
+    assert summary["projection"] is None
     pngs = sorted((out / "plots").glob("*.png"))
     assert len(pngs) == 2
     for png in pngs:
@@ -248,3 +250,98 @@ def test_drift_command_rejects_unknown_users(tiny_bert, synthetic_dir, tmp_path,
     assert code == 2 and "--users" in err and "'nobody'" in err and "Traceback" not in err
 
 
+
+
+# --------------------------------------------------------------------------------------- the learned projection
+
+TASTES = 8  # the first 8 dims say which taste a user has; the other 56 are per-event noise that swamps them
+
+
+def taste_and_noise(texts, **_):
+    """A stand-in encoder whose vectors carry a user's taste (``t3`` in the text: dim 3) weakly and an event's
+    own noise (``n1234``: a seeded random vector in the other dims) strongly."""
+    out = np.zeros((len(texts), 64), dtype=np.float32)
+    for row, text in enumerate(texts):
+        taste, noise = text.split()
+        out[row, int(taste[1:])] = 1.0
+        out[row, TASTES:] = 8.0 * np.random.default_rng(int(noise[1:])).standard_normal(64 - TASTES) / np.sqrt(56)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def taste_history(user: str, tastes: list[int], lengths: list[int], seed: int) -> History:
+    rng = np.random.default_rng(seed)
+    events = [Event(f"t{taste} n{rng.integers(10**6)}", f"item of taste {taste}", k)
+              for k, taste in enumerate(t for t, n in zip(tastes, lengths) for _ in range(n))]
+    return History(user, events)
+
+
+def recall_at_rate(monitor: DriftMonitor, seed: int) -> float:
+    """Calibrated on users of one taste at 20 alarms per 1,000 events, the share of taste changes (at event 40 of
+    a held-out user) alarmed within 8 events."""
+    rng = np.random.default_rng(seed)
+    monitor.calibrate([taste_history(f"c{i}", [int(rng.integers(TASTES))], [60], seed + i) for i in range(60)], 20)
+    hits = 0
+    for i in range(40):
+        a, b = rng.choice(TASTES, 2, replace=False)
+        found = monitor.scan(taste_history(f"s{i}", [int(a), int(b)], [40, 30], seed + 100 + i)).events
+        hits += any(40 <= d.index <= 48 for d in found)
+    return hits / 40
+
+
+def test_the_same_user_projection_finds_changes_the_raw_vectors_miss():
+    config = DriftConfig(window=4, stride=2)
+    fit_on = [taste_history(f"f{i}", [i % TASTES], [40], 1000 + i) for i in range(200)]
+    raw = DriftMonitor(taste_and_noise, config)
+    projected = DriftMonitor(taste_and_noise, config)
+    record = projected.fit_projection(fit_on, dim=16, steps=150, batch_users=64, lr=1e-2)
+    assert projected.projection.shape == (64, 16) and record["users"] == 200
+    assert record["last_loss"] < record["first_loss"]
+    assert raw.config.projection is None and projected.config.projection == record
+    before, after = recall_at_rate(raw, seed=5), recall_at_rate(projected, seed=5)
+    assert after >= before + 0.3, (before, after)
+
+
+def test_a_projected_monitor_streams_as_it_scans_and_round_trips(tmp_path):
+    monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
+    monitor.fit_projection([taste_history(f"f{i}", [i % TASTES], [30], i) for i in range(80)], dim=8, steps=20,
+                           batch_users=32)
+    assert not monitor.calibrated  # a calibration before the fit would not hold
+    monitor.calibrate([taste_history(f"c{i}", [i % TASTES], [60], 500 + i) for i in range(60)], 20)
+    histories = [taste_history(f"u{i}", [i % TASTES, (i + 3) % TASTES], [30, 30], 900 + i) for i in range(6)]
+    for history in histories:
+        batch = monitor.scan(history)
+        streamed = [d for d in (monitor.update(history.user_id, e) for e in history.events) if d is not None]
+        assert [(d.index, d.score) for d in streamed] == [(d.index, d.score) for d in batch.events]
+    assert sum(len(monitor.scan(h).events) for h in histories) >= 3
+    monitor.save_pretrained(tmp_path)
+    assert (tmp_path / "interestbert" / "drift" / "model.safetensors").is_file()
+    again = DriftMonitor.from_pretrained(tmp_path, taste_and_noise)
+    assert np.array_equal(again.projection, monitor.projection) and again.config == monitor.config
+    assert np.array_equal(again.scan(histories[0]).scores, monitor.scan(histories[0]).scores, equal_nan=True)
+    (tmp_path / "interestbert" / "drift" / "model.safetensors").unlink()
+    with pytest.raises(InterestBertError, match="records a projection"):
+        DriftMonitor.from_pretrained(tmp_path, taste_and_noise)
+
+
+def test_fitting_a_projection_refuses_too_few_histories():
+    monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
+    with pytest.raises(InterestBertError, match="at least 50 histories"):
+        monitor.fit_projection([taste_history(f"f{i}", [0], [30], i) for i in range(20)])
+
+
+def test_calibrating_on_the_fly_fits_the_projection_on_other_users_than_it_calibrates_on(tiny_bert, synthetic_data):
+    from interestbert.encoder import InterestEncoder, Verbaliser
+    from interestbert.inference.drift import ensure_calibrated
+
+    encoder = InterestEncoder.from_pretrained(str(tiny_bert), max_seq_length=64).merge_adapter()
+    verbaliser = Verbaliser(synthetic_data, encoder.tokenizer, 64)
+    monitor = DriftMonitor(encoder.encode, DriftConfig(window=4, stride=2), separator=verbaliser.separator)
+    calibration = ensure_calibrated(monitor, verbaliser, 20, min_events=2000, projection_steps=20,
+                                    show_progress_bar=False)
+    fitted, calibrated = monitor.config.projection, calibration.record["histories"]
+    assert monitor.projection.shape == (32, 32) and fitted["steps"] == 20, fitted
+    assert calibrated >= 20 and fitted["users"] >= 50 and calibrated + fitted["users"] <= 120, (calibrated, fitted)
+    assert monitor.calibrated and calibration.record["achieved_false_alarms_per_1000_events"] <= 20
+    ensure_calibrated(monitor, verbaliser, 20, min_events=2000, projection=False, reason="again",
+                      show_progress_bar=False)
+    assert monitor.projection is None and monitor.config.projection is None
