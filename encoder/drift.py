@@ -16,7 +16,7 @@ Before the mean, event (or window) vectors can pass through a learned linear pro
 one person's behaviour from another's (`DriftMonitor.fit_projection`: a contrastive "same user?" objective on
 histories of users the monitor will not be calibrated on). A generic sentence embedding spends most of its
 dimensions on what every user shares; the projection raised the benchmark's recall at 5 false alarms per 1,000
-events on movielens-1m from 0.13 to 0.28 (`benchmarks/drift.py`).
+events on movielens-1m from 0.135 to 0.215 (`benchmarks/drift.py`).
 
 The threshold comes from `DriftMonitor.calibrate`, which picks it on real histories so that alarms stay at a
 target number per 1,000 events; it is saved beside the model (``interestbert/drift/config.json``, and the
@@ -52,7 +52,7 @@ MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alar
 MEMO_TEXTS = 20_000  # event texts whose vectors `update` keeps with ``window_vector="mean"`` (~31 MB at dim 384)
 MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~1.6 GB at ~16 KB each)
 MIN_PROJECTION_USERS = 25  # `fit_projection` needs twice this many histories (in-batch negatives)
-PROJECTION_DIM = 64  # `fit_projection`: 64 and 128 dims did alike on movielens-1m (recall 0.28 at 5/1,000)
+PROJECTION_DIM = 64  # `fit_projection`: 64 and 128 dims did alike on movielens-1m (a prototype: 0.284 vs 0.282)
 
 
 
@@ -400,15 +400,22 @@ class DriftMonitor:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        self.projection = weight.detach().numpy().astype(np.float32)
-        self._memo.clear()
-        self._states.clear()
+        self.set_projection(weight.detach().numpy())
         record = {"dim": dim, "steps": steps, "users": len(usable), "event_texts": len(texts),
                   "batch_users": batch, "lookback": lookback, "temperature": temperature,
                   "first_loss": round(float(np.mean(losses[:50])), 4), "last_loss": round(float(np.mean(losses[-50:])), 4),
                   "chance_loss": round(math.log(batch), 4)}
         self.config = replace(self.config, projection=record, threshold=None, calibration={})
         return record
+
+    def set_projection(self, projection: np.ndarray | None) -> None:
+        """Replaces the projection (None: the vectors as encoded); the streaming states and the memo of event
+        vectors, made under the old one, are dropped, and ``config.projection`` is cleared when it is None."""
+        self.projection = None if projection is None else np.ascontiguousarray(projection, dtype=np.float32)
+        if projection is None:
+            self.config.projection = None
+        self._memo.clear()
+        self._states.clear()
 
     # ---------------------------------------------------------------------------------------------- internals
 

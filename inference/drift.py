@@ -72,7 +72,7 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     pick = np.sort(order[:enough])
     histories = histories_from_verbaliser(verbaliser, pick, n_events[pick] - 2)
     why = reason or "the model has no drift calibration"
-    monitor.projection, monitor.config.projection = None, None
+    monitor.set_projection(None)
     rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
         np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
     if projection and len(rest) >= 2 * MIN_PROJECTION_USERS:
