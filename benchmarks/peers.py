@@ -50,7 +50,7 @@ from torch.nn import functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, HEAD_LR, MAX_SEQ_LENGTH, hardware  # noqa: E402
 from results_io import read_results, write_json, write_report  # noqa: E402
-from zero_shot import SCALES  # noqa: E402
+from zero_shot import prior_row  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
 from interestbert.encoder.head import StrategyHead  # noqa: E402
@@ -232,15 +232,7 @@ def frozen_rows(verbaliser, split, encoder: InterestEncoder, options: SequenceOp
     vectors = {name: encoder.encode_histories(verbaliser, examples.users, examples.ends, batch_size=64,
                                               precision="auto")
                for name, examples in (("train", train), ("validation", split.validation), ("test", split.test))}
-    prior = {}  # the head as initialised, its one scale picked on validation (b': that split's popularity)
-    for scale in SCALES:
-        head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["validation"], init_scale=scale)
-        prior[scale] = evaluate(StrategyHeadScorer(head, verbaliser), split.validation,
-                                interest=vectors["validation"])["ndcg@10"]
-    scale = max(prior, key=prior.get)
-    head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["test"], init_scale=scale)
-    zero_shot = {**evaluate(StrategyHeadScorer(head, verbaliser), split.test, interest=vectors["test"]),
-                 "scale": scale, "validation_ndcg@10": round(prior[scale], 5)}
+    zero_shot = prior_row(verbaliser, split, items, vectors)
     encoder.head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["train"],
                                 init_scale=args.head_init_scale)
     fitted = time.perf_counter()

@@ -47,6 +47,21 @@ SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)  # 500: the prio
 HISTORIES = {"whole history": "all:1", "default horizons": FinetuneArguments.interest_horizons}
 
 
+def prior_row(verbaliser, split, items, vectors: dict) -> dict:
+    """The strategy head as initialised on ``items`` (the item texts' embeddings), its one scale the best of
+    `SCALES` on the validation split; test metrics. ``b'`` is each split's own popularity; ``vectors``: the
+    ``validation`` and ``test`` histories' interest vectors."""
+    valid = {}
+    for scale in SCALES:
+        head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["validation"], init_scale=scale)
+        valid[scale] = evaluate(StrategyHeadScorer(head, verbaliser), split.validation,
+                                interest=vectors["validation"])["ndcg@10"]
+    best = max(valid, key=valid.get)
+    head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["test"], init_scale=best)
+    return {**evaluate(StrategyHeadScorer(head, verbaliser), split.test, interest=vectors["test"]), "scale": best,
+            "validation_ndcg@10_by_scale": {str(k): round(v, 4) for k, v in valid.items()}}
+
+
 def run_dataset(name: str, data_dir: Path, precision: str) -> dict:
     clock = time.perf_counter()
     data = load_card_data(name, data_dir / DATASETS[name]["folder"])
@@ -62,17 +77,7 @@ def run_dataset(name: str, data_dir: Path, precision: str) -> dict:
                    for part, examples in (("validation", split.validation), ("test", split.test))}
         cosine = TextCosineScorer(verbaliser, item_vectors=items)
         rows[f"text cosine ({label})"] = evaluate(cosine, split.test, interest=vectors["test"])
-        valid = {}
-        for scale in SCALES:  # b' is the validation split's popularity there, the test split's for the test
-            head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["validation"],
-                                init_scale=scale)
-            valid[scale] = evaluate(StrategyHeadScorer(head, verbaliser), split.validation,
-                                    interest=vectors["validation"])["ndcg@10"]
-        best = max(valid, key=valid.get)
-        head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["test"], init_scale=best)
-        rows[f"text + popularity prior ({label})"] = {
-            **evaluate(StrategyHeadScorer(head, verbaliser), split.test, interest=vectors["test"]), "scale": best,
-            "validation_ndcg@10_by_scale": {str(k): round(v, 4) for k, v in valid.items()}}
+        rows[f"text + popularity prior ({label})"] = prior_row(verbaliser, split, items, vectors)
     pop = rows["popularity"]["ndcg@10"]
     for row in rows.values():
         row["vs_popularity"] = round(row["ndcg@10"] / pop, 2) if pop > 0 else None
