@@ -18,6 +18,11 @@ histories of users the monitor will not be calibrated on). A generic sentence em
 dimensions on what every user shares; the projection raised the benchmark's recall at 5 false alarms per 1,000
 events on movielens-1m from 0.135 to 0.215 (`benchmarks/drift.py`).
 
+Which form of the score finds most shifts (centred or the plain distance; the newest 5 or 10 windows or the whole
+segment as reference) depends on the domain: `DriftMonitor.tune_score` picks it on renewal streams it splices from
+other users' histories (segments of different people, as the drift benchmark builds them), each form calibrated to
+the same false-alarm rate on those users' unspliced stretches.
+
 The threshold comes from `DriftMonitor.calibrate`, which picks it on real histories so that alarms stay at a
 target number per 1,000 events; it is saved beside the model (``interestbert/drift/config.json``, and the
 projection in ``model.safetensors`` beside it, through `ModelFolder`) and used by default.
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import drift_eval as de
 from .drift_events import (DriftConfig, DriftEvent, Event, History, ScanResult, explain, histories_from_verbaliser,
                            sort_events, terms)
 from .errors import InterestBertError
@@ -53,6 +59,12 @@ MEMO_TEXTS = 20_000  # event texts whose vectors `update` keeps with ``window_ve
 MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~1.6 GB at ~16 KB each)
 MIN_PROJECTION_USERS = 25  # `fit_projection` needs twice this many histories (in-batch negatives)
 PROJECTION_DIM = 64  # `fit_projection`: 64 and 128 dims did alike on movielens-1m (a prototype: 0.284 vs 0.282)
+# `tune_score`: the forms of the score it tries, (centre, reference_windows), the default first (it wins ties).
+# Which one finds most shifts differs by domain (benchmarks/drift.py, recall at 5 false alarms per 1,000 events on
+# the tuning streams, projected vectors): movielens-1m the plain distance to the whole segment, movielens-100k and
+# amazon-beauty the centred distance to the newest 10 windows, synthetic-shop the plain distance.
+SCORE_FORMS = ((True, 5), (True, 10), (True, None), (False, 5), (False, 10), (False, None))
+TUNE_STREAMS = 150  # spliced streams (and as many unspliced ones) `tune_score` builds
 
 
 
@@ -408,6 +420,50 @@ class DriftMonitor:
         self.config = replace(self.config, projection=record, threshold=None, calibration={})
         return record
 
+    def tune_score(self, histories: Sequence[History], target_false_alarms_per_1000_events: float,
+                   streams: int = TUNE_STREAMS, seed: int = 0, show_progress_bar: bool = False) -> dict:
+        """Picks the form of the score for this domain: ``centre`` and ``reference_windows`` among `SCORE_FORMS`.
+
+        Splices ``histories`` into renewal streams (segments of different users, each from a random point of their
+        history, as the drift benchmark builds them; lengths scaled to the histories by `splice_design`), calibrates
+        each form to the target rate on unspliced stretches of the same users, and keeps the form that finds the
+        most splices (an alarm within ``2 * window`` events). Pass users the monitor will not be calibrated on (the
+        ones its projection was fitted on will do). A calibration made before is cleared. Returns the record (also
+        kept in ``config.score_tuning``)."""
+        if self.config.window_vector != "mean":
+            raise ValueError("tune_score needs window_vector='mean' (each event text encoded once for every form).")
+        target = float(target_false_alarms_per_1000_events)
+        sorted_histories = [History(h.user_id, sort_events(h.events)[0]) for h in histories]
+        design = splice_design([len(h.events) for h in sorted_histories], self.config.window)
+        pool = [h for h in sorted_histories if len(h.events) >= design.min_user_events]
+        if len(pool) < 2 * MIN_PROJECTION_USERS:
+            raise InterestBertError(f"tuning the drift score needs at least {2 * MIN_PROJECTION_USERS} histories of "
+                                    f"{design.min_user_events} events or more, got {len(pool)}; pass more users.")
+        spliced, controls = de.renewal_streams(pool, streams, design, seed)
+        texts = list(dict.fromkeys(e.text for s in spliced + controls for e in s.events))
+        table = dict(zip(texts, self._encode(texts, show_progress_bar)))  # raw vectors: each trial projects them
+
+        def lookup(batch: list[str]) -> np.ndarray:
+            return np.stack([table[t] for t in batch])
+
+        recall = {}
+        for centre, k in SCORE_FORMS:
+            trial = DriftMonitor(lookup, replace(self.config, centre=centre, reference_windows=k, threshold=None,
+                                                 calibration={}), self.separator, projection=self.projection)
+            trial.calibrate([c.history() for c in controls], target)
+            alarms = {r.user_id: [e.index for e in r.events] for r in trial.scan_many([s.history() for s in spliced])}
+            recall[(centre, k)] = de.score_alarms(alarms, spliced, design)["recall"]
+        centre, k = max(recall, key=recall.get)  # the first of equals: the default form when it ties
+        record = {"centre": centre, "reference_windows": k, "target_false_alarms_per_1000_events": target,
+                  "streams": len(spliced), "users": len(pool), "events": sum(len(s.events) for s in spliced),
+                  "design": {"length": list(design.length), "min_segment": design.min_segment,
+                             "extra_mean": design.extra_mean, "margin": design.margin},
+                  "recall": {f"centre={c}, reference_windows={r}": round(v, 4) for (c, r), v in recall.items()}}
+        self.config = replace(self.config, centre=centre, reference_windows=k, threshold=None, calibration={},
+                              score_tuning=record)
+        self._states.clear()
+        return record
+
     def set_projection(self, projection: np.ndarray | None) -> None:
         """Replaces the projection (None: the vectors as encoded); the streaming states and the memo of event
         vectors, made under the old one, are dropped, and ``config.projection`` is cleared when it is None."""
@@ -489,6 +545,16 @@ class DriftMonitor:
             state.dist_n, state.dist_mean = 0, 0.0
         state.pending.append((i, vector))
         return score, detection
+
+
+def splice_design(lengths: Sequence[int], window: int):
+    """The renewal streams `DriftMonitor.tune_score` builds, scaled to a domain's history lengths: segments of at
+    least a quarter of the median history, kept between 2 and 5 windows (20 events at window 4 on movielens-1m, 8 on
+    amazon-beauty, as the benchmark's P1 and P2 designs), plus a geometric part with twice that mean; streams of 5 to
+    15 segment minimums; hits within ``2 * window`` events."""
+    segment = int(np.clip(np.median(lengths) // 4 if len(lengths) else 0, 2 * window, 5 * window))
+    return de.StreamDesign((5 * segment, 15 * segment), segment, 2.0 * segment, warmup=segment, margin=2 * window,
+                        min_user_events=segment)
 
 
 def _split(vectors: np.ndarray, plans: list) -> list[np.ndarray]:

@@ -86,6 +86,7 @@ class DriftConfig:
     alpha_max: float = 0.25  # drift-aware recommendation: the short-term weight at and above the threshold
     calibration: dict = field(default_factory=dict)
     projection: dict | None = None  # the record of `DriftMonitor.fit_projection` (None: event vectors as encoded)
+    score_tuning: dict | None = None  # the record of `DriftMonitor.tune_score` (None: centre/reference as set)
 
     def __post_init__(self):
         if self.window < 2:

@@ -285,6 +285,9 @@ def _add_drift_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projection", action=argparse.BooleanOptionalAction, default=True,
                    help="When calibrating now, first fit the same-user projection of event vectors on other users' "
                         "training histories (default: on).")
+    p.add_argument("--tune-score", action=argparse.BooleanOptionalAction, default=True,
+                   help="When calibrating now, pick the drift score's form (centred or not, the reference's span) on "
+                        "streams spliced from other users' training histories (default: on).")
 
 
 def _log_level(argv: Sequence[str]) -> str:

@@ -75,7 +75,8 @@ def cmd_recommend(args) -> int:
         monitor, _ = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
                                            stride=args.stride, target_false_alarms=args.target_false_alarms,
                                            calibrate=args.calibrate, save_calibration=args.save_calibration,
-                                           batch_size=args.batch_size, projection=args.projection)
+                                           batch_size=args.batch_size, projection=args.projection,
+                                           tune_score=args.tune_score)
     recs = recommend_users(encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size,
                            show_progress_bar=True)
     write_recommendations(args.output, verbaliser, recs)
@@ -208,7 +209,8 @@ def cmd_drift(args) -> int:
     monitor, calibration = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
                                                  stride=args.stride, target_false_alarms=args.target_false_alarms,
                                                  calibrate=args.calibrate, save_calibration=args.save_calibration,
-                                                 batch_size=args.batch_size, projection=args.projection)
+                                                 batch_size=args.batch_size, projection=args.projection,
+                                                 tune_score=args.tune_score)
     summary = run_drift(data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users,
                         plot=args.plot)
     print(f"{summary['users']:,} users, {summary['users_with_drift']:,} with drift, {summary['detections']:,} "

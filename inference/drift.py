@@ -48,14 +48,15 @@ class Calibration:
 def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, users: int = CALIBRATION_USERS,
                       seed: int = 0, reason: str | None = None, show_progress_bar: bool = True,
                       data=None, min_events: int = CALIBRATION_EVENTS, projection: bool = True,
-                      projection_steps: int = 2000) -> Calibration:
+                      projection_steps: int = 2000, tune_score: bool = True) -> Calibration:
     """Uses the model's calibration, or (when it has none, or for ``reason``) calibrates on the card's training
     split (each history without its last two events, the validation and test targets) of sampled users, and says
     so. With ``data`` (the card's data) holding recorded switches, alarms at them are not false. With
     ``projection``, a calibration made now first fits the monitor's same-user projection
     (`DriftMonitor.fit_projection`) on the training split of other users than those it calibrates on (at most
     `PROJECTION_USERS`; none when fewer than 50 are left), so the false-alarm rate is measured on users the
-    projection never saw; without it, the monitor scores the vectors as encoded."""
+    projection never saw; without it, the monitor scores the vectors as encoded. With ``tune_score``, it then picks
+    the score's form (`DriftMonitor.tune_score`) on renewal streams spliced from those same other users."""
     if monitor.calibrated and reason is None:
         return Calibration("the model's saved calibration", dict(monitor.config.calibration,
                                                                  threshold=monitor.config.threshold))
@@ -84,6 +85,16 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     elif projection:
         logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(rest), len(pick),
                     2 * MIN_PROJECTION_USERS)
+    if tune_score:
+        try:
+            tuned = monitor.tune_score(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2), target,
+                                       seed=seed, show_progress_bar=show_progress_bar)
+            logger.info("drift score picked on %d streams spliced from other users: centre=%s, reference_windows=%s "
+                        "(recall %s)", tuned["streams"], tuned["centre"], tuned["reference_windows"],
+                        ", ".join(f"{v:.2f}" for v in tuned["recall"].values()))
+        except InterestBertError as err:
+            logger.info("the drift score keeps its form (centre=%s, reference_windows=%s): %s", monitor.config.centre,
+                        monitor.config.reference_windows, err)
     switches = switch_points(data) if data is not None else None
     known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
     logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "
@@ -148,6 +159,8 @@ def summarise(results: list[ScanResult], monitor: DriftMonitor, calibration: Cal
         "calibration": calibration.source,
         "calibration_record": calibration.record,
         "projection": monitor.config.projection,
+        "score": {"centre": monitor.config.centre, "reference_windows": monitor.config.reference_windows,
+                  "tuning": monitor.config.score_tuning},
         "score_quantiles": {f"p{q}": round(float(np.quantile(scores, q / 100)), 4) for q in (5, 25, 50, 75, 95, 99)}
         if len(scores) else {},
     }

@@ -195,10 +195,12 @@ def model_folder(model: str | None) -> str | None:
 
 def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int | None = None,
                   stride: int | None = None, target_false_alarms: float | None = None, calibrate: bool = False,
-                  save_calibration: bool = False, batch_size: int = 64, projection: bool = True):
+                  save_calibration: bool = False, batch_size: int = 64, projection: bool = True,
+                  tune_score: bool = True):
     """The drift monitor of a model with its calibration: the model's saved one, or made now on the card's
     training split when it has none, when ``calibrate`` asks for it, or when ``window``/``stride`` differ from
-    the saved ones (``projection``: fitting the same-user projection first, see `ensure_calibrated`). Returns
+    the saved ones (``projection``: fitting the same-user projection first, ``tune_score``: then picking the
+    score's form, see `ensure_calibrated`). Returns
     ``(monitor, Calibration)``."""
     from interestbert.encoder.drift import DriftConfig, DriftMonitor
     from interestbert.inference.drift import ensure_calibrated
@@ -227,7 +229,7 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
     elif changed and monitor.calibrated:
         reason = "the model's calibration is for another --window or --stride"
     calibration = ensure_calibrated(monitor, verbaliser, target_false_alarms, reason=reason, data=data,
-                                    projection=projection)
+                                    projection=projection, tune_score=tune_score)
     if save_calibration:
         if local is None:
             raise InterestBertError("--save-calibration needs --model to be a local model folder to write into.")

@@ -234,7 +234,9 @@ def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthet
     assert set(events.columns) >= {"user_id", "event_index", "score", "moved_from", "moved_to", "explanation"}
     assert (events.score >= summary["threshold"] - 1e-6).all(), (events.score.min(), summary["threshold"])
     assert "against_recorded_switches" in summary and "precision" in (out / "summary.md").read_text()
-    assert summary["projection"] is None
+    assert summary["projection"] is None and summary["score"] == {"centre": True, "reference_windows": 5,
+                                                                  "tuning": None}
+    assert "the drift score keeps its form (centre=True, reference_windows=5)" in logged, logged
     pngs = sorted((out / "plots").glob("*.png"))
     assert len(pngs) == 2
     for png in pngs:
@@ -329,6 +331,31 @@ def test_fitting_a_projection_refuses_too_few_histories():
         monitor.fit_projection([taste_history(f"f{i}", [0], [30], i) for i in range(20)])
 
 
+def test_tuning_the_score_picks_the_form_that_finds_more_held_out_changes():
+    """On users whose taste is faint under per-event noise, the plain distance finds more splices than the default
+    centred one; `tune_score` picks it from splices of its own, and it finds more changes on held-out users too."""
+    fit_on = [taste_history(f"f{i}", [i % TASTES], [60], 1000 + i) for i in range(120)]
+    default = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
+    tuned = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
+    tuned.calibrate(fit_on[:60], 20)
+    record = tuned.tune_score(fit_on, 20, streams=60)
+    assert len(record["recall"]) == 6 and record["streams"] == 60 and record["users"] == 120
+    best = max(record["recall"], key=record["recall"].get)
+    assert best == f"centre={record['centre']}, reference_windows={record['reference_windows']}"
+    assert (tuned.config.centre, tuned.config.reference_windows) == (record["centre"], record["reference_windows"])
+    assert record["centre"] is False and tuned.config.score_tuning == record
+    assert not tuned.calibrated  # the threshold was for the old form
+    assert tuned.tune_score(fit_on, 20, streams=60) == record  # seeded
+    before, after = recall_at_rate(default, seed=5), recall_at_rate(tuned, seed=5)
+    assert after >= before + 0.08, (before, after)
+
+
+def test_tuning_the_score_refuses_too_few_histories():
+    monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
+    with pytest.raises(InterestBertError, match="tuning the drift score needs at least 50 histories"):
+        monitor.tune_score([taste_history(f"f{i}", [0], [30], i) for i in range(20)], 20)
+
+
 def test_calibrating_on_the_fly_fits_the_projection_on_other_users_than_it_calibrates_on(tiny_bert, synthetic_data):
     from interestbert.encoder import InterestEncoder, Verbaliser
     from interestbert.inference.drift import ensure_calibrated
@@ -342,6 +369,8 @@ def test_calibrating_on_the_fly_fits_the_projection_on_other_users_than_it_calib
     assert monitor.projection.shape == (32, 32) and fitted["steps"] == 20, fitted
     assert calibrated >= 20 and fitted["users"] >= 50 and calibrated + fitted["users"] <= 120, (calibrated, fitted)
     assert monitor.calibrated and calibration.record["achieved_false_alarms_per_1000_events"] <= 20
+    tuning = monitor.config.score_tuning  # picked on splices of the projection's users, not the calibration's
+    assert tuning["users"] <= fitted["users"] and len(tuning["recall"]) == 6, tuning
     ensure_calibrated(monitor, verbaliser, 20, min_events=2000, projection=False, reason="again",
                       show_progress_bar=False)
     assert monitor.projection is None and monitor.config.projection is None
