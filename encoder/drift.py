@@ -38,6 +38,7 @@ import inspect
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -129,6 +130,7 @@ class DriftMonitor:
         self.evicted = 0
         self._states: OrderedDict[str, _UserState] = OrderedDict()  # least recently updated first
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()  # event text -> vector (``window_vector="mean"``)
+        self._shared: dict[str, np.ndarray] | None = None  # raw vectors within `sharing_encodings`
 
     # ------------------------------------------------------------------------------------------- persistence
 
@@ -481,9 +483,28 @@ class DriftMonitor:
                                     "target_false_alarms_per_1000_events) or load a model saved with a calibration.")
         return self.config.threshold
 
+    @contextmanager
+    def sharing_encodings(self):
+        """Within the block every distinct text is encoded once across calls, its raw vector kept until the block
+        ends: calibrating on the fly reads many of the same event texts three times (`fit_projection`,
+        `tune_score`, `calibrate`)."""
+        self._shared = {}
+        try:
+            yield self
+        finally:
+            self._shared = None
+
     def _encode(self, texts: list[str], show_progress_bar: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        if self._shared is not None:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._shared))
+            if missing:
+                self._shared.update(zip(missing, self._encode_now(missing, show_progress_bar)))
+            return np.stack([self._shared[t] for t in texts])
+        return self._encode_now(texts, show_progress_bar)
+
+    def _encode_now(self, texts: list[str], show_progress_bar: bool) -> np.ndarray:
         if self._plain_encode:  # a callable of texts alone
             return np.asarray(self.encode_fn(texts), dtype=np.float32)
         out = self.encode_fn(texts, batch_size=self.batch_size, show_progress_bar=show_progress_bar)

@@ -73,35 +73,36 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     pick = np.sort(order[:enough])
     histories = histories_from_verbaliser(verbaliser, pick, n_events[pick] - 2)
     why = reason or "the model has no drift calibration"
-    monitor.set_projection(None)
-    rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
-        np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
-    if projection and len(rest) >= 2 * MIN_PROJECTION_USERS:
-        logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
-                    f"{len(rest):,}")
-        fit = monitor.fit_projection(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2),
-                                     steps=projection_steps, seed=seed, show_progress_bar=show_progress_bar)
-        logger.info("  loss %.3f -> %.3f (chance %.3f)", fit["first_loss"], fit["last_loss"], fit["chance_loss"])
-    elif projection:
-        logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(rest), len(pick),
-                    2 * MIN_PROJECTION_USERS)
-    if tune_score:
-        try:
-            tuned = monitor.tune_score(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2), target,
-                                       seed=seed, show_progress_bar=show_progress_bar)
-            logger.info("drift score picked on %d streams spliced from other users: centre=%s, reference_windows=%s "
-                        "(recall %s)", tuned["streams"], tuned["centre"], tuned["reference_windows"],
-                        ", ".join(f"{v:.2f}" for v in tuned["recall"].values()))
-        except InterestBertError as err:
-            logger.info("the drift score keeps its form (centre=%s, reference_windows=%s): %s", monitor.config.centre,
-                        monitor.config.reference_windows, err)
-    switches = switch_points(data) if data is not None else None
-    known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
-    logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "
-                "%s users%s", why, target, f"{len(pick):,}", known)
-    change_points = None if switches is None else {h.user_id: switches.get(h.user_id, []) for h in histories}
-    record = monitor.calibrate(histories, target, change_points=change_points, margin=MARGIN,
-                               show_progress_bar=show_progress_bar)
+    with monitor.sharing_encodings():  # the three steps read many of the same event texts: each encoded once
+        monitor.set_projection(None)
+        rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
+            np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
+        if projection and len(rest) >= 2 * MIN_PROJECTION_USERS:
+            logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
+                        f"{len(rest):,}")
+            fit = monitor.fit_projection(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2),
+                                         steps=projection_steps, seed=seed, show_progress_bar=show_progress_bar)
+            logger.info("  loss %.3f -> %.3f (chance %.3f)", fit["first_loss"], fit["last_loss"], fit["chance_loss"])
+        elif projection:
+            logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(rest), len(pick),
+                        2 * MIN_PROJECTION_USERS)
+        if tune_score:
+            try:
+                tuned = monitor.tune_score(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2), target,
+                                           seed=seed, show_progress_bar=show_progress_bar)
+                logger.info("drift score picked on %d streams spliced from other users: centre=%s, "
+                            "reference_windows=%s (recall %s)", tuned["streams"], tuned["centre"],
+                            tuned["reference_windows"], ", ".join(f"{v:.2f}" for v in tuned["recall"].values()))
+            except InterestBertError as err:
+                logger.info("the drift score keeps its form (centre=%s, reference_windows=%s): %s",
+                            monitor.config.centre, monitor.config.reference_windows, err)
+        switches = switch_points(data) if data is not None else None
+        known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
+        logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "
+                    "%s users%s", why, target, f"{len(pick):,}", known)
+        change_points = None if switches is None else {h.user_id: switches.get(h.user_id, []) for h in histories}
+        record = monitor.calibrate(histories, target, change_points=change_points, margin=MARGIN,
+                                   show_progress_bar=show_progress_bar)
     logger.info("  threshold %.4f (%.2f alarms per 1,000 events on %s events)", record["threshold"],
                 record["achieved_false_alarms_per_1000_events"], f"{record['events']:,}")
     return Calibration(f"calibrated now on the training split of {len(pick):,} users ({why})", record)

@@ -350,6 +350,25 @@ def test_tuning_the_score_picks_the_form_that_finds_more_held_out_changes():
     assert after >= before + 0.08, (before, after)
 
 
+def test_sharing_encodings_encodes_each_text_once_inside_the_block_only():
+    seen = []
+
+    def counting(texts, **_):
+        seen.extend(texts)
+        return taste_and_noise(texts)
+
+    monitor = DriftMonitor(counting, DriftConfig(window=4, stride=2))
+    histories = [taste_history(f"c{i}", [i % TASTES], [60], 500 + i) for i in range(60)]
+    with monitor.sharing_encodings():
+        monitor.calibrate(histories, 20)
+        threshold = monitor.config.threshold
+        monitor.calibrate(histories, 20)
+    distinct = len({e.text for h in histories for e in h.events})
+    assert len(seen) == distinct and monitor.config.threshold == threshold
+    monitor.calibrate(histories, 20)  # outside the block: encoded again, nothing kept
+    assert len(seen) == 2 * distinct and monitor._shared is None
+
+
 def test_tuning_the_score_refuses_too_few_histories():
     monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
     with pytest.raises(InterestBertError, match="tuning the drift score needs at least 50 histories"):
