@@ -49,7 +49,7 @@ import torch
 
 from interestbert.encoder import drift_eval as de
 from interestbert.encoder.cards import load_card, load_card_data
-from interestbert.encoder.drift import DriftConfig, DriftMonitor, histories_from_verbaliser
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, histories_from_verbaliser, split_for_tuning
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
@@ -457,11 +457,12 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     monitors[SCORE_TUNED_LABEL] = score_tuned
     timings["score tuning"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    fit_on, tune_on = split_for_tuning(outside, seed)  # as `interestbert drift` splits the other users
     projected = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
-    projection_fit = projected.fit_projection(outside)
+    projection_fit = projected.fit_projection(fit_on)
     timings["projection fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    score_tuning["projected"] = projected.tune_score(outside, BUDGETS[0], seed=seed)
+    score_tuning["projected"] = projected.tune_score(tune_on, BUDGETS[0], seed=seed)
     monitors[PROJECTED_LABEL] = projected
     timings["score tuning, projected"] = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -47,7 +47,7 @@ from results_io import read_results, write_json  # noqa: E402
 
 from interestbert.encoder import drift_eval as de  # noqa: E402
 from interestbert.encoder.cards import load_card_data  # noqa: E402
-from interestbert.encoder.drift import DriftConfig, DriftMonitor  # noqa: E402
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, split_for_tuning  # noqa: E402
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder  # noqa: E402
 from interestbert.inference.recommend import short_term_weight  # noqa: E402
@@ -109,8 +109,9 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     monitor = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
     fitted = {}
     if kind == "product":
-        fitted = {"projection": monitor.fit_projection(outside),
-                  "score_tuning": monitor.tune_score(outside, BUDGET, seed=seed)}
+        fit_on, tune_on = split_for_tuning(outside, seed)  # as `recommend --drift-aware` splits the other users
+        fitted = {"projection": monitor.fit_projection(fit_on),
+                  "score_tuning": monitor.tune_score(tune_on, BUDGET, seed=seed)}
     monitor.calibrate([s.history() for s in cal_c], BUDGET)
     threshold = monitor.config.threshold
     spec = DATASETS[name]

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_PROJECTION_USERS, DriftMonitor, History, ScanResult,
-                                        count_false_alarms, histories_from_verbaliser)
+from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_PROJECTION_USERS, DriftMonitor, History,
+                                        ScanResult, count_false_alarms, histories_from_verbaliser, split_for_tuning)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write, atomic_write_text
 
@@ -56,7 +56,8 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     (`DriftMonitor.fit_projection`) on the training split of other users than those it calibrates on (at most
     `PROJECTION_USERS`; none when fewer than 50 are left), so the false-alarm rate is measured on users the
     projection never saw; without it, the monitor scores the vectors as encoded. With ``tune_score``, it then picks
-    the score's form (`DriftMonitor.tune_score`) on renewal streams spliced from those same other users."""
+    the score's form (`DriftMonitor.tune_score`) on renewal streams spliced from other users again; with both, a third
+    of those users (at most 1,000) tune the form and the projection is fitted on the rest (`split_for_tuning`)."""
     if monitor.calibrated and reason is None:
         return Calibration("the model's saved calibration", dict(monitor.config.calibration,
                                                                  threshold=monitor.config.threshold))
@@ -77,19 +78,20 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
         monitor.set_projection(None)
         rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
             np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
-        if projection and len(rest) >= 2 * MIN_PROJECTION_USERS:
+        others = histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2)
+        fit_on, tune_on = split_for_tuning(others, seed) if projection and tune_score else (others, others)
+        if projection and len(fit_on) >= 2 * MIN_PROJECTION_USERS:
             logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
-                        f"{len(rest):,}")
-            fit = monitor.fit_projection(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2),
-                                         steps=projection_steps, seed=seed, show_progress_bar=show_progress_bar)
+                        f"{len(fit_on):,}")
+            fit = monitor.fit_projection(fit_on, steps=projection_steps, seed=seed,
+                                         show_progress_bar=show_progress_bar)
             logger.info("  loss %.3f -> %.3f (chance %.3f)", fit["first_loss"], fit["last_loss"], fit["chance_loss"])
         elif projection:
-            logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(rest), len(pick),
-                        2 * MIN_PROJECTION_USERS)
+            logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(fit_on),
+                        len(pick), 2 * MIN_PROJECTION_USERS)
         if tune_score:
             try:
-                tuned = monitor.tune_score(histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2), target,
-                                           seed=seed, show_progress_bar=show_progress_bar)
+                tuned = monitor.tune_score(tune_on, target, seed=seed, show_progress_bar=show_progress_bar)
                 logger.info("drift score picked on %d streams spliced from other users: centre=%s, "
                             "reference_windows=%s (recall %s)", tuned["streams"], tuned["centre"],
                             tuned["reference_windows"], ", ".join(f"{v:.2f}" for v in tuned["recall"].values()))

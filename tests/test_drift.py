@@ -369,6 +369,16 @@ def test_sharing_encodings_encodes_each_text_once_inside_the_block_only():
     assert len(seen) == 2 * distinct and monitor._shared is None
 
 
+def test_split_for_tuning_holds_out_a_third_of_the_users_from_the_projection():
+    from interestbert.encoder.drift import split_for_tuning
+
+    histories = [taste_history(f"u{i}", [0], [12], i) for i in range(90)]
+    fit_on, tune_on = split_for_tuning(histories, seed=3)
+    assert len(tune_on) == 30 and len(fit_on) == 60
+    assert not {h.user_id for h in fit_on} & {h.user_id for h in tune_on}
+    assert [h.user_id for h in split_for_tuning(histories, seed=3)[1]] == [h.user_id for h in tune_on]
+
+
 def test_tuning_the_score_refuses_too_few_histories():
     monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
     with pytest.raises(InterestBertError, match="tuning the drift score needs at least 50 histories"):
@@ -388,8 +398,10 @@ def test_calibrating_on_the_fly_fits_the_projection_on_other_users_than_it_calib
     assert monitor.projection.shape == (32, 32) and fitted["steps"] == 20, fitted
     assert calibrated >= 20 and fitted["users"] >= 50 and calibrated + fitted["users"] <= 120, (calibrated, fitted)
     assert monitor.calibrated and calibration.record["achieved_false_alarms_per_1000_events"] <= 20
-    tuning = monitor.config.score_tuning  # picked on splices of the projection's users, not the calibration's
-    assert tuning["users"] <= fitted["users"] and len(tuning["recall"]) == 6, tuning
+    # a third of the other users was held out of the fit to tune the score's form: too few here (under 50)
+    assert fitted["users"] <= 2 * (120 - calibrated) // 3 + 1 and monitor.config.score_tuning is None, fitted
     ensure_calibrated(monitor, verbaliser, 20, min_events=2000, projection=False, reason="again",
                       show_progress_bar=False)
     assert monitor.projection is None and monitor.config.projection is None
+    tuning = monitor.config.score_tuning  # without a projection, all the other users tune the form
+    assert fitted["users"] < tuning["users"] <= 120 - calibrated and len(tuning["recall"]) == 6, tuning
