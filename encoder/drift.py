@@ -430,9 +430,9 @@ class DriftMonitor:
         Splices ``histories`` into renewal streams (segments of different users, each from a random point of their
         history, as the drift benchmark builds them; lengths scaled to the histories by `splice_design`), calibrates
         each form to the target rate on unspliced stretches of the same users, and keeps the form that finds the
-        most splices (an alarm within ``2 * window`` events). Pass users the monitor will not be calibrated on (the
-        ones its projection was fitted on will do). A calibration made before is cleared. Returns the record (also
-        kept in ``config.score_tuning``)."""
+        most splices (an alarm within ``2 * window`` events). Pass users the monitor will not be calibrated on, nor
+        the ones its projection was fitted on (`split_for_tuning` says why). A calibration made before is cleared.
+        Returns the record (also kept in ``config.score_tuning``)."""
         if self.config.window_vector != "mean":
             raise ValueError("tune_score needs window_vector='mean' (each event text encoded once for every form).")
         target = float(target_false_alarms_per_1000_events)
