@@ -76,9 +76,11 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
     why = reason or "the model has no drift calibration"
     with monitor.sharing_encodings():  # the three steps read many of the same event texts: each encoded once
         monitor.set_projection(None)
-        rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
-            np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
-        others = histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2)
+        rest = np.zeros(0, dtype=np.int64)  # other users' histories: only the projection and the tuning read them
+        if projection or tune_score:
+            rest = np.sort(np.random.default_rng(seed).permutation(np.setdiff1d(
+                np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
+        others = histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2) if len(rest) else []
         fit_on, tune_on = split_for_tuning(others, seed) if projection and tune_score else (others, others)
         if projection and len(fit_on) >= 2 * MIN_PROJECTION_USERS:
             logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
