@@ -13,6 +13,11 @@ Run (CPU, in the background; each dataset's result is written as soon as it is d
         --recbole-python /work/recbole-venv/bin/python
 
 ``--smoke`` runs a few steps on one dataset (minutes) to check the script.
+
+The peers' rows (`peers.py`) run first. The fine-tuned encoder's sequence head is then trained as the frozen row's
+(same options, epochs, patience, time cap), except when the fine-tuning kept step 0: its encoder is then the frozen
+one, bit for bit, and the row is the frozen one's, marked ``reused`` (saves ml-1m's 30-minute head;
+``--no-reuse-frozen`` trains it again).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from interestbert.finetune.data import leave_one_out
 from interestbert.encoder.scoring import scorer_for
 from interestbert.finetune.evaluate import evaluate, popularity_scorer
 from interestbert.finetune.metrics import RankingMetrics
+from interestbert.finetune.sequence import SequenceTraining, train_sequence_head
 from interestbert.finetune.train import finetune
 
 # Shorter CPU schedules than a GPU would use: a step cap and a time cap on the joint training (the head warm-up
@@ -89,7 +95,9 @@ def hardware() -> str:
 
 def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_python: str | None,
                 sasrec_dir: Path | None, head_warmup: int = FinetuneArguments.head_warmup_epochs, minutes: float | None = None,
-                peer_minutes: float = 20.0) -> dict:
+                peer_minutes: float = 20.0, reuse_frozen: bool = True) -> dict:
+    import peers  # it imports this module's constants
+
     spec = DATASETS[name]
     folder = data_dir / spec["folder"]
     data = load_card_data(name, folder)
@@ -106,6 +114,8 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
     rows["interestbert untrained (zero-shot)"] = {**zero, "train_seconds": 0.0,
                                                  "score_seconds": round(time.perf_counter() - start, 1)}
 
+    # the peers first: the frozen encoder's sequence head is the fine-tuned one's when the run keeps step 0
+    rows.update(peer_rows(name, verbaliser, split, smoke, peer_minutes))
     model_dir = out / "models" / name
     args = FinetuneArguments(
         card=name, data_dir=str(folder), output_dir=str(model_dir), overwrite_output_dir=True,
@@ -114,20 +124,16 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
         eval_steps=5 if smoke else 50,
         max_eval_users=100 if smoke else 600, early_stopping_patience=3, save_steps=10**9, do_test=False,
         learning_rate=LORA_LR, head_learning_rate=HEAD_LR, warmup_ratio=0.1, head_warmup_epochs=head_warmup,
-        sequence_head=True, sequence_epochs=3 if smoke else 200, sequence_max_minutes=sequence_minutes(name),
+        sequence_head=False, sequence_epochs=peer_epochs(smoke), sequence_max_minutes=sequence_minutes(name),
         sequence_max_events=spec.get("sequence_events", FinetuneArguments.sequence_max_events),
         disable_tqdm=True, seed=42)
     results = finetune(args)
-    tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH)
+    tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
     strategy = evaluate(scorer_for(tuned, verbaliser, "strategy"), test)
     rows["interestbert fine-tuned"] = {**strategy, "train_seconds": results["train_runtime_s"],
                                        "steps": results["global_step"], "best_step": results["best_step"]}
-    sequence = results["sequence_head"]
-    rows["interestbert fine-tuned + sequence head"] = {
-        **evaluate(scorer_for(tuned, verbaliser, "sequence"), test), "train_seconds": results["train_runtime_s"] + sequence["train_runtime_s"],
-        "sequence_epochs": sequence["epochs"], "sequence_best_epoch": sequence["best_epoch"]}
-
-    rows.update(peer_rows(name, verbaliser, split, smoke, peer_minutes))
+    rows["interestbert fine-tuned + sequence head"] = fine_tuned_sequence_row(
+        verbaliser, split, test, tuned, args, results, rows[peers.FROZEN_ROW] if reuse_frozen else None)
     sasrec = run_sasrec(name, folder, out, recbole_python, sasrec_dir, smoke)
     if sasrec is not None:
         rows[SASREC] = sasrec_row(name, sasrec, test_user_ids(verbaliser, test))
@@ -145,22 +151,47 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
                      "train_examples": results["train_examples"],
                      "sequence_head": {**dataclasses.asdict(args.sequence_options()),
                                        "learning_rate": args.sequence_learning_rate,
-                                       "max_minutes": sequence_minutes(name), "sequences": sequence["sequences"]}},
+                                       "max_minutes": sequence_minutes(name)}},
         "hardware": hardware(),
         "rows": rows,
     }
+
+
+def peer_epochs(smoke: bool) -> int:
+    return 2 if smoke else 400
+
+
+def fine_tuned_sequence_row(verbaliser: Verbaliser, split, test, tuned: InterestEncoder, args: FinetuneArguments,
+                            results: dict, frozen: dict | None) -> dict:
+    """The sequence head on the fine-tuned encoder, trained as the frozen row's (`peers.frozen_rows`: same
+    options, epochs, patience and time cap). When the run kept step 0 the encoder is the frozen one (the adapter
+    never moved: the same item embeddings, bit for bit), so with ``frozen`` (that row) its head is not trained a
+    second time: the row is the frozen one's, marked ``reused``."""
+    steps = results["train_runtime_s"]
+    if frozen is not None and results["best_step"] == 0:
+        return {**{k: frozen[k] for k in ("hr@10", "ndcg@10", "mrr@10", "n")},
+                "train_seconds": steps + frozen["train_seconds"], "sequence_epochs": frozen["epochs"],
+                "sequence_best_epoch": frozen["best_epoch"],
+                "reused": "best step 0 (the untrained encoder): the frozen encoder + sequence head row"}
+    items = tuned.encode(verbaliser.item_texts, batch_size=64)
+    training = SequenceTraining(epochs=args.sequence_epochs, patience=args.sequence_patience,
+                                max_minutes=args.sequence_max_minutes)
+    tuned.sequence_head, log = train_sequence_head(verbaliser, split, items, args.sequence_options(), training,
+                                                   show_progress_bar=False)
+    return {**evaluate(scorer_for(tuned, verbaliser, "sequence"), test), "train_seconds": steps + log["train_runtime_s"],
+            "sequence_epochs": log["epochs"], "sequence_best_epoch": log["best_epoch"]}
 
 
 def peer_rows(name: str, verbaliser: Verbaliser, split, smoke: bool, minutes: float) -> dict[str, dict]:
     """The rows of `peers.py`, run here on the same split: the recency item-kNN, our own SASRec (``minutes``: its
     time cap), the zero-shot head with its popularity prior, and our heads on the frozen encoder, the sequence
     head with the fine-tuned one's shape and time cap (``--smoke``: a few epochs)."""
-    import peers  # it imports this module's constants
+    import peers
 
     if smoke:
         split = dataclasses.replace(split, validation=split.validation.subset(slice(0, 200)),
                                     test=split.test.subset(slice(0, 200)))
-    epochs = 2 if smoke else 400
+    epochs = peer_epochs(smoke)
     options = SequenceOptions(max_events=DATASETS[name].get("sequence_events", FinetuneArguments.sequence_max_events))
     rows = {peers.KNN_ROW: peers.knn_row(verbaliser, split),
             peers.SASREC_ROW: peers.sasrec_row(name, verbaliser, split, minutes, epochs, patience=20)}
@@ -254,6 +285,9 @@ def main(argv=None) -> int:
                         help="Fit the head on frozen vectors first (0: off).")
     parser.add_argument("--train-minutes", type=float, default=None, help="Override the per-dataset time cap.")
     parser.add_argument("--peer-minutes", type=float, default=20.0, help="Time cap of our SASRec (peers.py).")
+    parser.add_argument("--no-reuse-frozen", dest="reuse_frozen", action="store_false",
+                        help="Train the fine-tuned encoder's sequence head even when the run kept step 0 (by default "
+                             "that row is then the frozen encoder's: the same encoder).")
     parser.add_argument("--report-only", action="store_true", help="Rebuild quality.md from the saved JSON files.")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -262,7 +296,7 @@ def main(argv=None) -> int:
     for name in [] if args.report_only else args.datasets:
         started = time.perf_counter()
         result = run_dataset(name, Path(args.data_dir), out, args.smoke, args.recbole_python, sasrec_dir,
-                             args.head_warmup_epochs, args.train_minutes, args.peer_minutes)
+                             args.head_warmup_epochs, args.train_minutes, args.peer_minutes, args.reuse_frozen)
         result.update(command=command, date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - started))
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
