@@ -40,7 +40,7 @@ from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, MAX_SEQ_LENGTH, hardware  # noqa: E402
-from results_io import read_results, write_json, write_report  # noqa: E402
+from results_io import run_and_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder  # noqa: E402
@@ -257,11 +257,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/lora_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if not args.report_only:
-        for name in args.datasets:
-            write_json(out / f"{name}.json", {**run_dataset(name, Path(args.data_dir), args), "command": command})
-    results = read_results(out, DATASETS)
-    write_report(out, "lora_ablation", results, markdown(results))
+    run_and_report(out, "lora_ablation", args.datasets, lambda name: run_dataset(name, Path(args.data_dir), args),
+                   command, markdown, DATASETS, args.report_only)
     return 0
 
 

@@ -49,7 +49,7 @@ from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, HEAD_LR, MAX_SEQ_LENGTH, hardware  # noqa: E402
-from results_io import read_results, write_json, write_report  # noqa: E402
+from results_io import run_and_report  # noqa: E402
 from zero_shot import prior_row  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
@@ -310,13 +310,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if not args.report_only:
-        for name in args.datasets:
-            result = run_dataset(name, Path(args.data_dir), args.rows, args.minutes, args.epochs, args.patience,
-                                 args.sequence_events)
-            write_json(out / f"{name}.json", {**result, "command": command})
-    results = read_results(out, DATASETS)
-    write_report(out, "peers", results, markdown(results))
+    run_and_report(out, "peers", args.datasets,
+                   lambda name: run_dataset(name, Path(args.data_dir), args.rows, args.minutes, args.epochs,
+                                            args.patience, args.sequence_events),
+                   command, markdown, DATASETS, args.report_only)
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from interestbert.encoder.files import atomic_write_text
@@ -24,3 +24,14 @@ def write_report(out: Path, name: str, data, markdown: str) -> None:
     write_json(out / f"{name}.json", data)
     atomic_write_text(out / f"{name}.md", markdown)
     print(markdown)
+
+
+def run_and_report(out: Path, report: str, names: Iterable[str], run: Callable[[str], dict], command: str,
+                   markdown: Callable[[list[dict]], str], order: Iterable[str], report_only: bool = False) -> None:
+    """``run(name)`` for each of ``names`` (none with ``report_only``), each result written to ``out/<name>.json``
+    with ``command`` as soon as it is done; then the report (`write_report`) of every saved result, in ``order``."""
+    if not report_only:
+        for name in names:
+            write_json(out / f"{name}.json", {**run(name), "command": command})
+    results = read_results(out, order)
+    write_report(out, report, results, markdown(results))
