@@ -51,6 +51,7 @@ from interestbert.finetune.args import FinetuneArguments  # noqa: E402
 from interestbert.finetune.data import leave_one_out  # noqa: E402
 from interestbert.finetune.evaluate import evaluate  # noqa: E402
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head, training_sequences  # noqa: E402
+from interestbert.finetune.steps import _pad as pad_tokens  # noqa: E402
 
 CHUNK_TOKENS = 4096  # padded tokens per pass of the top layers (length-sorted chunks)
 
@@ -83,13 +84,8 @@ class TopLayers:
         self.st.eval()
         with torch.no_grad():
             for chunk in chunks(self.lengths):
-                width = int(self.lengths[chunk].max())
-                input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-                for j, i in enumerate(chunk):
-                    input_ids[j, :self.lengths[i]] = torch.as_tensor(self.ids[i])
-                mask = (torch.arange(width)[None, :] < torch.as_tensor(self.lengths[chunk])[:, None]).long()
-                hidden = self.bert(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids),
-                                   output_hidden_states=True).hidden_states[-top - 1]
+                inputs = pad_tokens([self.ids[i] for i in chunk], tokenizer.pad_token_id, "cpu")
+                hidden = self.bert(**inputs, output_hidden_states=True).hidden_states[-top - 1]
                 for j, i in enumerate(chunk):
                     self.cache[i] = hidden[j, :self.lengths[i]].clone()
 
@@ -208,11 +204,11 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
             curve.append({"step": step, "seconds": round(trained, 1), "loss": round(loss.item(), 4)})
         if trained >= marks[0] * 60:
             minutes = marks.pop(0)
-            rows[f"{label}, {minutes:g} min"] = {
+            row = rows[f"{label}, {minutes:g} min"] = {
                 "minutes": minutes, "steps": step, "loss": round(loss.item(), 4),
                 **sequence_rows(verbaliser, split, top.all(), options, args.seeds, args.sequence_minutes)}
-            print(f"{name}: {minutes:g} min, step {step}: {rows[f'{label}, {minutes:g} min']['mean_validation_ndcg@10']:.4f}"
-                  f" / {rows[f'{label}, {minutes:g} min']['mean_test_ndcg@10']:.4f}", flush=True)
+            print(f"{name}: {minutes:g} min, step {step}: {row['mean_validation_ndcg@10']:.4f} / "
+                  f"{row['mean_test_ndcg@10']:.4f}", flush=True)
     encoder.merge_adapter()
     check = float((encoder.encode(verbaliser.item_texts, batch_size=64) * top.all()).sum(1).min())
     if check < 0.9999:

@@ -51,8 +51,9 @@ from .errors import InterestBertError
 from .model_folder import DRIFT as DRIFT_PART
 from .model_folder import ModelFolder
 
-__all__ = ["MAX_STREAM_USERS", "MIN_ALARMS_TO_CALIBRATE", "SCORE_FORMS", "DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "ScanResult",
-           "count_false_alarms", "explain", "histories_from_verbaliser", "sort_events", "split_for_tuning", "terms"]
+__all__ = ["MAX_STREAM_USERS", "MIN_ALARMS_TO_CALIBRATE", "SCORE_FORMS", "DriftConfig", "DriftEvent", "DriftMonitor",
+           "Event", "History", "ScanResult", "count_false_alarms", "explain", "histories_from_verbaliser", "sort_events",
+           "split_for_tuning", "terms"]
 
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
 MIN_ALARMS_TO_CALIBRATE = 10  # a rate is estimated from at least this many alarms' worth of events
