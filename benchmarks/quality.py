@@ -47,7 +47,7 @@ from interestbert.finetune.data import leave_one_out
 from interestbert.encoder.scoring import scorer_for
 from interestbert.finetune.evaluate import evaluate, popularity_scorer
 from interestbert.finetune.metrics import RankingMetrics
-from interestbert.finetune.sequence import SequenceTraining, train_sequence_head
+from interestbert.finetune.sequence import train_sequence_head
 from interestbert.finetune.train import finetune
 
 # Shorter CPU schedules than a GPU would use: a step cap and a time cap on the joint training (the head warm-up
@@ -174,10 +174,8 @@ def fine_tuned_sequence_row(verbaliser: Verbaliser, split, test, tuned: Interest
                 "sequence_best_epoch": frozen["best_epoch"],
                 "reused": "best step 0 (the untrained encoder): the frozen encoder + sequence head row"}
     items = tuned.encode(verbaliser.item_texts, batch_size=64)
-    training = SequenceTraining(epochs=args.sequence_epochs, patience=args.sequence_patience,
-                                max_minutes=args.sequence_max_minutes)
-    tuned.sequence_head, log = train_sequence_head(verbaliser, split, items, args.sequence_options(), training,
-                                                   show_progress_bar=False)
+    tuned.sequence_head, log = train_sequence_head(verbaliser, split, items, args.sequence_options(),
+                                                   args.sequence_training(), show_progress_bar=False)
     return {**evaluate(scorer_for(tuned, verbaliser, "sequence"), test), "train_seconds": steps + log["train_runtime_s"],
             "sequence_epochs": log["epochs"], "sequence_best_epoch": log["best_epoch"]}
 
