@@ -247,7 +247,7 @@ def frozen_rows(verbaliser, split, encoder: InterestEncoder, options: SequenceOp
     sequence = {**evaluate(SequenceHeadScorer(head, verbaliser), split.test), "max_events": options.max_events,
                 "best_epoch": log["best_epoch"], "epochs": log["epochs"],
                 "validation_ndcg@10": log["best_validation_ndcg@10"], "item_encode_seconds": round(encode_seconds, 1),
-                "train_seconds": log["train_runtime_s"], "log": log["log"]}
+                "train_seconds": log["train_runtime_s"], "text_prior": log.get("text_prior"), "log": log["log"]}
     return {PRIOR_ROW: zero_shot, FROZEN_STRATEGY_ROW: strategy, FROZEN_ROW: sequence}
 
 

@@ -171,13 +171,14 @@ def fine_tuned_sequence_row(verbaliser: Verbaliser, split, test, tuned: Interest
     if frozen is not None and results["best_step"] == 0:
         return {**{k: frozen[k] for k in ("hr@10", "ndcg@10", "mrr@10", "n")},
                 "train_seconds": steps + frozen["train_seconds"], "sequence_epochs": frozen["epochs"],
-                "sequence_best_epoch": frozen["best_epoch"],
+                "sequence_best_epoch": frozen["best_epoch"], "text_prior": frozen.get("text_prior"),
                 "reused": "best step 0 (the untrained encoder): the frozen encoder + sequence head row"}
     items = tuned.encode(verbaliser.item_texts, batch_size=64)
     tuned.sequence_head, log = train_sequence_head(verbaliser, split, items, args.sequence_options(),
                                                    args.sequence_training(), show_progress_bar=False)
     return {**evaluate(scorer_for(tuned, verbaliser, "sequence"), test), "train_seconds": steps + log["train_runtime_s"],
-            "sequence_epochs": log["epochs"], "sequence_best_epoch": log["best_epoch"]}
+            "sequence_epochs": log["epochs"], "sequence_best_epoch": log["best_epoch"],
+            "text_prior": log.get("text_prior")}
 
 
 def peer_rows(name: str, verbaliser: Verbaliser, split, smoke: bool, minutes: float) -> dict[str, dict]:

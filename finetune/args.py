@@ -91,6 +91,9 @@ class FinetuneArguments:
                                                                  "better validation NDCG@10."})
     sequence_max_minutes: float | None = field(default=None, metadata={"help": "Stop the sequence head's training "
                                                                                "after this long."})
+    sequence_text_prior: bool = field(default=True, metadata={"help": "Then fit the sequence head's text prior (the "
+                                      "item texts' similarity to the newest events, for rare items) on validation; "
+                                      "--no_sequence_text_prior: off."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, none on CPU), no, bf16."})
     encode_precision: str = field(default="auto", metadata={"help": "How the encodings that train nothing are "
                                   "computed: the head warm-up's history vectors, a new head's item vectors, the "
@@ -150,7 +153,8 @@ class FinetuneArguments:
 
         return SequenceTraining(epochs=self.sequence_epochs, learning_rate=self.sequence_learning_rate,
                                 batch_size=self.sequence_batch_size, patience=self.sequence_patience,
-                                max_minutes=self.sequence_max_minutes, seed=self.seed)
+                                max_minutes=self.sequence_max_minutes, seed=self.seed,
+                                text_prior=self.sequence_text_prior)
 
     def result_config(self) -> dict:
         """The options that determine the trained weights (stored in checkpoints, compared on resume)."""

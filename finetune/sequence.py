@@ -4,17 +4,21 @@ The head trains after the encoder, on the encoder's embeddings of the item texts
 training events (everything before the validation target) become one right-aligned sequence, and the loss is the
 cross-entropy of the next item at every position, as in SASRec. Validation NDCG@10 (full ranking, seen items
 excluded, `interestbert.encoder.scoring.SequenceHeadScorer`) is measured after every epoch by the shared epoch loop
-(`interestbert.finetune.loop`); the best epoch is kept, with early stopping and a time cap.
+(`interestbert.finetune.loop`); the best epoch is kept, with early stopping and a time cap. Then the head's text
+prior (`interestbert.encoder.sequence.TextPrior`) is fitted on the same validation examples: its weight and
+half-count from a small grid that includes "off".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
 import torch
+from tqdm.auto import tqdm
 
 from interestbert.encoder.scoring import SequenceHeadScorer
-from interestbert.encoder.sequence import SequenceHead, SequenceOptions, right_aligned, sequence_loss
+from interestbert.encoder.sequence import SequenceHead, SequenceOptions, TextPrior, right_aligned, sequence_loss
 from interestbert.encoder.verbalise import Verbaliser
 
 from .data import Examples, Split
@@ -32,6 +36,28 @@ class SequenceTraining:
     patience: int = 10
     max_minutes: float | None = None
     seed: int = 42
+    text_prior: bool = True
+
+
+PRIOR_WEIGHTS = (2.0, 5.0, 10.0, 20.0, 50.0)  # the text prior's grid (besides off); scores are logits
+PRIOR_HALF_COUNTS = (3.0, 10.0, 30.0)
+
+
+def fit_text_prior(head: SequenceHead, validation: Examples, verbaliser: Verbaliser,
+                   show_progress_bar: bool = False) -> dict:
+    """Sets ``head.text_prior`` to the best of off and `PRIOR_WEIGHTS` x `PRIOR_HALF_COUNTS` by NDCG@10 on
+    ``validation`` (off wins ties); returns the chosen prior and every choice's NDCG@10."""
+    scorer = SequenceHeadScorer(head, verbaliser)
+    grid = [TextPrior()] + [TextPrior(weight=w, half_count=k) for w, k in product(PRIOR_WEIGHTS, PRIOR_HALF_COUNTS)]
+    found = []
+    for prior in tqdm(grid, desc="text prior", disable=not show_progress_bar, leave=False):
+        head.text_prior = prior
+        found.append(evaluate(scorer, validation)["ndcg@10"])
+    best = max(range(len(grid)), key=lambda i: (found[i], -i))
+    head.text_prior = grid[best]
+    return {"weight": grid[best].weight, "half_count": grid[best].half_count,
+            "validation_ndcg@10": round(found[best], 5), "validation_ndcg@10_off": round(found[0], 5),
+            "grid": {f"{p.weight:g}/{p.half_count:g}": round(v, 5) for p, v in zip(grid, found)}}
 
 
 def training_sequences(verbaliser: Verbaliser, split: Split, max_events: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,4 +102,8 @@ def train_sequence_head(verbaliser: Verbaliser, split: Split, item_embeddings, o
                "sequences": len(inputs), "log": result.log}
     print_fn(f"sequence head: best validation NDCG@10 {result.best_metric:.4f} at epoch {result.best_epoch} of "
              f"{result.epochs} ({summary['train_runtime_s']:.0f} s)")
+    if training.text_prior:
+        prior = summary["text_prior"] = fit_text_prior(head, validation, verbaliser, show_progress_bar)
+        print_fn(f"sequence head's text prior: weight {prior['weight']:g}, half-count {prior['half_count']:g} "
+                 f"(validation NDCG@10 {prior['validation_ndcg@10']:.4f}, off {prior['validation_ndcg@10_off']:.4f})")
     return head, summary

@@ -1,5 +1,5 @@
 """The sequence head: right-aligned histories, causality and padding, learning an order the pooled head cannot
-see, save/load and cold start, and the `finetune --sequence_head` -> evaluate -> recommend path."""
+see, save/load and cold start, the text prior and its fit on validation, and the `finetune --sequence_head` -> evaluate -> recommend path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from interestbert.encoder.sequence import SequenceHead, SequenceOptions, right_aligned
+from interestbert.encoder.sequence import SequenceHead, SequenceOptions, TextPrior, right_aligned
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head, training_sequences
 
 SMALL = SequenceOptions(dim=16, layers=1, heads=2, dropout=0.0, max_events=6)
@@ -67,6 +67,31 @@ def test_save_load_round_trip_and_cold_start_rows(tmp_path):
         loaded.add_items(["i0"], text[:1])
     values, index = loaded.topk(histories, k=3, exclude=[[0, 1, 2, 3], [4, 0]])
     assert not set(index[0].tolist()) & {0, 1, 2, 3} and not set(index[1].tolist()) & {4, 0}
+
+
+def test_the_text_prior_is_the_recency_weighted_text_similarity_scaled_down_by_training_count(tmp_path):
+    texts = np.array([[2, 0], [0, 1], [1, 1], [-1, 0]], dtype=np.float32)  # cosines: 0-2 and 1-2 0.707, 0-3 -1
+    head = SequenceHead(["a", "b", "c", "d"], texts, popularity=[0, 10, 30, 0],
+                        options=SequenceOptions(dim=4, layers=1, heads=1, max_events=4)).eval()
+    off = head.scores(torch.tensor([[-1, 3, 0, 1]]))
+    head.text_prior = TextPrior(weight=2.0, half_count=10.0, last=2, decay=0.5, power=1.0)  # reads items 0, 1 only
+    similarity = head.text_similarity(torch.tensor([[-1, 3, 0, 1], [-1, -1, -1, -1]]))
+    # newest (item 1) weight 1, item 0 weight 0.5; the negative cosine to item 3 is clipped to 0
+    expected = np.array([0.5 * 1, 1, 1.5 * 0.5 ** 0.5, 0]) / 1.5
+    np.testing.assert_allclose(similarity[0].numpy(), expected, rtol=1e-5)
+    assert torch.all(similarity[1] == 0)  # an empty history: no prior
+    on = head.scores(torch.tensor([[-1, 3, 0, 1]]))
+    np.testing.assert_allclose((on - off)[0].detach().numpy(), 2.0 * expected / (1 + np.array([0, 10, 30, 0]) / 10), rtol=1e-5)
+
+    head.save_pretrained(tmp_path)  # the prior and the counts travel with the head
+    loaded = SequenceHead.from_pretrained(tmp_path)
+    assert loaded.text_prior == head.text_prior
+    torch.testing.assert_close(loaded.scores(torch.tensor([[-1, 3, 0, 1]])), on)
+    loaded.add_items(["e"], np.array([[0, 3]], dtype=np.float32))  # a new item: no count, the prior's full weight
+    assert loaded.counts[-1] == 0
+    assert loaded.prior_term(torch.tensor([[-1, 3, 0, 1]]))[0, -1] == pytest.approx(1 / 1.5)
+    with pytest.raises(ValueError, match="0 < decay <= 1"):
+        TextPrior(decay=0.0)
 
 
 def test_bad_options_are_refused():
@@ -141,6 +166,36 @@ def test_sequence_head_learns_the_order_of_a_history(cyclic_card, tiny_bert):
                                    show_progress_bar=False, print_fn=lambda *_: None)
     for (name, x), (_, y) in zip(again.state_dict().items(), twice.state_dict().items()):
         torch.testing.assert_close(x, y, msg=name)
+
+
+def test_the_text_prior_is_fitted_on_validation_when_item_texts_predict_the_next_item(cyclic_card, tiny_bert):
+    """Item k's text lies at angle k on a circle, so the newest item's text points at the next item: an (almost)
+    untrained head gains a lot from the prior and the fit turns it on; the fitted score is what evaluate sees."""
+    from interestbert.encoder import load_card_data
+    from interestbert.encoder.scoring import SequenceHeadScorer
+    from interestbert.encoder.verbalise import Verbaliser
+    from interestbert.finetune.data import leave_one_out
+    from interestbert.finetune.evaluate import evaluate
+    from transformers import AutoTokenizer
+
+    card, data_dir = cyclic_card
+    verbaliser = Verbaliser(load_card_data(str(card), data_dir), AutoTokenizer.from_pretrained(str(tiny_bert)), 64)
+    split = leave_one_out(verbaliser)
+    angle = np.array([2 * np.pi * int(i[1:]) / 40 for i in verbaliser.item_ids])
+    circle = np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32)
+    options = SequenceOptions(dim=16, layers=1, heads=2, dropout=0.0, max_events=10)
+    barely = SequenceTraining(epochs=1, learning_rate=1e-6, batch_size=32)
+    head, summary = train_sequence_head(verbaliser, split, circle, options, barely, show_progress_bar=False,
+                                        print_fn=lambda *_: None)
+    prior = summary["text_prior"]
+    assert prior["weight"] > 0 and head.text_prior.weight == prior["weight"]
+    assert prior["validation_ndcg@10"] > max(0.95, prior["validation_ndcg@10_off"]), prior
+    assert evaluate(SequenceHeadScorer(head, verbaliser), split.validation)["ndcg@10"] == pytest.approx(
+        prior["validation_ndcg@10"], abs=1e-5)
+    off, summary = train_sequence_head(verbaliser, split, circle, options,
+                                       SequenceTraining(epochs=1, learning_rate=1e-6, batch_size=32, text_prior=False),
+                                       show_progress_bar=False, print_fn=lambda *_: None)
+    assert off.text_prior == TextPrior() and "text_prior" not in summary
 
 
 def test_finetune_with_a_sequence_head_then_evaluate_and_recommend(tmp_path, tiny_bert, synthetic_dir, capsys):
