@@ -102,11 +102,13 @@ stride {{ card.drift.stride }}, threshold {{ "%.4f" | format(card.drift.threshol
 
 The training data are people's behaviour. This folder holds no user id, no event and no verbalised history of
 the training data: only model weights, the item catalogue (item ids and the texts of items, which are the
-catalogue, not anyone's behaviour), aggregate metrics and options.{% if card.published %} Before it was published,
-`interestbert publish` read every file against the training data and found none of its user ids (those of at
-least 4 characters that are not plain numbers: shorter or numeric ids cannot be told from numbers), none of its
-verbalised events, no absolute local path and no token. The data card it was trained with is in
-`interestbert/data_card/README.md` (the card only: the data is not published).{% endif %}
+catalogue, not anyone's behaviour), aggregate metrics and options. A sequence head also holds how many training
+events each item has (its text prior and popularity bias use them): counts over everyone, not anyone's
+events.{% if card.published %} Before it was published, `interestbert publish` read every file against the
+training data and found none of its user ids (those of at least 4 characters that are not plain numbers: shorter
+or numeric ids cannot be told from numbers), none of its verbalised events, no absolute local path and no token.
+The data card it was trained with is in `interestbert/data_card/README.md` (the card only: the data is not
+published).{% endif %}
 """
 
 

@@ -15,8 +15,9 @@ The last term is the text prior: the item text's cosine to the texts of the newe
 raised to ``power``, weighted ``decay ** age``), scaled down for items seen often in training. Rare and new items
 have no learned vector worth the name, and the head's projected texts rank them poorly; the raw text similarity
 ranks them better (on amazon-beauty, targets with at most 2 training events: NDCG@10 0.02 from the head, 0.07
-from text alone). ``w`` and ``k`` are fitted on the validation split after training (`fit_text_prior`; ``w = 0``
-is among the choices, and is the default of a head built by hand).
+from the zero-shot text cosine). ``w`` and ``k`` are fitted on the validation split after training
+(`interestbert.finetune.sequence.fit_text_prior`; ``w = 0`` is among the choices, and is the default of a head
+built by hand).
 
 Trained by `interestbert.finetune` with ``--sequence_head`` (cross-entropy of the next item at every position, as
 SASRec). Saved by `ModelFolder` in the model folder's ``interestbert/sequence_head/`` as ``model.safetensors``
@@ -250,8 +251,8 @@ class SequenceHead(SavedPart, nn.Module):
         if tuple(tensors["text"].shape) != (n, text_dim):
             raise ValueError(f"{source} holds item texts of shape {tuple(tensors['text'].shape)} but its config "
                              f"lists {n} items of dim {text_dim}; save the model again.")
-        head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32), options=SequenceOptions(**config["options"]),
-                   text_prior=TextPrior(**config.get("text_prior", {})))
+        head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32),
+                   options=SequenceOptions(**config["options"]), text_prior=TextPrior(**config.get("text_prior", {})))
         if "counts" not in tensors:  # saved before the text prior (which stays off: no weight in the config)
             tensors = {**tensors, "counts": torch.zeros(n)}
         head.load_state_dict(tensors)

@@ -1,5 +1,6 @@
 """The sequence head: right-aligned histories, causality and padding, learning an order the pooled head cannot
-see, save/load and cold start, the text prior and its fit on validation, and the `finetune --sequence_head` -> evaluate -> recommend path."""
+see, save/load and cold start, the text prior and its fit on validation, and the `finetune --sequence_head` ->
+evaluate -> recommend path."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def test_the_text_prior_is_the_recency_weighted_text_similarity_scaled_down_by_t
     np.testing.assert_allclose(similarity[0].numpy(), expected, rtol=1e-5)
     assert torch.all(similarity[1] == 0)  # an empty history: no prior
     on = head.scores(torch.tensor([[-1, 3, 0, 1]]))
-    np.testing.assert_allclose((on - off)[0].detach().numpy(), 2.0 * expected / (1 + np.array([0, 10, 30, 0]) / 10), rtol=1e-5)
+    scaled = expected / (1 + np.array([0, 10, 30, 0]) / 10)
+    np.testing.assert_allclose((on - off)[0].detach().numpy(), 2.0 * scaled, rtol=1e-5)
 
     head.save_pretrained(tmp_path)  # the prior and the counts travel with the head
     loaded = SequenceHead.from_pretrained(tmp_path)
