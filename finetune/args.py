@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from interestbert.encoder.model import DEFAULT_BASE_MODEL
 
-# Options that do not change the trained weights: a checkpoint made with other values may be resumed.
+# Options that do not change the trained weights: a checkpoint made with other values may be resumed. The text
+# prior is fitted after the encoder's training, on the finished sequence head: no checkpoint holds anything of it.
 NOT_IN_CONFIG = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "save_steps", "save_total_limit",
                  "logging_steps", "per_device_eval_batch_size", "disable_tqdm", "do_test", "eval_on_test_baselines",
-                 "debug"}
+                 "debug", "sequence_text_prior"}
 
 
 @dataclass

@@ -465,3 +465,15 @@ def test_a_checkpoint_from_before_encode_precision_resumes_as_fp32(tmp_path, tin
     check_config(tmp_path, config)
     with pytest.raises(InterestBertError, match="encode_precision: checkpoint 'fp32', now 'auto'"):
         check_config(tmp_path, dict(config, encode_precision="auto"))
+
+
+def test_a_checkpoint_resumes_whether_or_not_the_text_prior_is_fitted(tmp_path, tiny_bert, synthetic_dir):
+    """The sequence head's text prior is fitted after training: a checkpoint from before the option existed, or
+    made with it off, resumes with it on (and the option is not what tells checkpoints apart)."""
+    from interestbert.finetune.checkpoint import check_config
+
+    on = tiny_args(tmp_path, tiny_bert, synthetic_dir).result_config()
+    off = tiny_args(tmp_path, tiny_bert, synthetic_dir, sequence_text_prior=False).result_config()
+    assert "sequence_text_prior" not in on and on == off
+    (tmp_path / "training_config.json").write_text(json.dumps(off))
+    check_config(tmp_path, on)
