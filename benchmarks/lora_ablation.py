@@ -152,9 +152,12 @@ def sequence_rows(verbaliser, split, items: np.ndarray, options: SequenceOptions
         head, log = train_sequence_head(verbaliser, split, items, options,
                                         SequenceTraining(seed=seed, max_minutes=minutes), show_progress_bar=False,
                                         print_fn=lambda *_: None)
-        runs[str(seed)] = {"validation_ndcg@10": log["best_validation_ndcg@10"],
+        prior = log.get("text_prior")  # fitted on validation after training: its score is the head's
+        validation = prior["validation_ndcg@10"] if prior else log["best_validation_ndcg@10"]
+        runs[str(seed)] = {"validation_ndcg@10": validation,
                            "test_ndcg@10": round(evaluate(SequenceHeadScorer(head, verbaliser), split.test)["ndcg@10"], 5),
-                           "best_epoch": log["best_epoch"], "epochs": log["epochs"]}
+                           "best_epoch": log["best_epoch"], "epochs": log["epochs"],
+                           "text_prior": prior}
     return {"seeds": runs, **{f"mean_{k}": round(float(np.mean([r[k] for r in runs.values()])), 5)
                               for k in ("validation_ndcg@10", "test_ndcg@10")}}
 

@@ -462,6 +462,13 @@ def next_item_ranks(interest: np.ndarray, item_vectors: np.ndarray, streams: Seq
     ``interest[q] · item_vectors`` (the evaluation protocol: the stream's earlier items excluded, the target kept,
     ties to the lower catalogue row). ``row_of`` maps an item text to its catalogue row."""
     scores = np.asarray(interest, np.float32) @ np.asarray(item_vectors, np.float32).T  # (n_queries, n_items)
+    return query_ranks(scores, streams, queries, row_of)
+
+
+def query_ranks(scores: np.ndarray, streams: Sequence[Stream], queries: Sequence[tuple[int, int, int]],
+                row_of: Mapping[str, int]) -> np.ndarray:
+    """As `next_item_ranks`, from ``(n_queries, n_items)`` scores computed ahead (any scorer's; changed in
+    place)."""
     ranks = np.zeros(len(queries), dtype=np.int64)
     for q, (k, t, j) in enumerate(queries):
         events, s = streams[k].events, scores[q]

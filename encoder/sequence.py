@@ -198,10 +198,11 @@ class SequenceHead(SavedPart, nn.Module):
             total += weight
         return out / total.clamp(min=1e-12)
 
-    def prior_term(self, histories: torch.Tensor) -> torch.Tensor:
+    def prior_term(self, histories: torch.Tensor, similarity: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, n_items)``: the text prior before its weight, the similarity scaled by
-        ``1 / (1 + count / half_count)``."""
-        return self.text_similarity(histories) / (1 + self.counts / self.text_prior.half_count)
+        ``1 / (1 + count / half_count)`` (``similarity``: `text_similarity` of ``histories`` computed ahead)."""
+        similarity = self.text_similarity(histories) if similarity is None else similarity
+        return similarity / (1 + self.counts / self.text_prior.half_count)
 
     @torch.no_grad()
     def topk(self, histories: torch.Tensor, k: int = 10, exclude: Sequence[Sequence[int]] | None = None):
