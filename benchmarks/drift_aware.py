@@ -6,8 +6,14 @@ split (2 alarms per 1,000 events), ``alpha_max`` of the blend is picked on the v
 and the test split is scored for the three strategies, over all users and over the users with a detection among
 their last 20 events. Full ranking, seen items excluded (the evaluation protocol).
 
+``--scorer sequence``: the model's sequence head (a model without one gets a head trained here on its frozen item
+texts' embeddings, `--sequence-minutes` at most), whose drift-aware blend is of scores: ``(1 - a) * scores(history)
++ a * scores(the newest window events)``, short-only being ``a = 1`` (`interestbert.inference.recommend`).
+
     python benchmarks/drift_aware.py --data-dir ../shared/data --models benchmarks/results/quality/models \\
         --out benchmarks/results/drift_aware
+    python benchmarks/drift_aware.py --data-dir ../shared/data --models "" --scorer sequence \\
+        --datasets movielens-100k --out benchmarks/results/drift_aware/sequence
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 
 from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
@@ -28,18 +35,23 @@ from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.data import leave_one_out
-from interestbert.encoder.scoring import scorer_for
+from interestbert.encoder.drift import histories_from_verbaliser
+from interestbert.encoder.scoring import SequenceHeadScorer, scorer_for
+from interestbert.encoder.sequence import SequenceOptions
 from interestbert.finetune.metrics import RankingMetrics
+from interestbert.finetune.sequence import SequenceTraining, train_sequence_head
 from interestbert.inference.drift import ensure_calibrated
-from interestbert.inference.recommend import strategies, user_vectors
+from interestbert.inference.recommend import drift_scores, short_term_weight, strategies, user_vectors
 
 FOLDERS = {"synthetic-shop": None, "amazon-beauty": "amazon-beauty-10core",
            "amazon-office": "amazon-office-2014-5core", "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 MAX_SEQ_LENGTH = 128
+SEQUENCE_EVENTS = {"movielens-1m": 200}  # the sequence head's history (the quality benchmark's)
 
 
-def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None) -> dict:
+def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None, scorer_kind: str = "strategy",
+                sequence_minutes: float = 10.0) -> dict:
     if FOLDERS[name] is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-aware-shop-"))
         synthetic.generate(folder, seed=0)
@@ -53,33 +65,57 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
     split = leave_one_out(verbaliser)
     monitor = DriftMonitor(encoder.encode, DriftConfig(), separator=verbaliser.separator, batch_size=64)
     calibration = ensure_calibrated(monitor, verbaliser, 2.0, show_progress_bar=False, data=data)
-    scorer = scorer_for(encoder, verbaliser, "strategy" if encoder.head is not None else "text")
     threshold = monitor.config.threshold
+    head_log = None
+    if scorer_kind == "sequence":
+        head = encoder.sequence_head
+        if head is None:
+            options = SequenceOptions(max_events=SEQUENCE_EVENTS.get(name, SequenceOptions.max_events))
+            items = encoder.encode(verbaliser.item_texts, batch_size=64)
+            head, head_log = train_sequence_head(verbaliser, split, items, options,
+                                                 SequenceTraining(max_minutes=sequence_minutes),
+                                                 show_progress_bar=False)
+            head_log.pop("log", None)
+        scorer = SequenceHeadScorer(head, verbaliser, short_window=monitor.config.window)
+    else:
+        scorer = scorer_for(encoder, verbaliser, "strategy" if encoder.head is not None else "text")
+
+    def inputs_of(examples, alphas):
+        """``{strategy: the scorer's inputs}`` (interest vectors, or the sequence head's short-term weights) and
+        which users had a detection among their last 20 events."""
+        if scorer_kind == "sequence":
+            drift, recent = drift_scores(monitor, histories_from_verbaliser(verbaliser, examples.users, examples.ends))
+            rows = {"long-only": np.zeros(len(drift), np.float32), "short-only": np.ones(len(drift), np.float32)}
+            rows.update({f"drift-aware (alpha_max {a})": short_term_weight(drift, threshold, a) for a in alphas})
+            return {k: {"alpha": v} for k, v in rows.items()}, recent
+        vectors = user_vectors(encoder, verbaliser, monitor, examples.users, examples.ends)
+        rows = {}
+        for alpha in alphas:
+            for strategy, interest in strategies(vectors, threshold, alpha).items():
+                key = strategy if strategy != "drift-aware" else f"drift-aware (alpha_max {alpha})"
+                rows[key] = {"interest": interest}
+        return rows, vectors.recent_detection
 
     def evaluate(examples, alphas):
         if limit is not None:
             examples = examples.subset(slice(0, limit))
-        vectors = user_vectors(encoder, verbaliser, monitor, examples.users, examples.ends)
+        inputs, recent = inputs_of(examples, alphas)
         out = {}
-        for alpha in alphas:
-            for strategy, interest in strategies(vectors, threshold, alpha).items():
-                if strategy != "drift-aware" and alpha != alphas[0]:
-                    continue
-                key = strategy if strategy != "drift-aware" else f"drift-aware (alpha_max {alpha})"
-                ranks = scorer.rank_examples(examples, interest=interest)
-                recent = vectors.recent_detection
-                out[key] = {"all": RankingMetrics.of(ranks),
-                            "recent_drift": RankingMetrics.of(ranks[recent]) if recent.any() else None}
-        return out, vectors
+        for key, given in inputs.items():
+            ranks = scorer.rank_examples(examples, **given)
+            out[key] = {"all": RankingMetrics.of(ranks),
+                        "recent_drift": RankingMetrics.of(ranks[recent]) if recent.any() else None}
+        return out, recent
 
     start = time.perf_counter()
     validation, _ = evaluate(split.validation, ALPHAS)
     best_alpha = max(ALPHAS, key=lambda a: validation[f"drift-aware (alpha_max {a})"]["all"]["ndcg@10"])
-    test, vectors = evaluate(split.test, (best_alpha,))
+    test, recent = evaluate(split.test, (best_alpha,))
     rows = {k.replace(f" (alpha_max {best_alpha})", ""): v for k, v in test.items()}
     winner = max(rows, key=lambda k: rows[k]["all"]["ndcg@10"])
     return {"dataset": name, "model": str(model_dir) if model_dir else f"{DEFAULT_BASE_MODEL} (untrained)",
-            "users": int(len(vectors.score)), "users_with_recent_drift": int(vectors.recent_detection.sum()),
+            "scorer": scorer.name, "sequence_head_training": head_log,
+            "users": int(len(recent)), "users_with_recent_drift": int(recent.sum()),
             "window": monitor.config.window, "stride": monitor.config.stride, "threshold": round(threshold, 4),
             "calibration": calibration.record, "alpha_max": best_alpha,
             "validation_ndcg@10": {k: v["all"]["ndcg@10"] for k, v in validation.items()},
@@ -91,6 +127,8 @@ def markdown(results: list[dict]) -> str:
              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in results:
         model = "fine-tuned" if "untrained" not in r["model"] else "untrained"
+        if r.get("scorer") == "sequence head":
+            model += " encoder, sequence head" + (" trained here" if r.get("sequence_head_training") else "")
         for strategy, m in r["test"].items():
             recent = "-" if m["recent_drift"] is None else f"{m['recent_drift']['ndcg@10']:.4f}"
             label = strategy + (f" (alpha_max {r['alpha_max']})" if strategy == "drift-aware" else "")
@@ -109,11 +147,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drift_aware"))
     parser.add_argument("--datasets", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
     parser.add_argument("--limit-users", type=int, default=None, help="Score only the first K users (smoke).")
+    parser.add_argument("--scorer", choices=("strategy", "sequence"), default="strategy")
+    parser.add_argument("--sequence-minutes", type=float, default=10.0,
+                        help="Time cap of a sequence head trained here (for a model without one).")
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/drift_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.datasets:
-        result = run_dataset(name, Path(args.data_dir), Path(args.models) if args.models else None, args.limit_users)
+        result = run_dataset(name, Path(args.data_dir), Path(args.models) if args.models else None, args.limit_users,
+                             args.scorer, args.sequence_minutes)
         result.update(command=command, date=dt.date.today().isoformat())
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)

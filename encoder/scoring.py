@@ -234,19 +234,37 @@ class TextCosineScorer(InterestScorer):
 
 class SequenceHeadScorer(Scorer):
     """The sequence head's next-item scores from the order of the newest ``max_events`` events
-    (`interestbert.encoder.sequence.SequenceHead`); scored in eval mode (no dropout), the head's mode kept."""
+    (`interestbert.encoder.sequence.SequenceHead`); scored in eval mode (no dropout), the head's mode kept.
+
+    With ``short_window``, `rank` and `topk` take ``alpha=`` weights (one per history) and score
+    ``(1 - a) · scores(history) + a · scores(its newest short_window events)``: the drift-aware blend of
+    `interestbert.inference.recommend` for this head (a history with ``a = 0`` gets its plain scores, unchanged)."""
 
     name = "sequence head"
 
-    def __init__(self, head, verbaliser):
+    def __init__(self, head, verbaliser, short_window: int | None = None):
         super().__init__(verbaliser)
         self.head = head
+        if short_window is not None and short_window < 1:
+            raise ValueError(f"`short_window` should be a positive number of events, got {short_window}.")
+        self.short_window = short_window
 
-    def _scores(self, users, ends, rows) -> torch.Tensor:
+    def _scores(self, users, ends, rows, alpha=None) -> torch.Tensor:
+        if alpha is not None and self.short_window is None:
+            raise ValueError("`alpha` needs a scorer made with `short_window`.")
         was_training = self.head.training
         self.head.eval()
         try:
-            return self.head.scores(self.head.histories(self.verbaliser, users, ends).to(self.head.text.device))
+            histories = self.head.histories(self.verbaliser, users, ends).to(self.head.text.device)
+            scores = self.head.scores(histories)
+            if alpha is None:
+                return scores
+            a = torch.as_tensor(np.asarray(alpha, dtype=np.float32)[rows], device=scores.device)[:, None]
+            if not bool((a > 0).any()):
+                return scores
+            short = histories.clone()
+            short[:, :max(histories.shape[1] - self.short_window, 0)] = -1
+            return torch.where(a > 0, (1 - a) * scores + a * self.head.scores(short), scores)
         finally:
             self.head.train(was_training)
 

@@ -180,12 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="The Parquet file to write (user_id, rank, item_id, score, ...).")
     p.add_argument("--k", type=int, default=10, help="Items per user (default 10).")
     p.add_argument("--drift-aware", action=argparse.BooleanOptionalAction, default=False,
-                   help="Blend in the recent window as the drift score rises, or use long-term interest only (the "
-                        "default: on the benchmark the blend did not beat it, see README).")
+                   help="Blend in the recent window as the drift score rises (the strategy head: interest vectors; "
+                        "the sequence head: its scores of the newest window events), or use long-term interest "
+                        "only (the default, see README's Drift section).")
     p.add_argument("--scorer", choices=("auto", "sequence", "strategy"), default="auto",
                    help="Score items with the model's sequence head (reads the order of the newest events) or its "
-                        "strategy head (the pooled interest vector, the one --drift-aware blends). auto: the "
-                        "sequence head when the model has one and --drift-aware is off.")
+                        "strategy head (the pooled interest vector). auto: the sequence head when the model has one.")
     p.add_argument("--users", nargs="+", default=None, help="Only these user ids (default: every user).")
     p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
     _add_drift_args(p)

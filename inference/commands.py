@@ -61,9 +61,6 @@ def cmd_recommend(args) -> int:
     loading.check_positive(args.k, "--k")
     loading.check_positive(args.batch_size, "--batch-size")
     loading.check_output(args.output, folder=False)
-    if args.scorer == "sequence" and args.drift_aware:
-        raise InterestBertError("--drift-aware blends the strategy head's interest vectors; pass --scorer "
-                                "strategy with it, or --no-drift-aware for the sequence head.")
     data = loading.load_checked_data(args)
     users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
     encoder, verbaliser = loading.load_model(args, data, catalogue_fix="use the card it was trained on.")
@@ -80,12 +77,9 @@ def cmd_recommend(args) -> int:
     recs = recommend_users(encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size,
                            show_progress_bar=True)
     write_recommendations(args.output, verbaliser, recs)
-    if recs.scorer == "sequence head":
-        print(f"top-{args.k} for {len(users):,} users (sequence head) -> {args.output}")
-    else:
-        mode = "drift-aware" if args.drift_aware else "long-term interest only"
-        print(f"top-{args.k} for {len(users):,} users ({mode}, {recs.scorer}; "
-              f"{int((recs.short_term_weight > 0).sum()):,} users with a short-term weight > 0) -> {args.output}")
+    mode = "drift-aware" if args.drift_aware else "long-term interest only"
+    print(f"top-{args.k} for {len(users):,} users ({mode}, {recs.scorer}; "
+          f"{int((recs.short_term_weight > 0).sum()):,} users with a short-term weight > 0) -> {args.output}")
     return 0
 
 

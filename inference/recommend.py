@@ -10,9 +10,13 @@ For each user, at the end of the history (or of a prefix, for evaluation):
 
 and the interest vector is ``normalize(a * short + (1 - a) * long)`` with ``a = alpha_max * min(1, score /
 threshold)``: long-term only while nothing drifts (score 0 gives ``a = 0``; see `short_term_weight` for a threshold
-at or below 0), up to ``alpha_max`` of short-term when the score reaches the calibrated threshold. Items are then scored by the model's strategy head (or, for a model
-without one, by cosine to the item texts), the user's seen items excluded; `recommend_users` does it all, through
-`interestbert.encoder.scoring`, and the sequence head recommends from the order of the newest events instead.
+at or below 0), up to ``alpha_max`` of short-term when the score reaches the calibrated threshold. Items are then
+scored by the model's strategy head (or, for a model without one, by cosine to the item texts), the user's seen
+items excluded; `recommend_users` does it all, through `interestbert.encoder.scoring`.
+
+The sequence head reads the order of the newest events, not an interest vector, so its blend is of scores:
+``(1 - a) * scores(history) + a * scores(the newest window events alone)``, with the same ``a``
+(`SequenceHeadScorer` with ``short_window``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pyarrow as pa
 
 from interestbert.encoder.drift import DriftMonitor, History, histories_from_verbaliser
 from interestbert.encoder.files import atomic_write
-from interestbert.encoder.scoring import InterestScorer, scorer_for
+from interestbert.encoder.scoring import InterestScorer, SequenceHeadScorer, scorer_for
 
 TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
 RECENT = 20  # "a detection in the last RECENT events" marks a user as recently drifted
@@ -51,8 +55,17 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
     histories = histories_from_verbaliser(verbaliser, users, ends)
     short_texts = [monitor.separator.join(e.text for e in h.events[-w:]) for h in histories]
     short = encoder.encode(short_texts, batch_size=batch_size, show_progress_bar=False)
+    score, recent = drift_scores(monitor, histories, show_progress_bar)
+    return UserVectors(np.asarray(long, np.float32), np.asarray(short, np.float32), score, recent)
+
+
+def drift_scores(monitor: DriftMonitor, histories: list[History],
+                 show_progress_bar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The monitor's score at each history's newest event (NaN where the tail holds too few events) and whether a
+    detection fell among its last `RECENT` events."""
     # the drift scan of each tail, cut so that the newest event falls on the stride's grid and is evaluated
     first, stride = monitor.first_evaluated, monitor.config.stride
+    w = monitor.config.window
     tails = []
     for h in histories:
         events = h.events[-(TAIL + 2 * w):]
@@ -61,8 +74,8 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
     scans = monitor.scan_many(tails, show_progress_bar=show_progress_bar)
     score = np.asarray([r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan
                         for r in scans], dtype=np.float32)
-    recent = np.asarray([any(e.index >= r.n_events - RECENT for e in r.events) for r in scans])
-    return UserVectors(np.asarray(long, np.float32), np.asarray(short, np.float32), score, recent)
+    recent = np.asarray([any(e.index >= r.n_events - RECENT for e in r.events) for r in scans], dtype=bool)
+    return score, recent
 
 
 def short_term_weight(score: np.ndarray, threshold: float, alpha_max: float) -> np.ndarray:
@@ -108,23 +121,20 @@ def recommend_users(encoder, verbaliser, users: np.ndarray, k: int = 10, scorer:
     """Top-``k`` unseen items for each of ``users`` (positions in ``verbaliser.users``) at the end of their history.
 
     Args:
-        scorer: ``auto``, ``sequence``, ``strategy`` or ``text`` (see `interestbert.encoder.scoring.scorer_for`);
-            ``auto`` with a ``monitor`` means the strategy head (or the text cosine), the heads that read the
-            interest vector the blend changes.
+        scorer: ``auto``, ``sequence``, ``strategy`` or ``text`` (see `interestbert.encoder.scoring.scorer_for`).
         monitor: A calibrated `DriftMonitor`: recommend from the drift-aware blend of short- and long-term
             interest (see the module docstring) instead of the long-term interest alone.
     """
     users = np.asarray(users, dtype=np.int64)
-    if monitor is not None and scorer == "auto":
-        scorer = "strategy" if encoder.head is not None else "text"
-    if monitor is not None and scorer == "sequence":
-        raise ValueError("the drift-aware blend changes the interest vector, which the sequence head does not read; "
-                         "use the strategy head with it, or recommend without the blend.")
     chosen = scorer_for(encoder, verbaliser, scorer, batch_size=batch_size)
     drift = np.full(len(users), np.nan, np.float32)
     alpha = np.zeros(len(users), np.float32)
     inputs = {}
-    if monitor is not None:
+    if monitor is not None and isinstance(chosen, SequenceHeadScorer):
+        chosen = SequenceHeadScorer(chosen.head, verbaliser, short_window=monitor.config.window)
+        drift, _ = drift_scores(monitor, histories_from_verbaliser(verbaliser, users), show_progress_bar)
+        alpha = inputs["alpha"] = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
+    elif monitor is not None:
         vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=batch_size,
                                show_progress_bar=show_progress_bar)
         inputs["interest"] = blend(vectors, monitor.config.threshold, monitor.config.alpha_max)

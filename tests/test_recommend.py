@@ -105,14 +105,53 @@ def test_recommend_users_excludes_seen_items_and_writes_one_row_per_item(tiny_en
     assert [p.name for p in tmp_path.iterdir()] == ["recs.parquet"]  # no temporary file left
 
 
-def test_the_sequence_head_cannot_read_the_drift_aware_blend(tiny_encoder, synthetic_data):
+def test_the_sequence_head_blends_its_scores_of_the_newest_window_as_the_drift_score_rises(tiny_encoder,
+                                                                                            synthetic_data):
     import pytest
+    import torch
 
     from interestbert.encoder import Verbaliser
-    from interestbert.inference.recommend import recommend_users
+    from interestbert.encoder.scoring import SequenceHeadScorer
+    from interestbert.encoder.sequence import SequenceHead, SequenceOptions
+    from interestbert.inference.recommend import drift_scores, recommend_users, short_term_weight
 
     verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 64)
-    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=0.1))
-    with pytest.raises(ValueError, match="sequence head does not read"):
-        recommend_users(tiny_encoder, verbaliser, np.array([0]), scorer="sequence", monitor=monitor)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    head = SequenceHead(verbaliser.item_ids, rng.normal(size=(len(verbaliser.item_ids), 16)).astype(np.float32),
+                        options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=12)).eval()
+    with torch.no_grad():
+        head.item.normal_(0, 0.5)
+    users, ends = np.arange(3), np.full(3, 10)
+    long = head.scores(head.histories(verbaliser, users, ends))
+    newest = head.histories(verbaliser, users, ends)
+    newest[:, :-4] = -1  # the newest 4 events alone
+    short = head.scores(newest)
+    scorer = SequenceHeadScorer(head, verbaliser, short_window=4)
+    alpha = np.array([0.0, 0.25, 1.0], np.float32)
+    mixed = scorer.scores(users, ends, alpha=alpha)
+    assert torch.equal(mixed[0], long[0])  # no drift: the plain scores, bit for bit
+    torch.testing.assert_close(mixed[1], 0.75 * long[1] + 0.25 * short[1])
+    torch.testing.assert_close(mixed[2], short[2])
+    assert not torch.allclose(long[1], short[1])  # the two views differ: the check has teeth
+    with pytest.raises(ValueError, match="short_window"):
+        SequenceHeadScorer(head, verbaliser).scores(users, ends, alpha=alpha)
 
+    # recommend_users: the drift score at each user's newest event sets the weight, as for the strategy head
+    tiny_encoder.sequence_head = head
+    try:
+        monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=0.1, alpha_max=0.5,
+                                                         centre=False), separator=verbaliser.separator)
+        chosen = np.arange(8)
+        recs = recommend_users(tiny_encoder, verbaliser, chosen, k=5, monitor=monitor)
+        drift, _ = drift_scores(monitor, histories_from_verbaliser(verbaliser, chosen))
+        weight = short_term_weight(drift, 0.1, 0.5)
+        assert recs.scorer == "sequence head" and (weight > 0).any()
+        np.testing.assert_array_equal(recs.short_term_weight, weight)
+        np.testing.assert_array_equal(recs.drift, drift)
+        expected, _ = SequenceHeadScorer(head, verbaliser, short_window=4).topk(chosen, 5, alpha=weight)
+        np.testing.assert_array_equal(recs.items, expected)
+        plain = recommend_users(tiny_encoder, verbaliser, chosen, k=5)
+        assert not np.array_equal(plain.items[weight > 0], recs.items[weight > 0])  # the blend moved someone
+    finally:
+        tiny_encoder.sequence_head = None

@@ -234,12 +234,14 @@ def test_finetune_with_a_sequence_head_then_evaluate_and_recommend(tmp_path, tin
     recs = tmp_path / "recs.parquet"
     assert main(["recommend", "--model", str(folder), "--card", "synthetic-shop", "--data-dir", str(synthetic_dir),
                  "--output", str(recs), "--k", "5", "--limit-users", "7"]) == 0
-    assert "(sequence head)" in capsys.readouterr().out
+    assert "(long-term interest only, sequence head;" in capsys.readouterr().out
     table = pq.read_table(recs).to_pydict()
     assert len(table["item_id"]) == 35 and len(set(table["user_id"])) == 7
     assert main(["recommend", "--model", str(folder), "--card", "synthetic-shop", "--data-dir", str(synthetic_dir),
-                 "--output", str(recs), "--scorer", "sequence", "--drift-aware"]) == 2
-    assert "--scorer strategy" in capsys.readouterr().err
+                 "--output", str(recs), "--k", "5", "--limit-users", "7", "--drift-aware", "--no-projection",
+                 "--no-tune-score"]) == 0
+    assert "(drift-aware, sequence head;" in capsys.readouterr().out
+    assert len(pq.read_table(recs).column("short_term_weight")) == 35
 
     # training again without a sequence head replaces the model and leaves no stale sequence head behind
     train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False,
