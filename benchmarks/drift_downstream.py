@@ -127,9 +127,7 @@ class SequenceScores:
 
     def __init__(self, data, users, encoder, encode, minutes: float, seed: int, max_events: int):
         keep = set(users)
-        events = data.events.filter(lambda u: u in keep, input_columns="user_id")
-        # flattened: a filtered Dataset keeps the whole table behind an index map, and the Verbaliser reads the table
-        part = dataclasses.replace(data, events=events.flatten_indices())
+        part = dataclasses.replace(data, events=data.events.filter(lambda u: u in keep, input_columns="user_id"))
         self.verbaliser = Verbaliser(part, encoder.tokenizer, BUDGET_TOKENS)
         split = leave_one_out(self.verbaliser)
         items = np.asarray(encode(self.verbaliser.item_texts), np.float32)

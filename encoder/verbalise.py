@@ -55,8 +55,10 @@ class Verbaliser:
         self.separator = card.separator
         self.stats = VerbaliserStats(0, 0, 0)
 
-        events = data.events.data  # pyarrow table, no per-row Python objects
-        items = data.items.data
+        # pyarrow tables, no per-row Python objects; through the "arrow" format, which honours an index map (a
+        # filtered or selected Dataset keeps its whole table behind one, and `.data` is that whole table)
+        events = data.events.with_format("arrow")[:]
+        items = data.items.with_format("arrow")[:]
         self.item_ids: list[str] = items.column("item_id").to_pylist()
         self.item_texts: list[str] = items.column("text").to_pylist()
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}

@@ -118,6 +118,19 @@ def test_real_tokenizer_on_synthetic_shop(synthetic_data):
     assert first[-1] == verbaliser.event_text(verbaliser.users[0], int(verbaliser.n_events[0]) - 1)
 
 
+def test_a_filtered_card_data_gives_only_its_rows(tokenizer, synthetic_data):
+    """`Dataset.filter` keeps the whole table behind an index map; the Verbaliser reads the rows it selects."""
+    import dataclasses
+
+    whole = Verbaliser(synthetic_data, tokenizer, 64)
+    keep = set(whole.users[1:4])
+    events = synthetic_data.events.filter(lambda u: u in keep, input_columns="user_id")
+    assert events.data.num_rows == len(synthetic_data.events)  # the trap: the table behind it is the whole one
+    part = Verbaliser(dataclasses.replace(synthetic_data, events=events), tokenizer, 64)
+    assert part.users == whole.users[1:4] and part.item_ids == whole.item_ids
+    assert part.texts() == whole.texts(whole.users[1:4])
+
+
 def test_newest_event_longer_than_budget_is_kept_whole_and_counted(tokenizer):
     long_title = " ".join(WORDS * 3)
     cd = make_data(load_card("synthetic-shop"), [[(0, 0), (1, 1)]], ["short", long_title])
