@@ -31,6 +31,7 @@ from interestbert.encoder import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.drift import DriftConfig, DriftMonitor
 from interestbert.encoder.files import atomic_write_text
+from quality import sequence_events
 from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
@@ -47,7 +48,6 @@ FOLDERS = {"synthetic-shop": None, "amazon-beauty": "amazon-beauty-10core",
            "amazon-office": "amazon-office-2014-5core", "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 MAX_SEQ_LENGTH = 128
-SEQUENCE_EVENTS = {"movielens-1m": 200}  # the sequence head's history (the quality benchmark's)
 
 
 def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None, scorer_kind: str = "strategy",
@@ -70,7 +70,7 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
     if scorer_kind == "sequence":
         head = encoder.sequence_head
         if head is None:
-            options = SequenceOptions(max_events=SEQUENCE_EVENTS.get(name, SequenceOptions.max_events))
+            options = SequenceOptions(max_events=sequence_events(name))
             items = encoder.encode(verbaliser.item_texts, batch_size=64)
             head, head_log = train_sequence_head(verbaliser, split, items, options,
                                                  SequenceTraining(max_minutes=sequence_minutes),

@@ -50,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drift import DATASETS, MemoEncode, load_streams, monitor_series, unit  # noqa: E402
+from quality import sequence_events  # noqa: E402
 from results_io import read_results, write_json  # noqa: E402
 
 from interestbert.encoder import drift_eval as de  # noqa: E402
@@ -72,7 +73,6 @@ MONITORS = {"product": "its same-user projection and score's form fitted on user
                        "`recommend --drift-aware` does on the fly",
             "raw": "default settings, the vectors as encoded"}
 BUDGET_TOKENS = 128  # the history text's budget (the quality benchmark's max_seq_length)
-SEQUENCE_EVENTS = {"movielens-1m": 200}  # the sequence head's history (the quality benchmark's)
 SCORERS = {"text": "Zero-shot (packaged base model, item-text cosine)",
            "sequence": "A sequence head (frozen packaged encoder, the text prior fitted) trained on the users outside "
                        "the calibration and evaluation streams; a span scored by its newest events' order, a blend "
@@ -191,7 +191,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     sequence = None
     if scorer == "sequence":
         sequence = SequenceScores(data, [h.user_id for h in outside], encoder, encode, sequence_minutes, seed,
-                                  SEQUENCE_EVENTS.get(name, SequenceOptions.max_events))
+                                  sequence_events(name))
         fitted["sequence_head"] = sequence.summary
     changes = [t for s in ev_s for t in s.changes]
     result = {"dataset": name, "design": dataclasses.asdict(design), "items": len(catalogue),

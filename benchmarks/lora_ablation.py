@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, MAX_SEQ_LENGTH, hardware  # noqa: E402
+from quality import DATASETS, MAX_SEQ_LENGTH, hardware, sequence_events  # noqa: E402
 from results_io import run_and_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
@@ -170,7 +170,7 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH)
     verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)
     split = leave_one_out(verbaliser)
-    options = SequenceOptions(max_events=DATASETS[name].get("sequence_events", SequenceOptions.max_events))
+    options = SequenceOptions(max_events=sequence_events(name))
     frozen = encoder.encode(verbaliser.item_texts, batch_size=64)
     top = TopLayers(encoder, verbaliser.item_texts, args.top)
     check = float((top.all() * frozen).sum(1).min())

@@ -62,6 +62,11 @@ DATASETS = {
     "movielens-1m": dict(folder="ml-1m", prefixes=4, max_steps=250, minutes=15, sequence_events=200,
                          sequence_minutes=30),
 }
+
+
+def sequence_events(name: str) -> int:
+    """How many newest events a dataset's sequence head reads (200 on ml-1m, the product's default elsewhere)."""
+    return DATASETS.get(name, {}).get("sequence_events", SequenceOptions.max_events)
 MAX_SEQ_LENGTH = 128
 # A gentle adapter and a quicker head: in short CPU runs the head (one row per item) is what learns the catalogue.
 LORA_LR, HEAD_LR = 1e-4, 5e-3
@@ -125,7 +130,7 @@ def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_pytho
         max_eval_users=100 if smoke else 600, early_stopping_patience=3, save_steps=10**9, do_test=False,
         learning_rate=LORA_LR, head_learning_rate=HEAD_LR, warmup_ratio=0.1, head_warmup_epochs=head_warmup,
         sequence_head=False, sequence_epochs=peer_epochs(smoke), sequence_max_minutes=sequence_minutes(name),
-        sequence_max_events=spec.get("sequence_events", FinetuneArguments.sequence_max_events),
+        sequence_max_events=sequence_events(name),
         disable_tqdm=True, seed=42)
     results = finetune(args)
     tuned = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
@@ -191,7 +196,7 @@ def peer_rows(name: str, verbaliser: Verbaliser, split, smoke: bool, minutes: fl
         split = dataclasses.replace(split, validation=split.validation.subset(slice(0, 200)),
                                     test=split.test.subset(slice(0, 200)))
     epochs = peer_epochs(smoke)
-    options = SequenceOptions(max_events=DATASETS[name].get("sequence_events", FinetuneArguments.sequence_max_events))
+    options = SequenceOptions(max_events=sequence_events(name))
     rows = {peers.KNN_ROW: peers.knn_row(verbaliser, split),
             peers.SASREC_ROW: peers.sasrec_row(name, verbaliser, split, minutes, epochs, patience=20)}
     base = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
