@@ -19,6 +19,11 @@ the quality benchmark's ``max_events``), once per seed, and scored on validation
 
     python benchmarks/lora_ablation.py --data-dir ../shared/data --datasets amazon-beauty \\
         --marks 4 10 --seeds 42 43 --out benchmarks/results/lora_ablation
+    python benchmarks/lora_ablation.py --data-dir ../shared/data --datasets amazon-beauty \
+        --marks 5 10 --debias logq --out benchmarks/results/lora_ablation/logq
+
+``--debias``: against the popular next items' weight in the loss, the logQ correction of the logits or pairs drawn
+uniformly over next items (`pair_sampler`).
 
 Results: ``<out>/<dataset>.json`` per dataset and ``<out>/lora_ablation.json`` / ``.md``.
 """
@@ -126,17 +131,37 @@ def next_item_pairs(verbaliser: Verbaliser, split) -> np.ndarray:
     return pairs[pairs[:, 0] != pairs[:, 1]]
 
 
-def next_item_loss(top: TopLayers, batch: np.ndarray, n_items: int, catalogue: bool, temperature: float):
+def pair_sampler(pairs: np.ndarray, n_items: int, debias: str):
+    """How a step draws its pairs: uniformly over pairs (``none``, ``logq``), or (``uniform-targets``) each pair
+    with probability ∝ 1 / (its next item's count), so every next item is drawn as often as any other and the
+    rare ones, where the sequence head's id vectors cannot learn, shape the text space as much as the popular
+    ones. Returns the probabilities (or None) and the log popularity of every item (the logQ correction)."""
+    counts = np.bincount(pairs[:, 1], minlength=n_items).astype(np.float64)
+    log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
+    if debias != "uniform-targets":
+        return None, log_q
+    p = 1.0 / counts[pairs[:, 1]]
+    return p / p.sum(), log_q
+
+
+def next_item_loss(top: TopLayers, batch: np.ndarray, n_items: int, catalogue: bool, temperature: float,
+                   log_q: torch.Tensor | None = None):
     """InfoNCE of each pair's next item given its first: over the whole catalogue, or over the batch's other
-    next items (symmetric, a repeated next item not its own negative)."""
+    next items (symmetric, a repeated next item not its own negative). ``log_q`` (log popularity per item):
+    the logQ correction, each candidate's logit lowered by it, so the loss rewards how much likelier the next
+    item is after the first than overall (a pointwise mutual information) instead of its popularity."""
     if catalogue:
         emb = top.embed(range(n_items))
         logits = emb[torch.as_tensor(batch[:, 0])] @ emb.T / temperature
+        if log_q is not None:
+            logits = logits - log_q[None, :]
         return F.cross_entropy(logits, torch.as_tensor(batch[:, 1]))
     rows, where = np.unique(batch.ravel(), return_inverse=True)
     emb = top.embed(rows)
     where = torch.as_tensor(where.reshape(-1, 2))
     logits = emb[where[:, 0]] @ emb[where[:, 1]].T / temperature
+    if log_q is not None:
+        logits = logits - log_q[torch.as_tensor(batch[:, 1])][None, :]
     nxt = torch.as_tensor(batch[:, 1])
     same = (nxt[:, None] == nxt[None, :]) & ~torch.eye(len(batch), dtype=torch.bool)
     logits = logits.masked_fill(same, -1e4)
@@ -189,14 +214,17 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
             params.append(param)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
     pairs = next_item_pairs(verbaliser, split)
+    probabilities, log_q = pair_sampler(pairs, split.n_items, args.debias)
+    log_q = log_q if args.debias == "logq" else None
     rng = np.random.default_rng(args.seeds[0])
     marks, step, trained, curve = sorted(args.marks), 0, 0.0, []
-    label = f"LoRA (top {args.top} layers), next-item InfoNCE over the {args.candidates}"
+    label = f"LoRA (top {args.top} layers), next-item InfoNCE over the {args.candidates}" + (
+        f", {args.debias}" if args.debias != "none" else "")
     while marks:
         started = time.perf_counter()
         top.st.train()
-        batch = pairs[rng.choice(len(pairs), min(args.batch_size, len(pairs)), replace=False)]
-        loss = next_item_loss(top, batch, split.n_items, args.candidates == "catalogue", args.temperature)
+        batch = pairs[rng.choice(len(pairs), min(args.batch_size, len(pairs)), replace=False, p=probabilities)]
+        loss = next_item_loss(top, batch, split.n_items, args.candidates == "catalogue", args.temperature, log_q)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, lora.max_grad_norm)
@@ -219,7 +247,7 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
     return {"dataset": name, "users": len(split.test), "items": split.n_items, "pairs": len(pairs), "rows": rows,
             "curve": curve, "settings": {"top_layers": args.top, "candidates": args.candidates,
                                          "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                                         "temperature": args.temperature, "lora_r": lora.lora_r,
+                                         "temperature": args.temperature, "lora_r": lora.lora_r, "debias": args.debias,
                                          "sequence_max_events": options.max_events, "seeds": args.seeds},
             "hardware": hardware(), "date": dt.date.today().isoformat(), "seconds": round(time.perf_counter() - clock)}
 
@@ -248,6 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="Seeds of the sequence head.")
     parser.add_argument("--top", type=int, default=2, help="Top layers whose adapter trains.")
     parser.add_argument("--candidates", choices=["catalogue", "batch"], default="catalogue")
+    parser.add_argument("--debias", choices=["none", "logq", "uniform-targets"], default="none",
+                        help="Against the popular next items' weight: the logQ correction of the logits, or pairs "
+                             "drawn uniformly over next items (`pair_sampler`).")
     parser.add_argument("--batch-size", type=int, default=2048, help="Next-item pairs per step.")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.05)
