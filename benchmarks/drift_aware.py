@@ -50,8 +50,22 @@ ALPHAS = (0.25, 0.5, 0.75, 1.0)
 MAX_SEQ_LENGTH = 128
 
 
+def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each user's NDCG@k of one held-out item (0-based ranks), as `RankingMetrics` averages it."""
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
+    """Mean of ``a - b`` relative to ``b``'s mean, with a 95 % bootstrap interval over users (paired)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(len(a), size=(n, len(a)))
+    rel = (a[draws].mean(1) - b[draws].mean(1)) / np.maximum(b[draws].mean(1), 1e-12)
+    return {"relative": round(float((a.mean() - b.mean()) / max(b.mean(), 1e-12)), 4),
+            "interval": [round(float(x), 4) for x in np.quantile(rel, [0.025, 0.975])]}
+
+
 def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None, scorer_kind: str = "strategy",
-                sequence_minutes: float = 10.0) -> dict:
+                sequence_minutes: float = 10.0, alphas: tuple[float, ...] = ALPHAS, seed: int = 42) -> dict:
     if FOLDERS[name] is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-aware-shop-"))
         synthetic.generate(folder, seed=0)
@@ -73,7 +87,7 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
             options = SequenceOptions(max_events=sequence_events(name))
             items = encoder.encode(verbaliser.item_texts, batch_size=64)
             head, head_log = train_sequence_head(verbaliser, split, items, options,
-                                                 SequenceTraining(max_minutes=sequence_minutes),
+                                                 SequenceTraining(seed=seed, max_minutes=sequence_minutes),
                                                  show_progress_bar=False)
             head_log.pop("log", None)
         scorer = SequenceHeadScorer(head, verbaliser, short_window=monitor.config.window)
@@ -100,18 +114,21 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
         if limit is not None:
             examples = examples.subset(slice(0, limit))
         inputs, recent = inputs_of(examples, alphas)
-        out = {}
+        out, ranks = {}, {}
         for key, given in inputs.items():
-            ranks = scorer.rank_examples(examples, **given)
-            out[key] = {"all": RankingMetrics.of(ranks),
-                        "recent_drift": RankingMetrics.of(ranks[recent]) if recent.any() else None}
-        return out, recent
+            ranks[key] = scorer.rank_examples(examples, **given)
+            out[key] = {"all": RankingMetrics.of(ranks[key]),
+                        "recent_drift": RankingMetrics.of(ranks[key][recent]) if recent.any() else None}
+        return out, recent, ranks
 
     start = time.perf_counter()
-    validation, _ = evaluate(split.validation, ALPHAS)
-    best_alpha = max(ALPHAS, key=lambda a: validation[f"drift-aware (alpha_max {a})"]["all"]["ndcg@10"])
-    test, recent = evaluate(split.test, (best_alpha,))
+    validation, _, _ = evaluate(split.validation, alphas)
+    best_alpha = max(alphas, key=lambda a: validation[f"drift-aware (alpha_max {a})"]["all"]["ndcg@10"])
+    test, recent, ranks = evaluate(split.test, (best_alpha,))
     rows = {k.replace(f" (alpha_max {best_alpha})", ""): v for k, v in test.items()}
+    long_only = user_ndcg(ranks["long-only"])
+    versus = {k.replace(f" (alpha_max {best_alpha})", ""): paired_interval(user_ndcg(r), long_only)
+              for k, r in ranks.items() if k != "long-only"}
     winner = max(rows, key=lambda k: rows[k]["all"]["ndcg@10"])
     return {"dataset": name, "model": str(model_dir) if model_dir else f"{DEFAULT_BASE_MODEL} (untrained)",
             "scorer": scorer.name, "sequence_head_training": head_log,
@@ -119,12 +136,13 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
             "window": monitor.config.window, "stride": monitor.config.stride, "threshold": round(threshold, 4),
             "calibration": calibration.record, "alpha_max": best_alpha,
             "validation_ndcg@10": {k: v["all"]["ndcg@10"] for k, v in validation.items()},
-            "test": rows, "winner": winner, "seconds": round(time.perf_counter() - start)}
+            "test": rows, "test_vs_long_only": versus, "winner": winner, "seed": seed,
+            "seconds": round(time.perf_counter() - start)}
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| dataset | model | strategy | NDCG@10 all | HR@10 all | NDCG@10 recent drift | users (recent drift) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| dataset | model | strategy | NDCG@10 all | vs long-only [95 %] | HR@10 all | NDCG@10 recent drift | "
+             "users (recent drift) |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         model = "fine-tuned" if "untrained" not in r["model"] else "untrained"
         if r.get("scorer") == "sequence head":
@@ -132,7 +150,10 @@ def markdown(results: list[dict]) -> str:
         for strategy, m in r["test"].items():
             recent = "-" if m["recent_drift"] is None else f"{m['recent_drift']['ndcg@10']:.4f}"
             label = strategy + (f" (alpha_max {r['alpha_max']})" if strategy == "drift-aware" else "")
-            lines.append(f"| {r['dataset']} | {model} | {label} | {m['all']['ndcg@10']:.4f} | "
+            versus = r.get("test_vs_long_only", {}).get(strategy)  # absent in results saved before it
+            versus = "-" if versus is None else "{:+.1%} [{:+.1%}, {:+.1%}]".format(versus["relative"],
+                                                                                  *versus["interval"])
+            lines.append(f"| {r['dataset']} | {model} | {label} | {m['all']['ndcg@10']:.4f} | {versus} | "
                          f"{m['all']['hr@10']:.4f} | {recent} | {r['users']:,} ({r['users_with_recent_drift']:,}) |")
     lines.append("")
     lines += [f"- {r['dataset']}: best on test: {r['winner']}; window {r['window']}, threshold {r['threshold']}"
@@ -148,6 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
     parser.add_argument("--limit-users", type=int, default=None, help="Score only the first K users (smoke).")
     parser.add_argument("--scorer", choices=("strategy", "sequence"), default="strategy")
+    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS),
+                        help="The grid of alpha_max picked from on validation.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed of a sequence head trained here.")
     parser.add_argument("--sequence-minutes", type=float, default=10.0,
                         help="Time cap of a sequence head trained here (for a model without one).")
     args = parser.parse_args(argv)
@@ -155,7 +179,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/drift_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.datasets:
         result = run_dataset(name, Path(args.data_dir), Path(args.models) if args.models else None, args.limit_users,
-                             args.scorer, args.sequence_minutes)
+                             args.scorer, args.sequence_minutes, tuple(args.alphas), args.seed)
         result.update(command=command, date=dt.date.today().isoformat())
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
