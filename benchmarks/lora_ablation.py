@@ -19,7 +19,7 @@ the quality benchmark's ``max_events``), once per seed, and scored on validation
 
     python benchmarks/lora_ablation.py --data-dir ../shared/data --datasets amazon-beauty \\
         --marks 4 10 --seeds 42 43 --out benchmarks/results/lora_ablation
-    python benchmarks/lora_ablation.py --data-dir ../shared/data --datasets amazon-beauty \
+    python benchmarks/lora_ablation.py --data-dir ../shared/data --datasets amazon-beauty \\
         --marks 5 10 --debias logq --out benchmarks/results/lora_ablation/logq
 
 ``--debias``: against the popular next items' weight in the loss, the logQ correction of the logits or pairs drawn
