@@ -162,7 +162,7 @@ class SequenceScores:
 
 
 def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str, kind: str,
-                scorer: str = "text", sequence_minutes: float = 15.0) -> dict:
+                scorer: str = "text", sequence_minutes: float = 15.0, alpha_max: float | None = None) -> dict:
     clock = time.perf_counter()
     design, splits, _, separator, outside = load_streams(name, data_dir, n, seed, encoder.tokenizer)
     (_, cal_c), (ev_s, ev_c) = splits["calibrate"], splits["evaluate"]
@@ -175,7 +175,8 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
         return memo[text]
 
     sep = tokens(separator)
-    monitor = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
+    config = DriftConfig() if alpha_max is None else DriftConfig(alpha_max=alpha_max)
+    monitor = DriftMonitor(encode, config, separator=separator, batch_size=128)
     fitted = {}
     if kind == "product":
         fit_on, tune_on = split_for_tuning(outside, seed)  # as `recommend --drift-aware` splits the other users
@@ -278,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="text: zero-shot item-text cosine of interest vectors; sequence: a sequence head trained "
                              "on the users outside the calibration and evaluation streams.")
     parser.add_argument("--sequence-minutes", type=float, default=15.0, help="The sequence head's time cap.")
+    parser.add_argument("--alpha-max", type=float, default=None,
+                        help="The blend's alpha_max (default: the product's, DriftConfig().alpha_max); pick it on "
+                             "the card's validation split (`drift_aware.py`), not on these streams.")
     args = parser.parse_args(argv)
     command = "python benchmarks/drift_downstream.py " + " ".join(argv if argv is not None else sys.argv[1:])
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=128).merge_adapter()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         result = run_dataset(name, args.data_dir, args.streams, args.seed, encoder, args.precision, args.monitor,
-                             args.scorer, args.sequence_minutes)
+                             args.scorer, args.sequence_minutes, args.alpha_max)
         write_json(args.out / f"{name}.json", dict(result, command=command))
         print(name, result["changes"]["headroom_recovered"], result["controls"]["relative_change_vs_long"],
               flush=True)

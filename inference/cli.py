@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", choices=("auto", "sequence", "strategy"), default="auto",
                    help="Score items with the model's sequence head (reads the order of the newest events) or its "
                         "strategy head (the pooled interest vector). auto: the sequence head when the model has one.")
+    p.add_argument("--alpha-max", type=float, default=None, metavar="A",
+                   help="With --drift-aware: the short-term weight at and above the drift threshold, in [0, 1] "
+                        "(default: the model's drift config, else 0.25; pick it on validation).")
     p.add_argument("--users", nargs="+", default=None, help="Only these user ids (default: every user).")
     p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
     _add_drift_args(p)

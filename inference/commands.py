@@ -60,6 +60,12 @@ def cmd_recommend(args) -> int:
 
     loading.check_positive(args.k, "--k")
     loading.check_positive(args.batch_size, "--batch-size")
+    if args.alpha_max is not None and not args.drift_aware:
+        raise InterestBertError("--alpha-max weights the short-term window of --drift-aware; add --drift-aware, or "
+                                "leave --alpha-max out.")
+    if args.alpha_max is not None and not 0 <= args.alpha_max <= 1:
+        raise InterestBertError(f"--alpha-max is {args.alpha_max}; it must be in [0, 1] (0: long-term interest only, "
+                                "1: the newest window alone at the threshold).")
     loading.check_output(args.output, folder=False)
     data = loading.load_checked_data(args)
     users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
@@ -73,7 +79,7 @@ def cmd_recommend(args) -> int:
                                            stride=args.stride, target_false_alarms=args.target_false_alarms,
                                            calibrate=args.calibrate, save_calibration=args.save_calibration,
                                            batch_size=args.batch_size, projection=args.projection,
-                                           tune_score=args.tune_score)
+                                           tune_score=args.tune_score, alpha_max=args.alpha_max)
     recs = recommend_users(encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size,
                            show_progress_bar=True)
     write_recommendations(args.output, verbaliser, recs)

@@ -196,12 +196,12 @@ def model_folder(model: str | None) -> str | None:
 def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int | None = None,
                   stride: int | None = None, target_false_alarms: float | None = None, calibrate: bool = False,
                   save_calibration: bool = False, batch_size: int = 64, projection: bool = True,
-                  tune_score: bool = True):
+                  tune_score: bool = True, alpha_max: float | None = None):
     """The drift monitor of a model with its calibration: the model's saved one, or made now on the card's
     training split when it has none, when ``calibrate`` asks for it, or when ``window``/``stride`` differ from
     the saved ones (``projection``: fitting the same-user projection first, ``tune_score``: then picking the
-    score's form, see `ensure_calibrated`). Returns
-    ``(monitor, Calibration)``."""
+    score's form, see `ensure_calibrated`). ``alpha_max`` replaces the config's blend weight (it needs no new
+    calibration). Returns ``(monitor, Calibration)``."""
     from interestbert.encoder.drift import DriftConfig, DriftMonitor
     from interestbert.inference.drift import ensure_calibrated
 
@@ -218,6 +218,8 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
     changed = any(getattr(saved, k) != v for k, v in overrides.items())
     try:
         config = dataclasses.replace(saved, **overrides)  # validates the options
+        if alpha_max is not None:
+            config = dataclasses.replace(config, alpha_max=alpha_max)
     except ValueError as err:
         raise InterestBertError(f"drift options: {err}") from None
     monitor = DriftMonitor(encoder.encode, config, verbaliser.separator,

@@ -46,6 +46,17 @@ def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_
     still = recs[recs.short_term_weight == 0].user_id.unique()  # no drift: the same list as long-only
     for user in still:
         assert list(recs[recs.user_id == user].item_id) == list(plain_recs[plain_recs.user_id == user].item_id)
+    full = tmp_path / "full.parquet"  # --alpha-max: the same calibration, every weight 1 / 0.25 times larger
+    assert main(base + ["--output", str(full), "--drift-aware", "--alpha-max", "1"]) == 0
+    weights = recs.groupby("user_id").short_term_weight.first()
+    full_weights = pq.read_table(full).to_pandas().groupby("user_id").short_term_weight.first()
+    assert (weights > 0).any() and weights.max() <= 0.25 + 1e-6
+    np.testing.assert_allclose(full_weights.loc[weights.index], weights / 0.25, rtol=1e-5)
+    for bad, says in ((["--drift-aware", "--alpha-max", "1.5"], "--alpha-max is 1.5"),
+                      (["--alpha-max", "0.5"], "--drift-aware")):
+        assert main(base + ["--output", str(tmp_path / "bad.parquet")] + bad) != 0
+        assert says in capsys.readouterr().err
+        assert not (tmp_path / "bad.parquet").exists()
 
 
 def test_end_of_history_score_is_the_monitor_score_at_the_newest_event(tiny_bert, synthetic_data):
