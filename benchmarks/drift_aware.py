@@ -36,13 +36,13 @@ from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.data import leave_one_out
-from interestbert.encoder.drift import histories_from_verbaliser
 from interestbert.encoder.scoring import SequenceHeadScorer, scorer_for
 from interestbert.encoder.sequence import SequenceOptions
 from interestbert.finetune.metrics import RankingMetrics
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head
 from interestbert.inference.drift import ensure_calibrated
-from interestbert.inference.recommend import drift_scores, short_term_weight, strategies, user_vectors
+from interestbert.inference.recommend import (drift_scores, short_term_weight, strategies, tail_histories,
+                                              user_vectors)
 
 FOLDERS = {"synthetic-shop": None, "amazon-beauty": "amazon-beauty-10core",
            "amazon-office": "amazon-office-2014-5core", "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
@@ -98,7 +98,7 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
         """``{strategy: the scorer's inputs}`` (interest vectors, or the sequence head's short-term weights) and
         which users had a detection among their last 20 events."""
         if scorer_kind == "sequence":
-            drift, recent = drift_scores(monitor, histories_from_verbaliser(verbaliser, examples.users, examples.ends))
+            drift, recent = drift_scores(monitor, tail_histories(verbaliser, monitor, examples.users, examples.ends))
             rows = {"long-only": np.zeros(len(drift), np.float32), "short-only": np.ones(len(drift), np.float32)}
             rows.update({f"drift-aware (alpha_max {a})": short_term_weight(drift, threshold, a) for a in alphas})
             return {k: {"alpha": v} for k, v in rows.items()}, recent

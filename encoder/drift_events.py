@@ -132,15 +132,18 @@ def sort_events(events: Sequence[Event]) -> tuple[list[Event], tuple[int, int]]:
 
 
 def histories_from_verbaliser(verbaliser, users: Sequence[int] | None = None,
-                              ends: Sequence[int] | None = None) -> list[History]:
+                              ends: Sequence[int] | None = None, last: int | None = None) -> list[History]:
     """`History` objects for users of a `Verbaliser` (positions in ``verbaliser.users``; default all), each cut to
-    its first ``ends[i]`` events when given (e.g. the training part of a leave-one-out split)."""
+    its first ``ends[i]`` events when given (e.g. the training part of a leave-one-out split), and then to its
+    newest ``last`` events when given (the events are in time order per user)."""
     idx = range(len(verbaliser.users)) if users is None else [int(u) for u in users]
     out = []
     for k, u in enumerate(idx):
         lo, hi = int(verbaliser.offsets[u]), int(verbaliser.offsets[u + 1])
         if ends is not None:
             hi = lo + int(ends[k])
+        if last is not None:
+            lo = max(lo, hi - int(last))
         events = [Event(verbaliser.pieces[verbaliser.event_piece[j]], verbaliser.item_texts[verbaliser.event_items[j]],
                         int(verbaliser.timestamps[j])) for j in range(lo, hi)]
         out.append(History(verbaliser.users[u], events))

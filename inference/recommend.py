@@ -52,17 +52,22 @@ def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, 
     w = monitor.config.window
     long = encoder.encode_histories(verbaliser, users, ends, batch_size=batch_size,
                                     show_progress_bar=show_progress_bar)
-    histories = histories_from_verbaliser(verbaliser, users, ends)
+    histories = tail_histories(verbaliser, monitor, users, ends)
     short_texts = [monitor.separator.join(e.text for e in h.events[-w:]) for h in histories]
     short = encoder.encode(short_texts, batch_size=batch_size, show_progress_bar=False)
     score, recent = drift_scores(monitor, histories, show_progress_bar)
     return UserVectors(np.asarray(long, np.float32), np.asarray(short, np.float32), score, recent)
 
 
+def tail_histories(verbaliser, monitor: DriftMonitor, users: np.ndarray, ends: np.ndarray | None = None):
+    """The newest events of each history that `drift_scores` reads (``TAIL + 2 * window``), and no more."""
+    return histories_from_verbaliser(verbaliser, users, ends, last=TAIL + 2 * monitor.config.window)
+
+
 def drift_scores(monitor: DriftMonitor, histories: list[History],
                  show_progress_bar: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The monitor's score at each history's newest event (NaN where the tail holds too few events) and whether a
-    detection fell among its last `RECENT` events."""
+    detection fell among its last `RECENT` events (whole histories or `tail_histories`: the same result)."""
     # the drift scan of each tail, cut so that the newest event falls on the stride's grid and is evaluated
     first, stride = monitor.first_evaluated, monitor.config.stride
     w = monitor.config.window
@@ -132,7 +137,7 @@ def recommend_users(encoder, verbaliser, users: np.ndarray, k: int = 10, scorer:
     inputs = {}
     if monitor is not None and isinstance(chosen, SequenceHeadScorer):
         chosen = SequenceHeadScorer(chosen.head, verbaliser, short_window=monitor.config.window)
-        drift, _ = drift_scores(monitor, histories_from_verbaliser(verbaliser, users), show_progress_bar)
+        drift, _ = drift_scores(monitor, tail_histories(verbaliser, monitor, users), show_progress_bar)
         alpha = inputs["alpha"] = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
     elif monitor is not None:
         vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=batch_size,
