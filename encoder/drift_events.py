@@ -15,6 +15,7 @@ import numpy as np
 
 WINDOW_VECTORS = ("text", "mean")
 _WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
+_ACTION_PUNCTUATION = " \t\n:;,.-|()[]"
 _STOP = frozenset("""a an and are as at be by for from in into is it its of on or the to with without your you
                      this that these those new set pack vol edition de la le les el""".split())
 
@@ -27,6 +28,14 @@ class Event:
     text: str
     item_text: str
     timestamp: int
+
+    @property
+    def action(self) -> str:
+        """What the event's text says besides the item: "rated 4/5", "viewed", "reviewed, 5/5" (the card's action
+        and rating as rendered), "" when the text does not contain the item's text."""
+        if not self.item_text or self.item_text not in self.text:
+            return ""
+        return self.text.replace(self.item_text, "", 1).strip(_ACTION_PUNCTUATION)
 
 
 @dataclass

@@ -87,7 +87,9 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
                         f"{len(fit_on):,}")
             fit = monitor.fit_projection(fit_on, steps=projection_steps, seed=seed,
                                          show_progress_bar=show_progress_bar)
-            logger.info("  loss %.3f -> %.3f (chance %.3f)", fit["first_loss"], fit["last_loss"], fit["chance_loss"])
+            logger.info("  loss %.3f -> %.3f (chance %.3f); %s", fit["first_loss"], fit["last_loss"],
+                        fit["chance_loss"], f"{len(fit['actions'])} event actions read beside the text (most "
+                        f"frequent: {fit['actions'][0]!r})" if fit["actions"] else "no event actions (fewer than 2)")
         elif projection:
             logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(fit_on),
                         len(pick), 2 * MIN_PROJECTION_USERS)

@@ -303,6 +303,59 @@ def test_the_same_user_projection_finds_changes_the_raw_vectors_miss():
     assert after >= before + 0.3, (before, after)
 
 
+def noise_only(texts, **_):
+    """A stand-in encoder that reads only an event's first word (``n1234``: a seeded random vector), not its
+    rating: the text says nothing about who the user is."""
+    out = np.stack([np.random.default_rng(int(t.split()[0].rstrip(":")[1:])).standard_normal(32) for t in texts])
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def rater_history(user: str, ratings: list[int], lengths: list[int], seed: int) -> History:
+    """Events of random items, each rated the user's own way (their rating 4 times in 5, else any)."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for k, usual in enumerate(r for r, n in zip(ratings, lengths) for _ in range(n)):
+        item, rating = f"n{rng.integers(10**6)}", usual if rng.random() < 0.8 else int(rng.integers(1, 6))
+        events.append(Event(f"{item}: rated {rating}/5", item, k))
+    return History(user, events)
+
+
+def test_the_projection_reads_each_events_action_beside_its_text():
+    assert Event("n1: rated 4/5", "n1", 0).action == "rated 4/5"
+    assert Event("viewed: Yoga mat (Sport)", "Yoga mat (Sport)", 0).action == "viewed"
+    assert Event("t3 n1", "item of taste 3", 0).action == ""  # the item's text is not in the event's
+    fit_on = [rater_history(f"f{i}", [1 + i % 5], [40], 2000 + i) for i in range(200)]
+    recalls, records = {}, {}
+    for weight in (0.0, 3.0):
+        monitor = DriftMonitor(noise_only, DriftConfig(window=4, stride=2, centre=False, reference_windows=None))
+        records[weight] = monitor.fit_projection(fit_on, dim=8, steps=150, batch_users=64, lr=1e-2,
+                                                 action_weight=weight)
+        rng = np.random.default_rng(7)
+        monitor.calibrate([rater_history(f"c{i}", [1 + i % 5], [60], 300 + i) for i in range(60)], 20)
+        hits = 0
+        for i in range(40):
+            a, b = rng.choice(5, 2, replace=False) + 1
+            found = monitor.scan(rater_history(f"s{i}", [int(a), int(b)], [40, 30], 700 + i)).events
+            hits += any(40 <= d.index <= 48 for d in found)
+        recalls[weight] = hits / 40
+        if weight:  # batch and streaming still agree, and the actions survive a save
+            history = rater_history("u", [1, 5], [30, 30], 1)
+            streamed = [d for d in (monitor.update("u", e) for e in history.events) if d is not None]
+            assert [(d.index, d.score) for d in streamed] == [(d.index, d.score) for d in monitor.scan(history).events]
+    assert records[0.0]["actions"] == [] and records[0.0]["action_weight"] == 0.0
+    assert sorted(records[3.0]["actions"]) == [f"rated {r}/5" for r in range(1, 6)]
+    assert records[3.0]["action_weight"] == 3.0
+    assert recalls[3.0] >= recalls[0.0] + 0.3, recalls
+
+
+def test_a_projection_fitted_for_another_encoder_is_refused_in_one_sentence():
+    monitor = DriftMonitor(noise_only, DriftConfig(window=4, stride=2))
+    monitor.fit_projection([rater_history(f"f{i}", [1 + i % 5], [20], i) for i in range(60)], dim=4, steps=5)
+    monitor.encode_fn, monitor.config.threshold = taste_and_noise, 0.5  # 64 numbers per text, fitted on 32
+    with pytest.raises(InterestBertError, match=r"reads 37 numbers per event but gets 69 \(64 from the encoder, 5"):
+        monitor.scan(taste_history("u", [0, 1], [20, 20], 0))
+
+
 def test_a_projected_monitor_streams_as_it_scans_and_round_trips(tmp_path):
     monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
     monitor.fit_projection([taste_history(f"f{i}", [i % TASTES], [30], i) for i in range(80)], dim=8, steps=20,
@@ -395,7 +448,8 @@ def test_calibrating_on_the_fly_fits_the_projection_on_other_users_than_it_calib
     calibration = ensure_calibrated(monitor, verbaliser, 20, min_events=2000, projection_steps=20,
                                     show_progress_bar=False)
     fitted, calibrated = monitor.config.projection, calibration.record["histories"]
-    assert monitor.projection.shape == (32, 32) and fitted["steps"] == 20, fitted
+    assert monitor.projection.shape == (32 + 8, 32) and fitted["steps"] == 20, fitted  # the shop's 8 actions
+    assert sorted(fitted["actions"])[:3] == ["added to cart", "bought", "rated 1/5"], fitted["actions"]
     assert calibrated >= 20 and fitted["users"] >= 50 and calibrated + fitted["users"] <= 120, (calibrated, fitted)
     assert monitor.calibrated and calibration.record["achieved_false_alarms_per_1000_events"] <= 20
     # a third of the other users was held out of the fit to tune the score's form: too few here (under 50)
