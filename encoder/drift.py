@@ -64,6 +64,7 @@ MIN_PROJECTION_USERS = 25  # `fit_projection` needs twice this many histories (i
 PROJECTION_DIM = 64  # `fit_projection`: 64 and 128 dims did alike on movielens-1m (a prototype: 0.284 vs 0.282)
 ACTION_VOCAB = 32  # `fit_projection`: the most frequent event actions ("rated 4/5", "viewed") it reads beside the text
 ACTION_WEIGHT = 3.0  # the length of an action's one-hot beside the unit text vector (0: the text alone)
+MIN_ACTION_USERS = 5  # an action enters the projection (and the saved config) only if this many users share it
 # `tune_score`: the forms of the score it tries, (centre, reference_windows), the default first (it wins ties).
 # Which one finds most shifts differs by domain (benchmarks/drift.py, recall at 5 false alarms per 1,000 events on
 # the tuning streams, projected vectors): movielens-1m the plain distance to the whole segment, movielens-100k and
@@ -379,8 +380,9 @@ class DriftMonitor:
 
         Beside each event's text vector the projection reads its action (`Event.action`: the card's action and
         rating as the event text renders them, "rated 4/5"), a one-hot of the `ACTION_VOCAB` most frequent ones
-        of length ``action_weight`` (0: the text alone; with ``window_vector="text"`` or fewer than two distinct
-        actions there are none): how a person rates is part of who they are, and on movielens-1m's benchmark
+        of length ``action_weight`` among those shared by at least `MIN_ACTION_USERS` users (the list is saved with
+        the model: no one person's free text may be in it; 0: the text alone; with ``window_vector="text"`` or
+        fewer than two such actions there are none): how a person rates is part of who they are, and on movielens-1m's benchmark
         tuning streams it raised recall at 5 false alarms per 1,000 events from 0.303 to 0.324 (3 seeds).
 
         Use histories of users the monitor will not be calibrated on (the rate would be optimistic on the users
@@ -405,11 +407,13 @@ class DriftMonitor:
         if action_weight < 0:
             raise ValueError(f"action_weight should be >= 0, got {action_weight}.")
         counts = Counter(e.action for events in usable for e in events)
-        vocab = []
-        if action_weight > 0 and self.config.window_vector == "mean" and len(counts) > 1:
-            vocab = [a for a, _ in counts.most_common(ACTION_VOCAB)]
+        sharing = Counter(a for events in usable for a in {e.action for e in events})
+        vocab = [a for a, _ in counts.most_common() if sharing[a] >= MIN_ACTION_USERS][:ACTION_VOCAB]
+        if action_weight > 0 and self.config.window_vector == "mean" and len(vocab) > 1:
             action_of = {e.text: e.action for events in usable for e in events}
             vectors = _with_actions(vectors, [action_of[t] for t in texts], vocab, action_weight)
+        else:
+            vocab = []
         rows = [np.fromiter((index[e.text] for e in events), np.int64, len(events)) for events in usable]
         rng = np.random.default_rng([seed, 17])
         table = torch.from_numpy(vectors)

@@ -325,6 +325,7 @@ def test_the_projection_reads_each_events_action_beside_its_text():
     assert Event("viewed: Yoga mat (Sport)", "Yoga mat (Sport)", 0).action == "viewed"
     assert Event("t3 n1", "item of taste 3", 0).action == ""  # the item's text is not in the event's
     fit_on = [rater_history(f"f{i}", [1 + i % 5], [40], 2000 + i) for i in range(200)]
+    fit_on[0].events[:20] = [Event(f"n{k}: wrote 'my own words'", f"n{k}", k) for k in range(20)]  # one person's
     recalls, records = {}, {}
     for weight in (0.0, 3.0):
         monitor = DriftMonitor(noise_only, DriftConfig(window=4, stride=2, centre=False, reference_windows=None))
@@ -343,7 +344,7 @@ def test_the_projection_reads_each_events_action_beside_its_text():
             streamed = [d for d in (monitor.update("u", e) for e in history.events) if d is not None]
             assert [(d.index, d.score) for d in streamed] == [(d.index, d.score) for d in monitor.scan(history).events]
     assert records[0.0]["actions"] == [] and records[0.0]["action_weight"] == 0.0
-    assert sorted(records[3.0]["actions"]) == [f"rated {r}/5" for r in range(1, 6)]
+    assert sorted(records[3.0]["actions"]) == [f"rated {r}/5" for r in range(1, 6)]  # not the one user's words
     assert records[3.0]["action_weight"] == 3.0
     assert recalls[3.0] >= recalls[0.0] + 0.3, recalls
 
