@@ -320,7 +320,7 @@ def rater_history(user: str, ratings: list[int], lengths: list[int], seed: int) 
     return History(user, events)
 
 
-def test_the_projection_reads_each_events_action_beside_its_text():
+def test_the_projection_reads_each_events_action_beside_its_text(tmp_path):
     assert Event("n1: rated 4/5", "n1", 0).action == "rated 4/5"
     assert Event("viewed: Yoga mat (Sport)", "Yoga mat (Sport)", 0).action == "viewed"
     assert Event("t3 n1", "item of taste 3", 0).action == ""  # the item's text is not in the event's
@@ -343,6 +343,10 @@ def test_the_projection_reads_each_events_action_beside_its_text():
             history = rater_history("u", [1, 5], [30, 30], 1)
             streamed = [d for d in (monitor.update("u", e) for e in history.events) if d is not None]
             assert [(d.index, d.score) for d in streamed] == [(d.index, d.score) for d in monitor.scan(history).events]
+            monitor.save_pretrained(tmp_path)
+            again = DriftMonitor.from_pretrained(tmp_path, noise_only)
+            assert again.config.projection["actions"] == records[weight]["actions"]
+            assert np.array_equal(again.scan(history).scores, monitor.scan(history).scores, equal_nan=True)
     assert records[0.0]["actions"] == [] and records[0.0]["action_weight"] == 0.0
     assert sorted(records[3.0]["actions"]) == [f"rated {r}/5" for r in range(1, 6)]  # not the one user's words
     assert records[3.0]["action_weight"] == 3.0
