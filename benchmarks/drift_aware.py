@@ -33,6 +33,7 @@ from interestbert.encoder.drift import DriftConfig, DriftMonitor
 from interestbert.encoder.files import atomic_write_text
 from quality import sequence_events
 from results_io import read_results, write_json
+from interestbert.encoder.drift_eval import ndcg_at
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.data import leave_one_out
@@ -48,11 +49,6 @@ FOLDERS = {"synthetic-shop": None, "amazon-beauty": "amazon-beauty-10core",
            "amazon-office": "amazon-office-2014-5core", "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 MAX_SEQ_LENGTH = 128
-
-
-def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
-    """Each user's NDCG@k of one held-out item (0-based ranks), as `RankingMetrics` averages it."""
-    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
@@ -126,8 +122,8 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
     best_alpha = max(alphas, key=lambda a: validation[f"drift-aware (alpha_max {a})"]["all"]["ndcg@10"])
     test, recent, ranks = evaluate(split.test, (best_alpha,))
     rows = {k.replace(f" (alpha_max {best_alpha})", ""): v for k, v in test.items()}
-    long_only = user_ndcg(ranks["long-only"])
-    versus = {k.replace(f" (alpha_max {best_alpha})", ""): paired_interval(user_ndcg(r), long_only)
+    long_only = ndcg_at(ranks["long-only"])  # each user's NDCG@10, as `RankingMetrics` averages it
+    versus = {k.replace(f" (alpha_max {best_alpha})", ""): paired_interval(ndcg_at(r), long_only)
               for k, r in ranks.items() if k != "long-only"}
     winner = max(rows, key=lambda k: rows[k]["all"]["ndcg@10"])
     return {"dataset": name, "model": str(model_dir) if model_dir else f"{DEFAULT_BASE_MODEL} (untrained)",

@@ -407,14 +407,17 @@ class DriftMonitor:
             raise ValueError(f"the projection's dim ({dim}) should be at most the encoder's ({vectors.shape[1]}).")
         if action_weight < 0:
             raise ValueError(f"action_weight should be >= 0, got {action_weight}.")
-        counts = Counter(e.action for events in usable for e in events)
-        sharing = Counter(a for events in usable for a in {e.action for e in events})
-        vocab = [a for a, _ in counts.most_common() if sharing[a] >= MIN_ACTION_USERS][:ACTION_VOCAB]
-        if action_weight > 0 and self.config.window_vector == "mean" and len(vocab) > 1:
-            action_of = {e.text: e.action for events in usable for e in events}
-            vectors = _with_actions(vectors, [action_of[t] for t in texts], vocab, action_weight)
-        else:
-            vocab = []
+        vocab = []
+        if action_weight > 0 and self.config.window_vector == "mean":
+            actions = [[e.action for e in events] for events in usable]
+            counts = Counter(a for row in actions for a in row)
+            sharing = Counter(a for row in actions for a in set(row))
+            vocab = [a for a, _ in counts.most_common() if sharing[a] >= MIN_ACTION_USERS][:ACTION_VOCAB]
+            if len(vocab) > 1:
+                action_of = {e.text: a for events, row in zip(usable, actions) for e, a in zip(events, row)}
+                vectors = _with_actions(vectors, [action_of[t] for t in texts], vocab, action_weight)
+            else:
+                vocab = []
         rows = [np.fromiter((index[e.text] for e in events), np.int64, len(events)) for events in usable]
         rng = np.random.default_rng([seed, 17])
         table = torch.from_numpy(vectors)
