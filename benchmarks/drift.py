@@ -428,15 +428,15 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     cal_h = [s.history() for s in cal_c]
     monitors = {PREVIOUS_LABEL: DriftMonitor(encode, PREVIOUS, separator=separator, batch_size=128)}
 
-    def pick_on_tune(grid, projection=None, fit=None) -> tuple[DriftMonitor, dict]:
-        """The grid's monitor with the highest recall on the tuning streams, each calibrated on the calibration
-        controls at the headline budget (``{settings: tuning recall}`` beside it)."""
+    def pick_on_tune(grid, projected=None) -> tuple[DriftMonitor, dict]:
+        """The grid's monitor (with ``projected``'s projection) with the highest recall on the tuning streams, each
+        calibrated on the calibration controls at the headline budget (``{settings: tuning recall}`` beside it)."""
         tuning = {}
         for config in grid:
             monitor = DriftMonitor(encode, replace(config), separator=separator, batch_size=128)
-            if projection is not None:
-                monitor.set_projection(projection)
-                monitor.config.projection = fit
+            if projected is not None:
+                monitor.set_projection(projected.projection, projected.item_vectors)
+                monitor.config.projection = projected.config.projection
             try:
                 monitor.calibrate(cal_h, BUDGETS[0])
             except InterestBertError as err:
@@ -466,7 +466,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     monitors[PROJECTED_LABEL] = projected
     timings["score tuning, projected"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    best, tuning[PROJECTED_TUNED_LABEL] = pick_on_tune(PROJECTED_GRID, projected.projection, projection_fit)
+    best, tuning[PROJECTED_TUNED_LABEL] = pick_on_tune(PROJECTED_GRID, projected)
     if not same_settings(best.config, projected.config):  # else it is the row above
         monitors[PROJECTED_TUNED_LABEL] = best
     timings["ours tuning, projected"] = time.perf_counter() - clock

@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_PROJECTION_USERS, DriftMonitor, History,
-                                        ScanResult, count_false_alarms, histories_from_verbaliser, split_for_tuning)
+from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_ITEM_USERS, MIN_PROJECTION_USERS, DriftMonitor,
+                                        History, ScanResult, count_false_alarms, histories_from_verbaliser,
+                                        split_for_tuning)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write, atomic_write_text
 
@@ -90,6 +91,8 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
             logger.info("  loss %.3f -> %.3f (chance %.3f); %s", fit["first_loss"], fit["last_loss"],
                         fit["chance_loss"], f"{len(fit['actions'])} event actions read beside the text (most "
                         f"frequent: {fit['actions'][0]!r})" if fit["actions"] else "no event actions (fewer than 2)")
+            logger.info("  %s items shared by at least %d of those users have vectors of their own", f"{fit['items']:,}",
+                        MIN_ITEM_USERS)
         elif projection:
             logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(fit_on),
                         len(pick), 2 * MIN_PROJECTION_USERS)

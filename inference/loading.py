@@ -223,7 +223,8 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
     except ValueError as err:
         raise InterestBertError(f"drift options: {err}") from None
     monitor = DriftMonitor(encoder.encode, config, verbaliser.separator,
-                           projection=None if found is None else found.projection)
+                           projection=None if found is None else found.projection,
+                           item_vectors=None if found is None else found.item_vectors)
     monitor.batch_size = batch_size
     reason = None
     if calibrate:

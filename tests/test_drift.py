@@ -353,6 +353,52 @@ def test_the_projection_reads_each_events_action_beside_its_text(tmp_path):
     assert recalls[3.0] >= recalls[0.0] + 0.3, recalls
 
 
+def faint_noise(texts, **_):
+    """`noise_only` in 4 dimensions: an item's text hardly tells one item from another."""
+    out = noise_only(texts)[:, :4]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def shopper_history(user: str, tastes: list[int], lengths: list[int], seed: int) -> History:
+    """Events of items from each taste's own 30 of a 150-item catalogue, all rendered alike ("viewed")."""
+    rng = np.random.default_rng(seed)
+    items = [f"n{30 * taste + int(rng.integers(30))}" for taste, n in zip(tastes, lengths) for _ in range(n)]
+    return History(user, [Event(f"{item}: viewed", item, k) for k, item in enumerate(items)])
+
+
+def test_the_projection_learns_a_vector_for_each_shared_item(tmp_path):
+    """Where an item's text says nothing about who buys it, but who buys it does, the items' own vectors make
+    changes of taste detectable; an item that only one user has gets no vector (none leaves in the model)."""
+    fit_on = [shopper_history(f"f{i}", [i % 5], [40], 3000 + i) for i in range(200)]
+    fit_on[0].events[:20] = [Event("n999: viewed", "n999", k) for k in range(20)]  # one person's own item
+    recalls, records = {}, {}
+    for weight in (0.0, 3.0):
+        monitor = DriftMonitor(faint_noise, DriftConfig(window=4, stride=2, centre=False, reference_windows=None))
+        records[weight] = monitor.fit_projection(fit_on, dim=4, steps=150, batch_users=64, lr=1e-2,
+                                                 item_weight=weight)
+        monitor.calibrate([shopper_history(f"c{i}", [i % 5], [60], 400 + i) for i in range(60)], 20)
+        rng = np.random.default_rng(8)
+        hits = 0
+        for i in range(40):
+            a, b = rng.choice(5, 2, replace=False)
+            found = monitor.scan(shopper_history(f"s{i}", [int(a), int(b)], [40, 30], 800 + i)).events
+            hits += any(40 <= d.index <= 48 for d in found)
+        recalls[weight] = hits / 40
+    assert records[0.0]["items"] == 0 and monitor.item_vectors is not None
+    assert records[3.0]["items"] == len(monitor.item_vectors) == 150 and "n999" not in monitor.item_vectors
+    assert recalls[3.0] >= recalls[0.0] + 0.3, recalls
+    history = shopper_history("u", [1, 4], [30, 30], 1)  # batch and streaming agree with items
+    streamed = [d for d in (monitor.update("u", e) for e in history.events) if d is not None]
+    assert streamed and [(d.index, d.score) for d in streamed] == [(d.index, d.score) for d in
+                                                                  monitor.scan(history).events]
+    monitor.save_pretrained(tmp_path)
+    again = DriftMonitor.from_pretrained(tmp_path, faint_noise)
+    assert again.item_vectors.keys() == monitor.item_vectors.keys() and again.config == monitor.config
+    assert np.array_equal(again.scan(history).scores, monitor.scan(history).scores, equal_nan=True)
+    tuned = again.tune_score(fit_on[100:], 20, streams=30)  # its trial monitors read the items too
+    assert max(tuned["recall"].values()) >= 0.5, tuned
+
+
 def test_a_projection_fitted_for_another_encoder_is_refused_in_one_sentence():
     monitor = DriftMonitor(noise_only, DriftConfig(window=4, stride=2))
     monitor.fit_projection([rater_history(f"f{i}", [1 + i % 5], [20], i) for i in range(60)], dim=4, steps=5)
