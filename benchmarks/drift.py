@@ -120,7 +120,6 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
         category_of = lambda event: parsed.get(event.item_text, ())  # noqa: E731
     if spec.folder is None:
         design = SYNTHETIC_DESIGN
-        design = SYNTHETIC_DESIGN
         splits = synthetic_splits(histories, switch_points(data), n, design, seed, category_of)
     else:
         design = de.DESIGNS[name]
@@ -459,12 +458,9 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     clock = time.perf_counter()
     fit_on, tune_on = split_for_tuning(outside, seed)  # as `interestbert drift` splits the other users
     projected = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
-    projection_fit = projected.fit_projection(fit_on)
-    timings["projection fit"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    score_tuning["projected"] = projected.tune_score(tune_on, BUDGETS[0], seed=seed)
+    projection_fit, score_tuning["projected"] = projected.fit_and_tune(fit_on, tune_on, BUDGETS[0], seed=seed)
     monitors[PROJECTED_LABEL] = projected
-    timings["score tuning, projected"] = time.perf_counter() - clock
+    timings["projection fit and score tuning (with and without item vectors)"] = time.perf_counter() - clock
     clock = time.perf_counter()
     best, tuning[PROJECTED_TUNED_LABEL] = pick_on_tune(PROJECTED_GRID, projected)
     if not same_settings(best.config, projected.config):  # else it is the row above

@@ -180,8 +180,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     fitted = {}
     if kind == "product":
         fit_on, tune_on = split_for_tuning(outside, seed)  # as `recommend --drift-aware` splits the other users
-        fitted = {"projection": monitor.fit_projection(fit_on),
-                  "score_tuning": monitor.tune_score(tune_on, BUDGET, seed=seed)}
+        fitted = dict(zip(("projection", "score_tuning"), monitor.fit_and_tune(fit_on, tune_on, BUDGET, seed=seed)))
     monitor.calibrate([s.history() for s in cal_c], BUDGET)
     threshold = monitor.config.threshold
     spec = DATASETS[name]

@@ -537,6 +537,7 @@ class DriftMonitor:
         centre, k = max(recall, key=recall.get)  # the first of equals: the default form when it ties
         record = {"centre": centre, "reference_windows": k, "target_false_alarms_per_1000_events": target,
                   "streams": len(spliced), "users": len(pool), "events": sum(len(s.events) for s in spliced),
+                  "changes": sum(len(s.changes) for s in spliced),
                   "design": {"length": list(design.length), "min_segment": design.min_segment,
                              "extra_mean": design.extra_mean, "margin": design.margin},
                   "recall": {f"centre={c}, reference_windows={r}": round(v, 4) for (c, r), v in recall.items()}}
@@ -544,6 +545,34 @@ class DriftMonitor:
                               score_tuning=record)
         self._states.clear()
         return record
+
+    def fit_and_tune(self, fit_on: Sequence[History], tune_on: Sequence[History],
+                     target_false_alarms_per_1000_events: float, steps: int = 2000, streams: int = TUNE_STREAMS,
+                     seed: int = 0, show_progress_bar: bool = False) -> tuple[dict, dict]:
+        """`fit_projection` on ``fit_on`` then `tune_score` on ``tune_on`` (disjoint users: `split_for_tuning`),
+        once with the items' own vectors and once without, keeping the items only when the best form finds more
+        of the splices with them by more than one standard error of that recall. Where most items have few users
+        their vectors learn those users more than their taste: on the drift benchmark's evaluation streams they
+        took movielens-1m from 0.238 to 0.331 at 5 false alarms per 1,000 events but amazon-beauty from 0.157 to
+        0.096, and `tune_score`'s held-out splices had said so (0.31 -> 0.38; 0.38 -> 0.30). Returns both records
+        (the tuning's with the comparison under ``"item_vectors"``); if the tuning fails, the projection with the
+        items stays and the error propagates."""
+        fit = self.fit_projection(fit_on, steps=steps, seed=seed, show_progress_bar=show_progress_bar)
+        tuned = self.tune_score(tune_on, target_false_alarms_per_1000_events, streams, seed, show_progress_bar)
+        if not fit["items"]:
+            return fit, tuned
+        with_items = (fit, tuned, self.projection, self.item_vectors, self.config)
+        fit = self.fit_projection(fit_on, steps=steps, item_weight=0.0, seed=seed, show_progress_bar=show_progress_bar)
+        tuned = self.tune_score(tune_on, target_false_alarms_per_1000_events, streams, seed, show_progress_bar)
+        recall, plain = max(with_items[1]["recall"].values()), max(tuned["recall"].values())
+        error = math.sqrt(plain * (1 - plain) / max(tuned["changes"], 1))
+        if recall - plain > error:
+            fit, tuned, projection, items, self.config = with_items
+            self.set_projection(projection, items)
+        verdict = {"recall_with_items": recall, "recall_without": plain, "standard_error": round(error, 4),
+                   "kept": recall - plain > error}
+        self.config = replace(self.config, score_tuning={**tuned, "item_vectors": verdict})
+        return fit, self.config.score_tuning
 
     def set_projection(self, projection: np.ndarray | None, item_vectors: dict[str, np.ndarray] | None = None,
                        clear: bool = True) -> None:

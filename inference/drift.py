@@ -83,28 +83,40 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
                 np.flatnonzero(n_events - 2 >= monitor.config.window + 2), pick))[:PROJECTION_USERS])
         others = histories_from_verbaliser(verbaliser, rest, n_events[rest] - 2) if len(rest) else []
         fit_on, tune_on = split_for_tuning(others, seed) if projection and tune_score else (others, others)
-        if projection and len(fit_on) >= 2 * MIN_PROJECTION_USERS:
-            logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
-                        f"{len(fit_on):,}")
-            fit = monitor.fit_projection(fit_on, steps=projection_steps, seed=seed,
-                                         show_progress_bar=show_progress_bar)
-            logger.info("  loss %.3f -> %.3f (chance %.3f); %s", fit["first_loss"], fit["last_loss"],
-                        fit["chance_loss"], f"{len(fit['actions'])} event actions read beside the text (most "
-                        f"frequent: {fit['actions'][0]!r})" if fit["actions"] else "no event actions (fewer than 2)")
-            logger.info("  %s items shared by at least %d of those users have vectors of their own", f"{fit['items']:,}",
-                        MIN_ITEM_USERS)
+        fitted = projection and len(fit_on) >= 2 * MIN_PROJECTION_USERS
+        if fitted:
+            logger.info("fitting the drift projection (same user or not?) on the training split of %s other users%s",
+                        f"{len(fit_on):,}", ", with and without the items' own vectors" if tune_score else "")
         elif projection:
             logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(fit_on),
                         len(pick), 2 * MIN_PROJECTION_USERS)
-        if tune_score:
-            try:
+        tuned = None
+        try:
+            if fitted and tune_score:
+                tuned = monitor.fit_and_tune(fit_on, tune_on, target, steps=projection_steps, seed=seed,
+                                             show_progress_bar=show_progress_bar)[1]
+            elif fitted:
+                monitor.fit_projection(fit_on, steps=projection_steps, seed=seed, show_progress_bar=show_progress_bar)
+            elif tune_score:
                 tuned = monitor.tune_score(tune_on, target, seed=seed, show_progress_bar=show_progress_bar)
-                logger.info("drift score picked on %d streams spliced from other users: centre=%s, "
-                            "reference_windows=%s (recall %s)", tuned["streams"], tuned["centre"],
-                            tuned["reference_windows"], ", ".join(f"{v:.2f}" for v in tuned["recall"].values()))
-            except InterestBertError as err:
-                logger.info("the drift score keeps its form (centre=%s, reference_windows=%s): %s",
-                            monitor.config.centre, monitor.config.reference_windows, err)
+        except InterestBertError as err:
+            logger.info("the drift score keeps its form (centre=%s, reference_windows=%s): %s",
+                        monitor.config.centre, monitor.config.reference_windows, err)
+        if fitted:
+            fit = monitor.config.projection
+            logger.info("  loss %.3f -> %.3f (chance %.3f); %s; %s", fit["first_loss"], fit["last_loss"],
+                        fit["chance_loss"], f"{len(fit['actions'])} event actions read beside the text (most "
+                        f"frequent: {fit['actions'][0]!r})" if fit["actions"] else "no event actions (fewer than 2)",
+                        f"{fit['items']:,} items shared by at least {MIN_ITEM_USERS} of those users have vectors of "
+                        "their own" if fit["items"] else "no item vectors")
+        if tuned is not None:
+            verdict = tuned.get("item_vectors")
+            logger.info("drift score picked on %d streams spliced from other users: centre=%s, reference_windows=%s "
+                        "(recall %s)%s", tuned["streams"], tuned["centre"], tuned["reference_windows"],
+                        ", ".join(f"{v:.2f}" for v in tuned["recall"].values()),
+                        "" if verdict is None else f"; the items' own vectors {'kept' if verdict['kept'] else 'dropped'}"
+                        f" (best recall {verdict['recall_with_items']:.2f} with them, {verdict['recall_without']:.2f} "
+                        "without)")
         switches = switch_points(data) if data is not None else None
         known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
         logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "

@@ -399,6 +399,27 @@ def test_the_projection_learns_a_vector_for_each_shared_item(tmp_path):
     assert max(tuned["recall"].values()) >= 0.5, tuned
 
 
+def test_fit_and_tune_keeps_the_items_own_vectors_only_where_they_find_more_changes():
+    """Shoppers whose taste is in which items they choose keep them; where the items are chosen blindly (the text
+    carries the taste), the item vectors only learn the fit's users and are dropped."""
+    def blind_items(user: str, tastes: list[int], lengths: list[int], seed: int) -> History:
+        rng = np.random.default_rng(seed)
+        return History(user, [Event(f"t{taste} n{rng.integers(10**6)}", f"i{rng.integers(100)}", k) for k, taste
+                              in enumerate(t for t, n in zip(tastes, lengths) for _ in range(n))])
+
+    for make, encode, kinds, keep in ((shopper_history, faint_noise, 5, True), (blind_items, taste_and_noise, TASTES,
+                                                                                  False)):
+        monitor = DriftMonitor(encode, DriftConfig(window=4, stride=2))
+        fit_on = [make(f"f{i}", [i % kinds], [60], 5000 + i) for i in range(160)]
+        tune_on = [make(f"g{i}", [i % kinds], [60], 6000 + i) for i in range(80)]
+        fit, tuned = monitor.fit_and_tune(fit_on, tune_on, 20, steps=100, streams=60)
+        verdict = tuned["item_vectors"]
+        assert verdict["kept"] is keep and (monitor.item_vectors is not None) is keep, verdict
+        assert abs(verdict["recall_with_items"] - verdict["recall_without"]) > 2 * verdict["standard_error"], verdict
+        assert monitor.config.score_tuning == tuned and monitor.config.projection == fit
+        assert fit["items"] == (len(monitor.item_vectors) if keep else 0)
+
+
 def test_a_projection_fitted_for_another_encoder_is_refused_in_one_sentence():
     monitor = DriftMonitor(noise_only, DriftConfig(window=4, stride=2))
     monitor.fit_projection([rater_history(f"f{i}", [1 + i % 5], [20], i) for i in range(60)], dim=4, steps=5)
