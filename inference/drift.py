@@ -85,8 +85,8 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
         fit_on, tune_on = split_for_tuning(others, seed) if projection and tune_score else (others, others)
         fitted = projection and len(fit_on) >= 2 * MIN_PROJECTION_USERS
         if fitted:
-            logger.info("fitting the drift projection (same user or not?) on the training split of %s other users%s",
-                        f"{len(fit_on):,}", ", with and without the items' own vectors" if tune_score else "")
+            logger.info("fitting the drift projection (same user or not?) on the training split of %s other users",
+                        f"{len(fit_on):,}")
         elif projection:
             logger.info("no drift projection: %d users besides the %d calibrating, fewer than %d", len(fit_on),
                         len(pick), 2 * MIN_PROJECTION_USERS)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from interestbert.encoder.drift import (DriftConfig, DriftMonitor, Event, History, count_false_alarms, explain,
-                                        histories_from_verbaliser, sort_events)
+from interestbert.encoder.drift import (ITEM_WEIGHT, DriftConfig, DriftMonitor, Event, History, count_false_alarms,
+                                        explain, histories_from_verbaliser, sort_events)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.inference.cli import main
 
@@ -412,7 +412,8 @@ def test_fit_and_tune_keeps_the_items_own_vectors_only_where_they_find_more_chan
         monitor = DriftMonitor(encode, DriftConfig(window=4, stride=2))
         fit_on = [make(f"f{i}", [i % kinds], [60], 5000 + i) for i in range(160)]
         tune_on = [make(f"g{i}", [i % kinds], [60], 6000 + i) for i in range(80)]
-        fit, tuned = monitor.fit_and_tune(fit_on, tune_on, 20, steps=100, streams=60)
+        assert "item_vectors" not in monitor.fit_and_tune(fit_on, tune_on, 20, steps=20, streams=20)[1]  # off
+        fit, tuned = monitor.fit_and_tune(fit_on, tune_on, 20, steps=100, streams=60, item_weight=ITEM_WEIGHT)
         verdict = tuned["item_vectors"]
         assert verdict["kept"] is keep and (monitor.item_vectors is not None) is keep, verdict
         assert abs(verdict["recall_with_items"] - verdict["recall_without"]) > 2 * verdict["standard_error"], verdict
