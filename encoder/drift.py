@@ -17,9 +17,9 @@ one person's behaviour from another's (`DriftMonitor.fit_projection`: a contrast
 histories of users the monitor will not be calibrated on). A generic sentence embedding spends most of its
 dimensions on what every user shares; the projection raised the benchmark's recall at 5 false alarms per 1,000
 events on movielens-1m from 0.135 to 0.215 (`benchmarks/drift.py`). Beside the text it reads each event's action
-(`Event.action`, "rated 4/5"): how a person rates is part of who they are; and every item that enough of those
-users share gets a vector of its own, learned with it and added to its events' projected text: who chooses an item
-says more about taste than its title does.
+(`Event.action`, "rated 4/5"): how a person rates is part of who they are; and, when asked, every item that enough
+of those users share gets a vector of its own, learned with it and added to its events' projected text (who chooses
+an item can say more about taste than its title: a large gain on movielens, a loss on sparse catalogues).
 
 Which form of the score finds most shifts (centred or the plain distance; the newest 5 or 10 windows or the whole
 segment as reference) depends on the domain: `DriftMonitor.tune_score` picks it on renewal streams it splices from
@@ -557,7 +557,7 @@ class DriftMonitor:
         best form finds more of the splices with them by more than one standard error of that recall. On the drift
         benchmark that verdict was right on movielens-1m (kept: 0.238 -> 0.331 at 5 false alarms per 1,000 events)
         and amazon-beauty (dropped) and wrong on movielens-100k (dropped, 0.273 where they gave 0.324),
-        amazon-office (kept: 0.068 where they had 0.097) and synthetic-shop (kept: 0.520 instead of 0.950; its
+        amazon-office (kept: 0.068 against 0.072 without) and synthetic-shop (kept: 0.520 instead of 0.950; its
         splices of whole users with recorded switches of their own misjudge every form), hence off by default.
         Returns both records (the tuning's with the comparison under ``"item_vectors"``); if the tuning fails, the
         projection fitted first stays and the error propagates."""
