@@ -472,8 +472,10 @@ class DriftMonitor:
         def window_means(spans: list[np.ndarray]) -> torch.Tensor:
             flat = torch.from_numpy(np.concatenate(spans))
             owner = torch.repeat_interleave(torch.arange(len(spans)), torch.tensor([len(s) for s in spans]))
-            item = text_items[flat]
-            event = table[flat] @ weight + item_weight * own[item] * (item > 0).unsqueeze(1)
+            event = table[flat] @ weight
+            if items:  # the items' own vectors (row 0, for items without one, masked)
+                item = text_items[flat]
+                event = event + item_weight * own[item] * (item > 0).unsqueeze(1)
             sums = torch.zeros(len(spans), dim).index_add_(0, owner, F.normalize(event, dim=-1))
             return F.normalize(sums, dim=-1)
 

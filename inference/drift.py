@@ -25,9 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_ITEM_USERS, MIN_PROJECTION_USERS, DriftMonitor,
-                                        History, ScanResult, count_false_alarms, histories_from_verbaliser,
-                                        split_for_tuning)
+from interestbert.encoder.drift import (MIN_ALARMS_TO_CALIBRATE, MIN_PROJECTION_USERS, DriftMonitor, History,
+                                        ScanResult, count_false_alarms, histories_from_verbaliser, split_for_tuning)
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write, atomic_write_text
 
@@ -102,21 +101,15 @@ def ensure_calibrated(monitor: DriftMonitor, verbaliser, target: float | None, u
         except InterestBertError as err:
             logger.info("the drift score keeps its form (centre=%s, reference_windows=%s): %s",
                         monitor.config.centre, monitor.config.reference_windows, err)
-        if fitted:
-            fit = monitor.config.projection
-            logger.info("  loss %.3f -> %.3f (chance %.3f); %s; %s", fit["first_loss"], fit["last_loss"],
+        fit = monitor.config.projection
+        if fitted and fit is not None:
+            logger.info("  loss %.3f -> %.3f (chance %.3f); %s", fit["first_loss"], fit["last_loss"],
                         fit["chance_loss"], f"{len(fit['actions'])} event actions read beside the text (most "
-                        f"frequent: {fit['actions'][0]!r})" if fit["actions"] else "no event actions (fewer than 2)",
-                        f"{fit['items']:,} items shared by at least {MIN_ITEM_USERS} of those users have vectors of "
-                        "their own" if fit["items"] else "no item vectors")
+                        f"frequent: {fit['actions'][0]!r})" if fit["actions"] else "no event actions (fewer than 2)")
         if tuned is not None:
-            verdict = tuned.get("item_vectors")
             logger.info("drift score picked on %d streams spliced from other users: centre=%s, reference_windows=%s "
-                        "(recall %s)%s", tuned["streams"], tuned["centre"], tuned["reference_windows"],
-                        ", ".join(f"{v:.2f}" for v in tuned["recall"].values()),
-                        "" if verdict is None else f"; the items' own vectors {'kept' if verdict['kept'] else 'dropped'}"
-                        f" (best recall {verdict['recall_with_items']:.2f} with them, {verdict['recall_without']:.2f} "
-                        "without)")
+                        "(recall %s)", tuned["streams"], tuned["centre"], tuned["reference_windows"],
+                        ", ".join(f"{v:.2f}" for v in tuned["recall"].values()))
         switches = switch_points(data) if data is not None else None
         known = "" if switches is None else "; alarms at the card's recorded switches do not count as false"
         logger.info("calibrating the drift threshold (%s): %g false alarms per 1,000 events on the training split of "
