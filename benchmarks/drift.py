@@ -102,7 +102,8 @@ RUPTURES_PENALTIES = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
     """The design, ``{split: (spliced, controls)}``, the events' category function, the separator, and the
-    histories of the users in no calibration or evaluation stream (a learned projection may train on them)."""
+    histories of the users in no stream of any split (a learned projection may train on them: fitted on the tuning
+    pool's users too, it would flatter every setting picked on the labelled tuning streams)."""
     spec = DATASETS[name]
     if spec.folder is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
@@ -126,11 +127,13 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
         design = de.DESIGNS[name]
         pools = de.split_users(histories, design, seed)
         splits = {k: de.renewal_streams(pools[k], n, design, seed + i, category_of) for i, k in enumerate(de.SPLITS)}
-        held = {h.user_id for k in ("calibrate", "evaluate") for h in pools[k]}
-    if spec.folder is None:  # the synthetic streams are whole users
-        held = {user for k in ("calibrate", "evaluate") for group in splits[k] for s in group
-                for user, _, _ in s.segments}
-    return design, splits, category_of, verbaliser.separator, [h for h in histories if h.user_id not in held]
+    seen = {user for group in splits.values() for streams in group for s in streams for user, _, _ in s.segments}
+    # the synthetic streams are whole users; a renewal pool's users all stay out (most are in its streams)
+    held = seen if spec.folder is None else {h.user_id for k in de.SPLITS for h in pools[k]}
+    outside = [h for h in histories if h.user_id not in held]
+    if seen & {h.user_id for h in outside}:
+        raise SystemExit(f"benchmark broken on {name}: users of its streams are among those a projection may fit on")
+    return design, splits, category_of, verbaliser.separator, outside
 
 
 def synthetic_splits(histories, switches, n, design, seed, category_of):
