@@ -20,7 +20,9 @@ Rows, at each budget (5 and 10 false alarms per 1,000 scored control events):
   with a refractory period (window, lookback and centring picked on the tuning streams);
 - ours: `DriftMonitor` in its 0.1 setting (window text against the whole segment), the setting picked on the
   tuning streams from `MONITOR_GRID`, and the default settings when they are neither, each calibrated by
-  `DriftMonitor.calibrate` on the calibration controls to the budget.
+  `DriftMonitor.calibrate` on the calibration controls to the budget; then what `interestbert drift` fits on the
+  fly (`DriftMonitor.fit_and_tune`): the same-user projection on the users in no stream of any split, the score's
+  form on splices of the tuning pool's histories (unlabelled).
 
 Threshold-free: event-level ROC-AUC and average precision of each continuous score; the recall-vs-false-alarm
 curve (PNG). Recall by magnitude tercile, median delay, paired bootstrap intervals of each recall and of its
@@ -49,8 +51,7 @@ import torch
 
 from interestbert.encoder import drift_eval as de
 from interestbert.encoder.cards import load_card, load_card_data
-from interestbert.encoder.drift import (ITEM_WEIGHT, DriftConfig, DriftMonitor, histories_from_verbaliser,
-                                        split_for_tuning)
+from interestbert.encoder.drift import ITEM_WEIGHT, DriftConfig, DriftMonitor, histories_from_verbaliser
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
@@ -101,9 +102,10 @@ RUPTURES_PENALTIES = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 
 def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
-    """The design, ``{split: (spliced, controls)}``, the events' category function, the separator, and the
-    histories of the users in no stream of any split (a learned projection may train on them: fitted on the tuning
-    pool's users too, it would flatter every setting picked on the labelled tuning streams)."""
+    """The design, ``{split: (spliced, controls)}``, the events' category function, the separator, the histories of
+    the users in no stream of any split (a learned projection may train on them: fitted on the tuning pool's users
+    too, it would flatter every setting picked on the labelled tuning streams), and the tuning pool's histories
+    (unlabelled: where our score's form is tuned, as river's parameters are on the labelled tuning streams)."""
     spec = DATASETS[name]
     if spec.folder is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
@@ -133,7 +135,10 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
     outside = [h for h in histories if h.user_id not in held]
     if seen & {h.user_id for h in outside}:
         raise SystemExit(f"benchmark broken on {name}: users of its streams are among those a projection may fit on")
-    return design, splits, category_of, verbaliser.separator, outside
+    if spec.folder is None:  # whole users: the tuning split's
+        tuning = {user for streams in splits["tune"] for s in streams for user, _, _ in s.segments}
+        pools = {"tune": [h for h in histories if h.user_id in tuning]}
+    return design, splits, category_of, verbaliser.separator, outside, pools["tune"]
 
 
 def synthetic_splits(histories, switches, n, design, seed, category_of):
@@ -304,11 +309,12 @@ PROJECTED_GRID = [DriftConfig(window=4, stride=2, centre=c, reference_windows=k)
                   for c in (True, False)]  # the score's form under the projection (the default's window and stride)
 PROJECTED_TUNED_LABEL = "interestbert DriftMonitor + same-user projection, score's form picked on tune"
 DEFAULT_LABEL = "interestbert DriftMonitor (default settings)"
-SCORE_TUNED_LABEL = "interestbert DriftMonitor (default settings), score's form picked on splices outside the streams"
+SCORE_TUNED_LABEL = ("interestbert DriftMonitor (default settings), score's form picked on splices of the tuning "
+                     "pool's histories")
 ITEMS_LABEL = ("interestbert DriftMonitor + same-user projection with the items' own vectors where held-out splices "
                "favour them, then the score's form (fit_and_tune(item_weight=3))")
-PROJECTED_LABEL = ("interestbert DriftMonitor (default settings) + same-user projection, then the score's form, "
-                   "both fitted outside the streams")
+PROJECTED_LABEL = ("interestbert DriftMonitor (default settings) + same-user projection (fitted on users in no "
+                   "stream), then the score's form (on the tuning pool's histories)")
 SETTINGS = ("window", "stride", "centre", "reference_windows", "window_vector")
 
 
@@ -352,7 +358,8 @@ def tuned_rows(grid: dict[str, dict], run_on_eval, tune_streams, design, budgets
 def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str, curve: bool) -> dict:
     timings = {}
     clock = time.perf_counter()
-    design, splits, category_of, separator, outside = load_streams(name, data_dir, n, seed, encoder.tokenizer)
+    design, splits, category_of, separator, outside, tuning_pool = load_streams(name, data_dir, n, seed,
+                                                                              encoder.tokenizer)
     (tune_s, tune_c), (cal_s, cal_c), (ev_s, ev_c) = (splits[k] for k in de.SPLITS)
     tune, evaluate = tune_s + tune_c, ev_s + ev_c
     timings["streams"] = time.perf_counter() - clock
@@ -458,11 +465,14 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     timings["ours tuning"] = time.perf_counter() - clock
     clock = time.perf_counter()
     score_tuned = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
-    score_tuning = {"no projection": score_tuned.tune_score(outside, BUDGETS[0], seed=seed)}
+    score_tuning = {"no projection": score_tuned.tune_score(tuning_pool, BUDGETS[0], seed=seed)}
     monitors[SCORE_TUNED_LABEL] = score_tuned
     timings["score tuning"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    fit_on, tune_on = split_for_tuning(outside, seed)  # as `interestbert drift` splits the other users
+    # `fit_and_tune` as `interestbert drift` runs it, on the users the benchmark leaves it: the projection on those in
+    # no stream, the score's form on splices of the tuning pool's histories (unlabelled; river's parameters are picked
+    # on that pool's labelled streams), a population like the evaluated one (the users in no stream are shorter)
+    fit_on, tune_on = outside, tuning_pool
     projected = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
     projection_fit, score_tuning["projected"] = projected.fit_and_tune(fit_on, tune_on, BUDGETS[0], seed=seed)
     monitors[PROJECTED_LABEL] = projected

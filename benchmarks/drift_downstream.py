@@ -19,15 +19,15 @@ the target kept), and NDCG@10 is taken for each way of forming the interest vect
 With ``--scorer text`` (the default) vectors are the encoder's unit embeddings of the event texts (the monitor's
 ``window_vector="mean"`` view), scored by cosine to the item texts' embeddings (zero-shot, the packaged base model).
 With ``--scorer sequence`` a sequence head (the product's, on the frozen packaged encoder, its text prior fitted) is
-trained on the users outside the calibration and evaluation streams, so it has never seen the streams' users; each
+trained on the users in no stream of any split, so it has never seen the streams' users; each
 span is scored from the order of its newest events (the long-term span: the head's whole input, 200 events on
 ml-1m, 50 elsewhere), and a blend is the same blend of the spans' scores. The monitor is the one `interestbert
-recommend --drift-aware` makes on the fly (``--monitor product``): its same-user projection fitted and its score's
-form picked on the users outside the calibration and evaluation streams, then calibrated on the calibration
-controls to 5 false alarms per 1,000 events (``--monitor raw``: the default settings on the vectors as encoded).
-Headline: **headroom recovered** = (NDCG_ii - NDCG_i) / (NDCG_iv - NDCG_i), with NDCG averaged over every (change, j), and a 95 %
-bootstrap interval over streams (paired). On the control streams (no change), queries at the same offsets after
-pseudo-changes drawn like the real ones measure the cost: (ii) must not lose to (i) there.
+recommend --drift-aware` makes on the fly (``--monitor product``): its same-user projection fitted on the users in
+no stream and its score's form picked on the tuning pool's histories (as `drift.py`), then calibrated on the
+calibration controls to 5 false alarms per 1,000 events (``--monitor raw``: the default settings on the vectors as
+encoded). Headline: **headroom recovered** = (NDCG_ii - NDCG_i) / (NDCG_iv - NDCG_i), with NDCG averaged over every
+(change, j), and a 95 % bootstrap interval over streams (paired). On the control streams (no change), queries at
+the same offsets after pseudo-changes drawn like the real ones measure the cost: (ii) must not lose to (i) there.
 
 Results: ``<out>/<dataset>.json`` and ``<out>/drift_downstream.md``.
 
@@ -55,7 +55,7 @@ from results_io import read_results, write_json  # noqa: E402
 
 from interestbert.encoder import drift_eval as de  # noqa: E402
 from interestbert.encoder.cards import load_card_data  # noqa: E402
-from interestbert.encoder.drift import DriftConfig, DriftMonitor, split_for_tuning  # noqa: E402
+from interestbert.encoder.drift import DriftConfig, DriftMonitor  # noqa: E402
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder  # noqa: E402
 from interestbert.encoder.scoring import SequenceHeadScorer  # noqa: E402
@@ -69,13 +69,13 @@ from interestbert.inference.recommend import short_term_weight  # noqa: E402
 BUDGET = 5.0
 STRATEGIES = ("long-only", "drift-aware (blend)", "drift-aware (reset)", "short-only", "oracle reset",
               "blend at the true change", "newest 1", "newest 2", "newest 20")
-MONITORS = {"product": "its same-user projection and score's form fitted on users outside the streams, as "
+MONITORS = {"product": "its same-user projection (users in no stream) and score's form (the tuning pool), as "
                        "`recommend --drift-aware` does on the fly",
             "raw": "default settings, the vectors as encoded"}
 BUDGET_TOKENS = 128  # the history text's budget (the quality benchmark's max_seq_length)
 SCORERS = {"text": "Zero-shot (packaged base model, item-text cosine)",
-           "sequence": "A sequence head (frozen packaged encoder, the text prior fitted) trained on the users outside "
-                       "the calibration and evaluation streams; a span scored by its newest events' order, a blend "
+           "sequence": "A sequence head (frozen packaged encoder, the text prior fitted) trained on the users in no "
+                       "stream; a span scored by its newest events' order, a blend "
                        "as the same blend of scores"}
 
 
@@ -121,8 +121,8 @@ def text_scores(parts, qs, vectors, items: np.ndarray) -> np.ndarray:
 
 
 class SequenceScores:
-    """A sequence head (`interestbert.finetune.sequence.train_sequence_head`) trained on the users outside the
-    calibration and evaluation streams, scoring a span by the order of its newest ``max_events`` events; a
+    """A sequence head (`interestbert.finetune.sequence.train_sequence_head`) trained on the users in no stream,
+    scoring a span by the order of its newest ``max_events`` events; a
     weighted sum of spans is the same sum of their scores. Columns follow the text catalogue (``catalogue``)."""
 
     def __init__(self, data, users, encoder, encode, minutes: float, seed: int, max_events: int):
@@ -164,7 +164,7 @@ class SequenceScores:
 def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str, kind: str,
                 scorer: str = "text", sequence_minutes: float = 15.0, alpha_max: float | None = None) -> dict:
     clock = time.perf_counter()
-    design, splits, _, separator, outside = load_streams(name, data_dir, n, seed, encoder.tokenizer)
+    design, splits, _, separator, outside, tuning_pool = load_streams(name, data_dir, n, seed, encoder.tokenizer)
     (_, cal_c), (ev_s, ev_c) = splits["calibrate"], splits["evaluate"]
     encode = MemoEncode(encoder, precision)
     memo: dict[str, int] = {}
@@ -179,8 +179,9 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     monitor = DriftMonitor(encode, config, separator=separator, batch_size=128)
     fitted = {}
     if kind == "product":
-        fit_on, tune_on = split_for_tuning(outside, seed)  # as `recommend --drift-aware` splits the other users
-        fitted = dict(zip(("projection", "score_tuning"), monitor.fit_and_tune(fit_on, tune_on, BUDGET, seed=seed)))
+        # as benchmarks/drift.py's product row: projection on the users in no stream, form on the tuning pool's
+        fit = monitor.fit_and_tune(outside, tuning_pool, BUDGET, seed=seed)
+        fitted = dict(zip(("projection", "score_tuning"), fit))
     monitor.calibrate([s.history() for s in cal_c], BUDGET)
     threshold = monitor.config.threshold
     spec = DATASETS[name]
@@ -272,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--monitor", default="product", choices=("product", "raw"),
-                        help="product: projection and score form fitted outside the streams, as `recommend "
+                        help="product: projection (users in no stream) and score form (tuning pool), as `recommend "
                              "--drift-aware` does on the fly; raw: the default settings on the vectors as encoded.")
     parser.add_argument("--scorer", default="text", choices=tuple(SCORERS),
                         help="text: zero-shot item-text cosine of interest vectors; sequence: a sequence head trained "
-                             "on the users outside the calibration and evaluation streams.")
+                             "on the users in no stream.")
     parser.add_argument("--sequence-minutes", type=float, default=15.0, help="The sequence head's time cap.")
     parser.add_argument("--alpha-max", type=float, default=None,
                         help="The blend's alpha_max (default: the product's, DriftConfig().alpha_max); pick it on "
