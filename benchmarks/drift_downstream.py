@@ -19,7 +19,7 @@ the target kept), and NDCG@10 is taken for each way of forming the interest vect
 With ``--scorer text`` (the default) vectors are the encoder's unit embeddings of the event texts (the monitor's
 ``window_vector="mean"`` view), scored by cosine to the item texts' embeddings (zero-shot, the packaged base model).
 With ``--scorer sequence`` a sequence head (the product's, on the frozen packaged encoder, its text prior fitted) is
-trained on the users in no stream of any split, so it has never seen the streams' users; each
+trained on the users in no calibration or evaluation stream, so it has never seen the evaluated users; each
 span is scored from the order of its newest events (the long-term span: the head's whole input, 200 events on
 ml-1m, 50 elsewhere), and a blend is the same blend of the spans' scores. The monitor is the one `interestbert
 recommend --drift-aware` makes on the fly (``--monitor product``): its same-user projection fitted on the users in
@@ -75,7 +75,7 @@ MONITORS = {"product": "its same-user projection (users in no stream) and score'
 BUDGET_TOKENS = 128  # the history text's budget (the quality benchmark's max_seq_length)
 SCORERS = {"text": "Zero-shot (packaged base model, item-text cosine)",
            "sequence": "A sequence head (frozen packaged encoder, the text prior fitted) trained on the users in no "
-                       "stream; a span scored by its newest events' order, a blend "
+                       "calibration or evaluation stream; a span scored by its newest events' order, a blend "
                        "as the same blend of scores"}
 
 
@@ -121,8 +121,8 @@ def text_scores(parts, qs, vectors, items: np.ndarray) -> np.ndarray:
 
 
 class SequenceScores:
-    """A sequence head (`interestbert.finetune.sequence.train_sequence_head`) trained on the users in no stream,
-    scoring a span by the order of its newest ``max_events`` events; a
+    """A sequence head (`interestbert.finetune.sequence.train_sequence_head`) trained on the users in no
+    calibration or evaluation stream, scoring a span by the order of its newest ``max_events`` events; a
     weighted sum of spans is the same sum of their scores. Columns follow the text catalogue (``catalogue``)."""
 
     def __init__(self, data, users, encoder, encode, minutes: float, seed: int, max_events: int):
@@ -191,7 +191,9 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     items = np.asarray(encode(catalogue), np.float32)  # (n_items, dim)
     sequence = None
     if scorer == "sequence":
-        sequence = SequenceScores(data, [h.user_id for h in outside], encoder, encode, sequence_minutes, seed,
+        # the head is no part of the monitor: it may learn from the tuning pool's users too (in no evaluation stream)
+        users = [h.user_id for h in outside + tuning_pool]
+        sequence = SequenceScores(data, users, encoder, encode, sequence_minutes, seed,
                                   sequence_events(name))
         fitted["sequence_head"] = sequence.summary
     changes = [t for s in ev_s for t in s.changes]
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--drift-aware` does on the fly; raw: the default settings on the vectors as encoded.")
     parser.add_argument("--scorer", default="text", choices=tuple(SCORERS),
                         help="text: zero-shot item-text cosine of interest vectors; sequence: a sequence head trained "
-                             "on the users in no stream.")
+                             "on the users in no calibration or evaluation stream.")
     parser.add_argument("--sequence-minutes", type=float, default=15.0, help="The sequence head's time cap.")
     parser.add_argument("--alpha-max", type=float, default=None,
                         help="The blend's alpha_max (default: the product's, DriftConfig().alpha_max); pick it on "
