@@ -50,16 +50,29 @@ def _tiny_corpus() -> list[str]:
     return words
 
 
+def _tiny_vocab() -> dict[str, int]:
+    """The corpus's words, characters and ``##`` characters, sorted: the same ids in every process (the WordPiece
+    trainer breaks ties with a per-process random hash, so a trained vocabulary, and the random BERT over it, varied
+    from run to run)."""
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalise, split = BertNormalizer(lowercase=True), BertPreTokenizer()
+    words = sorted({w for line in _tiny_corpus() for w, _ in split.pre_tokenize_str(normalise.normalize_str(line))})
+    chars = sorted({c for w in words for c in w})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *words]
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A folder holding a random 2-layer BERT (hidden 32) and a WordPiece tokenizer trained in code (~0.5 s)."""
+    """A folder holding a random 2-layer BERT (hidden 32) and a WordPiece tokenizer built in code (~0.5 s)."""
     import torch
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(_tiny_corpus(), vocab_size=600, min_frequency=1, show_progress=False)
+    wp = BertWordPieceTokenizer(_tiny_vocab(), lowercase=True)
     tokenizer = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
                                   pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
     tokenizer.save_pretrained(folder)
