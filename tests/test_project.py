@@ -226,3 +226,27 @@ def test_help_answers_without_loading_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: interestbert" in done.stdout
+
+
+def readme_projection_values(text: str) -> dict[str, int]:
+    """The drift projection's settings as the README's Drift section states them."""
+    patterns = {"dim": r"learned projection \(384 -> (\d+)\)", "lookback": r"the mean of up to (\d+) events before",
+                "negatives": r"than to (\d+) other users' windows", "steps": r"; ([\d,]+) steps, seconds"}
+    found = {name: re.search(pattern, text) for name, pattern in patterns.items()}
+    return {name: int(m.group(1).replace(",", "")) for name, m in found.items() if m}
+
+
+def test_the_readme_gives_the_real_drift_projection_defaults():
+    import inspect
+
+    from interestbert.encoder.drift import PROJECTION_DIM, DriftMonitor
+
+    defaults = inspect.signature(DriftMonitor.fit_projection).parameters
+    stated = readme_projection_values((REPO / "README.md").read_text(encoding="utf-8"))
+    assert stated == {"dim": PROJECTION_DIM, "lookback": defaults["lookback"].default,
+                      "negatives": defaults["batch_users"].default - 1, "steps": defaults["steps"].default}
+
+
+def test_the_projection_defaults_check_can_fail():
+    stated = readme_projection_values("a learned projection (384 -> 64) ... the mean of up to 20 events before a point")
+    assert stated == {"dim": 64, "lookback": 20}
