@@ -34,7 +34,13 @@ class FinetuneArguments:
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Histories per forward pass in eval."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate of the LoRA adapter."})
-    head_learning_rate: float = field(default=5e-3, metadata={"help": "Peak learning rate of the strategy head."})
+    head_learning_rate: float = field(default=5e-3, metadata={"help": "Peak learning rate of the strategy head (its "
+                                                                    "warm-up, and the joint steps unless "
+                                                                    "--joint_head_learning_rate is set)."})
+    joint_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate of the strategy head in the joint steps, after its "
+                                        "warm-up (default: --head_learning_rate; 0: the warmed-up head is held still "
+                                        "and only the LoRA adapter trains)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps of linear warm-up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0: off)."})
@@ -117,6 +123,8 @@ class FinetuneArguments:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}.")
         if self.learning_rate <= 0 or self.head_learning_rate <= 0:
             raise ValueError(f"learning rates should be positive, got {self.learning_rate}, {self.head_learning_rate}.")
+        if self.joint_head_learning_rate is not None and self.joint_head_learning_rate < 0:
+            raise ValueError(f"`joint_head_learning_rate` should be >= 0, got {self.joint_head_learning_rate}.")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError("set `num_train_epochs` > 0 or `max_steps` > 0.")
         if not 0 <= self.warmup_ratio < 1:
@@ -142,6 +150,10 @@ class FinetuneArguments:
             raise ValueError(f"`mixed_precision` should be auto, no or bf16, got {self.mixed_precision!r}.")
         if self.encode_precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"`encode_precision` should be auto, fp32 or bf16, got {self.encode_precision!r}.")
+
+    def joint_head_rate(self) -> float:
+        """The strategy head's peak learning rate in the joint steps (0: held as warmed up)."""
+        return self.head_learning_rate if self.joint_head_learning_rate is None else self.joint_head_learning_rate
 
     def sequence_options(self):
         from interestbert.encoder.sequence import SequenceOptions

@@ -109,7 +109,7 @@ def build(args: FinetuneArguments) -> Run:
     lora = [p for p in module.st.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
         {"params": lora, "lr": args.learning_rate},
-        {"params": list(module.head.parameters()), "lr": args.head_learning_rate},
+        {"params": list(module.head.parameters()), "lr": args.joint_head_rate()},
     ], weight_decay=args.weight_decay)
     for param, moments in warm_state.items():  # a fresh Adam would first move every head weight by ~lr
         optimizer.state[param] = moments

@@ -149,6 +149,27 @@ def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert
     torch.testing.assert_close(again.encoder.head.weight, run.encoder.head.weight)
 
 
+def test_joint_head_learning_rate_zero_holds_the_warmed_up_head_while_the_adapter_trains(tmp_path, tiny_bert,
+                                                                                         synthetic_dir):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=5, max_steps=3, eval_steps=3,
+                     do_test=False)
+    held = train_module.build(replace(args, joint_head_learning_rate=0.0))
+    default = train_module.build(replace(args, output_dir=str(tmp_path / "default")))
+    # the warm-up still runs at --head_learning_rate: both start from the same fitted head
+    torch.testing.assert_close(held.encoder.head.weight, default.encoder.head.weight)
+    warmed = held.encoder.head.weight.detach().clone(), held.encoder.head.bias.detach().clone()
+    adapter = {n: p.detach().clone() for n, p in held.module.st.named_parameters() if p.requires_grad}
+    train_module.train(held)
+    train_module.train(default)
+    assert torch.equal(held.encoder.head.weight, warmed[0]) and torch.equal(held.encoder.head.bias, warmed[1])
+    assert not torch.equal(default.encoder.head.weight, warmed[0])
+    moved = [n for n, p in held.module.st.named_parameters() if p.requires_grad and not torch.equal(p, adapter[n])]
+    assert moved, "the adapter did not train"
+    assert replace(args, joint_head_learning_rate=1e-3).joint_head_rate() == 1e-3 and args.joint_head_rate() == 2e-2
+    with pytest.raises(ValueError, match="joint_head_learning_rate"):
+        replace(args, joint_head_learning_rate=-1.0)
+
+
 def test_head_warm_up_keeps_its_best_validation_epoch(tmp_path, tiny_bert, synthetic_dir, capsys):
     args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_learning_rate=5e-2, head_warmup_epochs=60)
     run = train_module.build(args)

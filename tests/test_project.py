@@ -178,7 +178,8 @@ def test_nothing_unpickles_or_trusts_remote_code():
 
 
 # `--option value` pairs of finetune options the README shows as a choice, not as the default
-NOT_DEFAULTS = {("head_warmup_epochs", "0"), ("resume_from_checkpoint", "latest")}
+NOT_DEFAULTS = {("head_warmup_epochs", "0"), ("resume_from_checkpoint", "latest"),
+                ("joint_head_learning_rate", "0")}
 
 
 def readme_finetune_values(text: str) -> list[tuple[str, str, object]]:
