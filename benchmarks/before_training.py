@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, hardware  # noqa: E402
+from common import DATASETS, data_dir_of, hardware  # noqa: E402
 from results_io import write_report  # noqa: E402
 
 from interestbert.encoder.backends import resolve_precision  # noqa: E402
@@ -43,7 +43,7 @@ def measure(dataset: str, data_dir: Path, repeats: int) -> dict:
     for r in range(repeats):
         for precision in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
-                args = FinetuneArguments(card=dataset, data_dir=str(data_dir / spec["folder"]), output_dir=tmp,
+                args = FinetuneArguments(card=dataset, data_dir=str(data_dir_of(dataset, data_dir)), output_dir=tmp,
                                          max_seq_length=128, max_train_prefixes_per_user=spec["prefixes"],
                                          disable_tqdm=True, encode_precision=precision, seed=42)
                 start = time.perf_counter()

@@ -49,14 +49,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interestbert.encoder import drift_eval as de
+import drift_eval as de
+from common import data_dir_of
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.drift import ITEM_WEIGHT, DriftConfig, DriftMonitor, histories_from_verbaliser
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
-from interestbert.inference.drift import switch_points
+from interestbert.encoder.drift import switch_points
 from results_io import read_results, write_json
 
 BUDGETS = (5.0, 10.0)
@@ -74,17 +75,17 @@ def amazon_categories(value) -> list[str]:
 
 @dataclass(frozen=True)
 class Dataset:
-    folder: str | None
+    generated: bool  # synthetic-shop: its data is generated here, its streams are whole users with recorded switches
     column: str | None  # the items' genre/category column (the magnitude and the metadata oracle)
     parse: object = None
 
 
 DATASETS = {
-    "movielens-1m": Dataset("ml-1m", "genres", genres("|")),
-    "movielens-100k": Dataset("ml-100k", "genres", genres(" ")),
-    "amazon-beauty": Dataset("amazon-beauty-10core", "categories", amazon_categories),
-    "amazon-office": Dataset("amazon-office-2014-5core", None),
-    "synthetic-shop": Dataset(None, "category", lambda v: [str(v)]),
+    "movielens-1m": Dataset(False, "genres", genres("|")),
+    "movielens-100k": Dataset(False, "genres", genres(" ")),
+    "amazon-beauty": Dataset(False, "categories", amazon_categories),
+    "amazon-office": Dataset(False, None),
+    "synthetic-shop": Dataset(True, "category", lambda v: [str(v)]),
 }
 SYNTHETIC_DESIGN = de.StreamDesign((20, 120), 20, 0, warmup=8, margin=8, min_user_events=20, magnitude_window=8)
 RIVER_GRID = {
@@ -107,14 +108,14 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
     too, it would flatter every setting picked on the labelled tuning streams), and the tuning pool's histories
     (unlabelled: where our score's form is tuned, as river's parameters are on the labelled tuning streams)."""
     spec = DATASETS[name]
-    if spec.folder is None:
+    if spec.generated:
         folder = Path(tempfile.mkdtemp(prefix="drift-bench-shop-"))
-        from interestbert.encoder import synthetic
+        from interestbert.encoder.cards import synthetic
 
         synthetic.generate(folder, seed=1, n_users=max(9 * n, 900), n_items=1500)
         data = load_card_data(load_card("synthetic-shop"), folder)
     else:
-        data = load_card_data(name, data_dir / spec.folder)
+        data = load_card_data(name, data_dir_of(name, data_dir))
     verbaliser = Verbaliser(data, tokenizer, 128)
     histories = histories_from_verbaliser(verbaliser)
     category_of = None
@@ -122,7 +123,7 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
         table = dict(zip(data.items["text"], data.items[spec.column]))
         parsed = {text: tuple(spec.parse(value)) for text, value in table.items()}
         category_of = lambda event: parsed.get(event.item_text, ())  # noqa: E731
-    if spec.folder is None:
+    if spec.generated:
         design = SYNTHETIC_DESIGN
         splits = synthetic_splits(histories, switch_points(data), n, design, seed, category_of)
     else:
@@ -131,11 +132,11 @@ def load_streams(name: str, data_dir: Path, n: int, seed: int, tokenizer):
         splits = {k: de.renewal_streams(pools[k], n, design, seed + i, category_of) for i, k in enumerate(de.SPLITS)}
     seen = {user for group in splits.values() for streams in group for s in streams for user, _, _ in s.segments}
     # the synthetic streams are whole users; a renewal pool's users all stay out (most are in its streams)
-    held = seen if spec.folder is None else {h.user_id for k in de.SPLITS for h in pools[k]}
+    held = seen if spec.generated else {h.user_id for k in de.SPLITS for h in pools[k]}
     outside = [h for h in histories if h.user_id not in held]
     if seen & {h.user_id for h in outside}:
         raise SystemExit(f"benchmark broken on {name}: users of its streams are among those a projection may fit on")
-    if spec.folder is None:  # whole users: the tuning split's
+    if spec.generated:  # whole users: the tuning split's
         tuning = {user for streams in splits["tune"] for s in streams for user, _, _ in s.segments}
         pools = {"tune": [h for h in histories if h.user_id in tuning]}
     return design, splits, category_of, verbaliser.separator, outside, pools["tune"]
@@ -553,7 +554,7 @@ def streaming_cost(encoder, precision: str, n_events: int = 1200, n_users: int =
     default configuration, on synthetic-shop events interleaved across users as a live stream would be."""
     import tracemalloc
 
-    from interestbert.encoder import synthetic
+    from interestbert.encoder.cards import synthetic
 
     folder = Path(tempfile.mkdtemp(prefix="drift-bench-stream-"))
     synthetic.generate(folder, seed=2, n_users=n_users, n_items=600)

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from interestbert.encoder import synthetic
+from interestbert.encoder.cards import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.drift import DriftConfig, DriftMonitor
 from interestbert.encoder.files import atomic_write_text
-from quality import sequence_events
+from common import data_dir_of, sequence_events
 from results_io import read_results, write_json
-from interestbert.encoder.drift_eval import ndcg_at
+from drift_eval import ndcg_at
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.data import leave_one_out
@@ -41,12 +41,11 @@ from interestbert.encoder.scoring import SequenceHeadScorer, scorer_for
 from interestbert.encoder.sequence import SequenceOptions
 from interestbert.finetune.metrics import RankingMetrics
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head
-from interestbert.inference.drift import ensure_calibrated
+from interestbert.encoder.drift import ensure_calibrated
 from interestbert.inference.recommend import (drift_scores, short_term_weight, strategies, tail_histories,
                                               user_vectors)
 
-FOLDERS = {"synthetic-shop": None, "amazon-beauty": "amazon-beauty-10core",
-           "amazon-office": "amazon-office-2014-5core", "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
+DATASETS = ("synthetic-shop", "amazon-beauty", "amazon-office", "movielens-100k", "movielens-1m")
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 MAX_SEQ_LENGTH = 128
 
@@ -62,12 +61,12 @@ def paired_interval(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) 
 
 def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None, scorer_kind: str = "strategy",
                 sequence_minutes: float = 10.0, alphas: tuple[float, ...] = ALPHAS, seed: int = 42) -> dict:
-    if FOLDERS[name] is None:
+    if data_dir_of(name, data_dir) is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-aware-shop-"))
         synthetic.generate(folder, seed=0)
         data = load_card_data(load_card("synthetic-shop"), folder)
     else:
-        data = load_card_data(name, data_dir / FOLDERS[name])
+        data = load_card_data(name, data_dir_of(name, data_dir))
     model_dir = models / name if models is not None and (models / name).is_dir() else None
     encoder = InterestEncoder.from_pretrained(str(model_dir or DEFAULT_BASE_MODEL),
                                               max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
@@ -162,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--models", default=str(Path(__file__).parent / "results" / "quality" / "models"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drift_aware"))
-    parser.add_argument("--datasets", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--limit-users", type=int, default=None, help="Score only the first K users (smoke).")
     parser.add_argument("--scorer", choices=("strategy", "sequence"), default="strategy")
     parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS),
@@ -179,7 +178,7 @@ def main(argv=None) -> int:
         result.update(command=command, date=dt.date.today().isoformat())
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)
-    done = read_results(out, FOLDERS)
+    done = read_results(out, DATASETS)
     write_json(out / "drift_aware.json", done)
     atomic_write_text(out / "drift_aware.md", markdown(done))
     return 0

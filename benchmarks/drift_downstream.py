@@ -50,10 +50,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drift import DATASETS, MemoEncode, load_streams, monitor_series, unit  # noqa: E402
-from quality import sequence_events  # noqa: E402
+from common import data_dir_of, sequence_events  # noqa: E402
 from results_io import read_results, write_json  # noqa: E402
 
-from interestbert.encoder import drift_eval as de  # noqa: E402
+import drift_eval as de  # noqa: E402
 from interestbert.encoder.cards import load_card_data  # noqa: E402
 from interestbert.encoder.drift import DriftConfig, DriftMonitor  # noqa: E402
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
@@ -184,8 +184,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
         fitted = dict(zip(("projection", "score_tuning"), fit))
     monitor.calibrate([s.history() for s in cal_c], BUDGET)
     threshold = monitor.config.threshold
-    spec = DATASETS[name]
-    data = load_card_data(name, data_dir / spec.folder)
+    data = load_card_data(name, data_dir_of(name, data_dir))
     catalogue = list(dict.fromkeys(data.items["text"]))
     row_of = {text: i for i, text in enumerate(catalogue)}
     items = np.asarray(encode(catalogue), np.float32)  # (n_items, dim)
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "drift_downstream")
     parser.add_argument("--datasets", nargs="*", default=["movielens-1m", "movielens-100k"],
-                        choices=[d for d, spec in DATASETS.items() if spec.folder is not None])
+                        choices=[d for d, spec in DATASETS.items() if not spec.generated])
     parser.add_argument("--streams", type=int, default=300, help="Spliced (and control) streams per split (the "
                         "drift benchmark uses 150; more here because one query's NDCG@10 is mostly 0).")
     parser.add_argument("--seed", type=int, default=0)

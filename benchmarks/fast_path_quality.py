@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, HEAD_LR, LORA_LR, MAX_SEQ_LENGTH, hardware  # noqa: E402
+from common import DATASETS, HEAD_LR, LORA_LR, MAX_SEQ_LENGTH, data_dir_of, hardware  # noqa: E402
 from results_io import write_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
@@ -78,7 +78,7 @@ def model_for(name: str, folder: Path, models: Path, args) -> tuple[Path, dict]:
 
 
 def run_dataset(name: str, data_dir: Path, models: Path, configs: list[str], args) -> dict:
-    folder = data_dir / DATASETS[name]["folder"]
+    folder = data_dir_of(name, data_dir)
     data = load_card_data(name, folder)
     model_dir, training = model_for(name, folder, models, args)
     model = InterestEncoder.from_pretrained(model_dir, max_seq_length=MAX_SEQ_LENGTH)

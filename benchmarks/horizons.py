@@ -33,10 +33,10 @@ from interestbert.finetune.data import leave_one_out
 from interestbert.encoder.scoring import StrategyHeadScorer
 from interestbert.finetune.evaluate import evaluate
 from interestbert.finetune.warmup import fit_head
+from common import data_dir_of
 from results_io import read_results, write_json
 
-FOLDERS = {"amazon-beauty": "amazon-beauty-10core", "amazon-office": "amazon-office-2014-5core",
-           "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
+DATASETS = ("amazon-beauty", "amazon-office", "movielens-100k", "movielens-1m")
 PEER = "all:1"
 VARIANTS = (PEER, "4:1", "1:1", "1:0.5,all:0.5", FinetuneArguments.interest_horizons)
 MAX_SEQ_LENGTH = 128
@@ -61,7 +61,7 @@ def combine(vectors: dict, horizons) -> np.ndarray:
 
 
 def run_dataset(name: str, data_dir: Path, max_train: int, seed: int) -> dict:
-    data = load_card_data(name, data_dir / FOLDERS[name])
+    data = load_card_data(name, data_dir_of(name, data_dir))
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH)
     verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)
     split = leave_one_out(verbaliser)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "horizons"))
-    parser.add_argument("--datasets", nargs="+", default=["amazon-beauty", "amazon-office"], choices=list(FOLDERS))
+    parser.add_argument("--datasets", nargs="+", default=["amazon-beauty", "amazon-office"], choices=list(DATASETS))
     parser.add_argument("--max-train", type=int, default=FinetuneArguments.head_warmup_max_examples)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         result = run_dataset(name, Path(args.data_dir), args.max_train, args.seed)
         result.update(command=command, date=dt.date.today().isoformat())
         write_json(out / f"{name}.json", result)
-    done = read_results(out, FOLDERS)
+    done = read_results(out, DATASETS)
     write_json(out / "horizons.json", done)
     atomic_write_text(out / "horizons.md", markdown(done))
     print(markdown(done))

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, MAX_SEQ_LENGTH, hardware, sequence_events  # noqa: E402
+from common import DATASETS, MAX_SEQ_LENGTH, data_dir_of, hardware, sequence_events  # noqa: E402
 from results_io import run_and_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
@@ -190,7 +190,7 @@ def sequence_rows(verbaliser, split, items: np.ndarray, options: SequenceOptions
 def run_dataset(name: str, data_dir: Path, args) -> dict:
     clock = time.perf_counter()
     torch.manual_seed(0)
-    data = load_card_data(name, data_dir / DATASETS[name]["folder"])
+    data = load_card_data(name, data_dir_of(name, data_dir))
     lora = FinetuneArguments(card="-", output_dir="-")
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH)
     verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)

@@ -48,7 +48,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, HEAD_LR, MAX_SEQ_LENGTH, hardware  # noqa: E402
+from common import DATASETS, HEAD_LR, MAX_SEQ_LENGTH, data_dir_of, hardware  # noqa: E402
 from results_io import run_and_report  # noqa: E402
 from zero_shot import prior_row  # noqa: E402
 
@@ -254,7 +254,7 @@ def frozen_rows(verbaliser, split, encoder: InterestEncoder, options: SequenceOp
 def run_dataset(name: str, data_dir: Path, rows_wanted: list[str], minutes: float, epochs: int, patience: int,
                 sequence_events: int | None) -> dict:
     clock = time.perf_counter()
-    data = load_card_data(name, data_dir / DATASETS[name]["folder"])
+    data = load_card_data(name, data_dir_of(name, data_dir))
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
     verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)
     split = leave_one_out(verbaliser)

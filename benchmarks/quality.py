@@ -27,17 +27,16 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.files import atomic_write_text
+from common import DATASETS, HEAD_LR, LORA_LR, MAX_SEQ_LENGTH, data_dir_of, hardware, sequence_events, sequence_minutes
 from results_io import read_results, write_json
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.sequence import SequenceOptions
@@ -49,33 +48,6 @@ from interestbert.finetune.evaluate import evaluate, popularity_scorer
 from interestbert.finetune.metrics import RankingMetrics
 from interestbert.finetune.sequence import train_sequence_head
 from interestbert.finetune.train import finetune
-
-# Shorter CPU schedules than a GPU would use: a step cap and a time cap on the joint training (the head warm-up
-# samples at most `head_warmup_max_examples` prefixes); ml-1m trains on the last K prefixes per user, and its
-# sequence head reads the newest 200 events, as SASRec's paper does on MovieLens (on the frozen encoder, 20 minutes:
-# validation NDCG@10 0.191, test 0.186, `peers.py --sequence-events 200`; the 2026-12-02 fine-tuned head at 50 events
-# and 10 minutes: validation 0.170, test 0.163).
-DATASETS = {
-    "amazon-beauty": dict(folder="amazon-beauty-10core", prefixes=None, max_steps=250, minutes=12),
-    "amazon-office": dict(folder="amazon-office-2014-5core", prefixes=None, max_steps=300, minutes=12),
-    "movielens-100k": dict(folder="ml-100k", prefixes=None, max_steps=250, minutes=12),
-    "movielens-1m": dict(folder="ml-1m", prefixes=4, max_steps=250, minutes=15, sequence_events=200,
-                         sequence_minutes=30),
-}
-
-
-def sequence_events(name: str) -> int:
-    """How many newest events a dataset's sequence head reads (200 on ml-1m, the product's default elsewhere)."""
-    return DATASETS.get(name, {}).get("sequence_events", SequenceOptions.max_events)
-MAX_SEQ_LENGTH = 128
-# A gentle adapter and a quicker head: in short CPU runs the head (one row per item) is what learns the catalogue.
-LORA_LR, HEAD_LR = 1e-4, 5e-3
-SEQUENCE_MINUTES = 10  # the sequence head (`--sequence_head`) trains after the encoder; ml-1m: `sequence_minutes`
-
-
-def sequence_minutes(name: str) -> float:
-    return DATASETS[name].get("sequence_minutes", SEQUENCE_MINUTES)
-
 
 SASREC = "SASRec (RecBole 1.2.1)"
 PEERS = (SASREC, "SASRec (own, loss at every position)", "recency item-kNN")  # the bars: the best of them
@@ -90,21 +62,13 @@ def tied_share(verbaliser: Verbaliser, split) -> float:
     return float((verbaliser.timestamps[pos] == verbaliser.timestamps[pos - 1]).mean())
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.machine())
-    return f"CPU {model}, {torch.get_num_threads()} threads"
-
-
 def run_dataset(name: str, data_dir: Path, out: Path, smoke: bool, recbole_python: str | None,
                 sasrec_dir: Path | None, head_warmup: int = FinetuneArguments.head_warmup_epochs, minutes: float | None = None,
                 peer_minutes: float = 20.0, reuse_frozen: bool = True) -> dict:
     import peers  # it imports this module's constants
 
     spec = DATASETS[name]
-    folder = data_dir / spec["folder"]
+    folder = data_dir_of(name, data_dir)
     data = load_card_data(name, folder)
     base = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH)
     verbaliser = Verbaliser(data, base.tokenizer, MAX_SEQ_LENGTH)
@@ -245,7 +209,7 @@ def attach_peer(result: dict, data_dir: Path, sasrec_dir: Path | None) -> dict:
     if path is None or not path.is_file():
         return result
     name = result["dataset"]
-    data = load_card_data(name, data_dir / DATASETS[name]["folder"])
+    data = load_card_data(name, data_dir_of(name, data_dir))
     tokenizer = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH).tokenizer
     verbaliser = Verbaliser(data, tokenizer, MAX_SEQ_LENGTH)
     test = leave_one_out(verbaliser).test

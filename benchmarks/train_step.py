@@ -37,9 +37,9 @@ from results_io import write_report  # noqa: E402
 from interestbert.finetune import train as train_module  # noqa: E402
 from interestbert.finetune.args import FinetuneArguments  # noqa: E402
 from interestbert.finetune.steps import step_inputs  # noqa: E402
+from common import data_dir_of  # noqa: E402
 
-DATASETS = {"amazon-beauty": "amazon-beauty-10core", "amazon-office": "amazon-office-2014-5core",
-            "movielens-100k": "ml-100k", "movielens-1m": "ml-1m"}
+DATASETS = ("amazon-beauty", "amazon-office", "movielens-100k", "movielens-1m")
 # name: (packed step, bf16 autocast). "after, bf16": the packed step under torch's bf16 autocast, as Accelerate's
 # `mixed_precision="bf16"` runs it on a CPU (one process holds one Accelerator state, so it is applied here)
 VARIANTS = {"before": (False, False), "after": (True, False), "after, bf16": (True, True)}
@@ -64,7 +64,7 @@ def measure(dataset: str, data_root: Path, steps: int, eval_every: int, max_seq_
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for name in layouts:
-            args = FinetuneArguments(card=dataset, data_dir=str(data_root / DATASETS[dataset]),
+            args = FinetuneArguments(card=dataset, data_dir=str(data_dir_of(dataset, data_root)),
                                      output_dir=f"{tmp}/{name}", max_seq_length=max_seq_length,
                                      per_device_train_batch_size=batch, max_steps=steps, head_warmup_epochs=0,
                                      do_test=False, disable_tqdm=True, seed=0, max_eval_users=eval_users,

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, MAX_SEQ_LENGTH, hardware  # noqa: E402
+from common import DATASETS, MAX_SEQ_LENGTH, data_dir_of, hardware  # noqa: E402
 from results_io import write_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
@@ -64,7 +64,7 @@ def prior_row(verbaliser, split, items, vectors: dict) -> dict:
 
 def run_dataset(name: str, data_dir: Path, precision: str) -> dict:
     clock = time.perf_counter()
-    data = load_card_data(name, data_dir / DATASETS[name]["folder"])
+    data = load_card_data(name, data_dir_of(name, data_dir))
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
     verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)
     split = leave_one_out(verbaliser)

@@ -1,8 +1,10 @@
 """interestbert.encoder: the model and its inputs.
 
-Data cards and their loader, the verbaliser, the LoRA `InterestEncoder`, the `StrategyHead`, the `SequenceHead`,
-the `DriftMonitor`, the scorers that rank items for them (`interestbert.encoder.scoring`) and the `ModelFolder`
-that owns a saved model's layout and card. This package never imports `interestbert.finetune` or
+The model core is flat: the LoRA `InterestEncoder` (`model`), its fast inference paths (`backends`), the packaged
+default base model (`packaged`), the `Verbaliser` (`verbalise`), the `StrategyHead` (`head`), the `SequenceHead`
+(`sequence`) and the scorers that rank items for them (`scoring`). Three wings hold the rest: `cards` (data cards
+and their loader), `drift` (the `DriftMonitor` and how it is fitted) and `hub` (the saved folder, its model card and
+publishing). Every public name is importable from here. This package never imports `interestbert.finetune` or
 `interestbert.inference`.
 """
 
@@ -15,10 +17,9 @@ from .errors import DataCardError, InterestBertError
 _LAZY = {
     "cards": ("CardData", "DataCard", "available_cards", "load_card", "load_card_data"),
     "drift": ("DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "histories_from_verbaliser"),
+    "hub": ("ModelCardData", "ModelFolder"),
     "head": ("StrategyHead",),
     "model": ("DEFAULT_BASE_MODEL", "InterestEncoder", "LoraOptions"),
-    "model_card": ("ModelCardData",),
-    "model_folder": ("ModelFolder",),
     "packaged": ("register_in_hub_cache",),
     "scoring": ("PopularityScorer", "Scorer", "SequenceHeadScorer", "StrategyHeadScorer", "TextCosineScorer",
                 "scorer_for"),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model_folder import SavedPart
+from .hub.folder import SavedPart
 from .scoring import catalogue_matrix, mask_seen
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .model_folder import ModelFolder
+from .hub.folder import ModelFolder
 from .packaged import (DEFAULT_BASE_MODEL, hub_id_for, hub_model_folder, packaged_model_path, register_in_hub_cache,
                        resolve_model_path)
 
@@ -230,7 +230,7 @@ class InterestEncoder:
         the files for its user ids and verbalised events. Returns the commit's URL."""
         import tempfile
 
-        from .hub import publish
+        from .hub.publish import publish
 
         with tempfile.TemporaryDirectory(prefix="interestbert-push-") as tmp:
             folder = local_model_path

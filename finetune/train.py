@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,48 +34,21 @@ from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.errors import InterestBertError, describe
 from interestbert.encoder.head import StrategyHead
 from interestbert.encoder.model import InterestEncoder, parse_horizons
-from interestbert.encoder.model_folder import RESULTS, ModelFolder
+from interestbert.encoder.hub.folder import RESULTS, ModelFolder
 from interestbert.encoder.packaged import register_base_model
 from interestbert.encoder.scoring import scorer_for
 from interestbert.encoder.verbalise import Verbaliser
 
 from . import checkpoint as checkpoints
 from .args import FinetuneArguments
-from .data import Examples, Split, leave_one_out
+from .data import leave_one_out
 from .evaluate import evaluate, metrics_table, popularity_scorer
 from .after_training import evaluate_zero_shot, hardware, train_and_save_sequence_head
+from .run import Run
 from .steps import EpochOrder, Trainable, example_loader, sample_candidates, step_inputs, step_loss  # noqa: F401
 from .warmup import fit_head, warm_up_head  # noqa: F401 - part of this module's interface
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class Run:
-    """Everything `train` needs, built once by `build`."""
-
-    args: FinetuneArguments
-    accelerator: object
-    encoder: InterestEncoder
-    verbaliser: Verbaliser
-    split: Split
-    validation: Examples
-    module: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    loader: object  # the prepared DataLoader of example indices (this process's batches)
-    order: EpochOrder  # its sampler: set ``order.epoch`` before iterating
-    total_steps: int
-    tie_share: float  # the card's users whose last event shares its timestamp with the one before
-    # encodings made once and reused while they hold: the validation histories under the encoder before any update
-    # (the head warm-up's, scored again at step 0) and the item texts under the base model (when the run starts
-    # from one: the head's initial weights, and the zero-shot baseline's item vectors in `finish`)
-    validation_interest: np.ndarray | None = None
-    base_item_vectors: np.ndarray | None = None
-
-    @property
-    def updates_per_epoch(self) -> int:
-        return math.ceil(len(self.loader) / self.args.gradient_accumulation_steps)
 
 
 # ------------------------------------------------------------------------------------------------------ build

@@ -101,7 +101,7 @@ def cmd_cards_list(args) -> int:
 def cmd_cards_init(args) -> int:
     from pathlib import Path
 
-    from interestbert.encoder.card_init import draft_card
+    from interestbert.encoder.cards.draft import draft_card
     from interestbert.encoder.files import atomic_write_text
 
     name = args.name or Path(args.events).resolve().parent.name
@@ -162,7 +162,7 @@ def cmd_encode(args) -> int:
                    shard_index=args.shard_index, overwrite=args.overwrite, precision=args.precision,
                    backend=args.backend)
     if args.out_of_core:
-        from interestbert.encoder.card_stream import StreamedCard
+        from interestbert.encoder.cards.stream import StreamedCard
         from interestbert.encoder.cards import load_card
 
         card = load_card(args.card)

@@ -42,7 +42,6 @@ from interestbert.encoder.files import atomic_write, atomic_write_json, fsync_pa
 MANIFEST_FILE = "_manifest.json"
 WORK_DIR = "_work"
 RUN_FILE = "run.json"
-LEGACY_FILE = "embeddings.parquet"  # the single file of interestbert 0.1's `encode`
 METADATA_KEY = b"interestbert"
 _CHUNK_KEY = b"interestbert_chunk_cut"  # a chunk file's histories cut to the budget (summed into the manifest)
 FORMAT = "interestbert-embeddings/1"
@@ -122,7 +121,7 @@ class EmbeddingsFolder:
         if on_disk is None and (self.work / RUN_FILE).is_file():
             on_disk = json.loads((self.work / RUN_FILE).read_text(encoding="utf-8"))
         foreign = [p.name for p in self.path.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")
-                   and (p.name == LEGACY_FILE or (_PART.fullmatch(p.name) and on_disk is None))]
+                   and _PART.fullmatch(p.name) and on_disk is None]
         if not overwrite:
             if on_disk is not None and on_disk != self.run:
                 raise InterestBertError(f"{self.path} holds embeddings of another run ("
@@ -142,7 +141,6 @@ class EmbeddingsFolder:
 
     def _clear(self, shards: list[int], everything_else: bool) -> None:
         (self.path / MANIFEST_FILE).unlink(missing_ok=True)
-        (self.path / LEGACY_FILE).unlink(missing_ok=True)
         (self.path / "encode_info.json").unlink(missing_ok=True)
         for part in self.path.glob("part-*-of-*.parquet"):
             m = _PART.fullmatch(part.name)
@@ -276,8 +274,6 @@ def embedding_files(path: str | os.PathLike, verify: bool = False) -> list[Path]
     if not path.is_dir():
         return [path]
     if not (path / MANIFEST_FILE).is_file():
-        if (path / LEGACY_FILE).is_file():
-            return [path / LEGACY_FILE]
         unfinished = (path / WORK_DIR).is_dir()
         raise InterestBertError(f"{path} has no {MANIFEST_FILE}: "
                                 + ("its encode has not finished; run the same command again to complete it."

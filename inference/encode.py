@@ -24,7 +24,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from interestbert.encoder.backends import check_backend, resolve_precision
-from interestbert.encoder.card_stream import StreamedCard
+from interestbert.encoder.cards.stream import StreamedCard
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.model import InterestEncoder, format_horizons
 from interestbert.encoder.verbalise import Verbaliser

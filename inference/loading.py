@@ -66,7 +66,7 @@ PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 def check_model(model: str | None, max_seq_length: int | None = None) -> None:
     """Before anything loads: ``--model`` is a folder with safetensors weights (a folder of pickles only is refused:
     interestbert never unpickles) or a Hub id, and ``--max-seq-length`` fits the model's position embeddings."""
-    from interestbert.encoder.hub import REPO_ID
+    from interestbert.encoder.packaged import REPO_ID
     from interestbert.encoder.model import DEFAULT_BASE_MODEL
     from interestbert.encoder.packaged import resolve_model_path
 
@@ -203,7 +203,7 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
     score's form, see `ensure_calibrated`). ``alpha_max`` replaces the config's blend weight (it needs no new
     calibration). Returns ``(monitor, Calibration)``."""
     from interestbert.encoder.drift import DriftConfig, DriftMonitor
-    from interestbert.inference.drift import ensure_calibrated
+    from interestbert.encoder.drift import ensure_calibrated
 
     for value, flag in ((window, "--window"), (stride, "--stride")):
         if value is not None:

@@ -11,7 +11,7 @@ import os
 
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.hub import Published, check_repo_id, publish
-from interestbert.encoder.model_folder import ModelFolder
+from interestbert.encoder.hub.folder import ModelFolder
 
 
 def training_data(model_dir: str | os.PathLike, card: str | None = None, data_dir: str | None = None):

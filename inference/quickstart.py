@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interestbert.encoder import synthetic
+from interestbert.encoder.cards import synthetic
 from interestbert.encoder.cards import load_card, load_card_data
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
@@ -42,7 +42,7 @@ def run_quickstart(output_dir: str | os.PathLike = "interestbert-quickstart", mo
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = load_card("synthetic-shop")
-    options = {k: v for k, v in card.generator.items() if k != "name"}
+    options = card.generator.options()
     options["seed"] = seed
     if limit_users is not None:
         options["n_users"] = limit_users
@@ -114,7 +114,8 @@ def _scan_drift(encoder, data, verbaliser, users: np.ndarray, out: Path) -> dict
     """Calibrates a DriftMonitor on the fine-tuned encoder (saved into the model folder), scans ``users`` and
     plots their timelines into ``out/drift``. Returns each user's detections and the calibration."""
     from interestbert.encoder.drift import MIN_ALARMS_TO_CALIBRATE, DriftMonitor, histories_from_verbaliser
-    from interestbert.inference.drift import ensure_calibrated, plot_timeline, switch_table
+    from interestbert.encoder.drift import ensure_calibrated, switch_table
+    from interestbert.inference.drift import plot_timeline
 
     monitor = DriftMonitor(encoder.encode, separator=verbaliser.separator)
     usable = int(np.clip(verbaliser.n_events - 2, 0, None).sum())  # a small shop (--limit-users): a higher rate

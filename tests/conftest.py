@@ -23,17 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("INTERESTBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 REAL_CARDS = {
-    # card name: (folder under ../shared/data, users, items with events, catalogue, events)
-    "movielens-100k": ("ml-100k", 943, 1682, 1682, 100_000),
-    "movielens-1m": ("ml-1m", 2999, 3615, 3883, 487_650),
-    "amazon-beauty": ("amazon-beauty-10core", 1340, 733, 733, 28_798),
-    "amazon-office": ("amazon-office-2014-5core", 4905, 2420, 2420, 53_258),
+    # card name: (users, items with events, catalogue, events), as ../shared/data/README.md counts them
+    "movielens-100k": (943, 1682, 1682, 100_000),
+    "movielens-1m": (2999, 3615, 3883, 487_650),
+    "amazon-beauty": (1340, 733, 733, 28_798),
+    "amazon-office": (4905, 2420, 2420, 53_258),
 }
 
 
-def shared_data_dir(folder: str) -> Path:
-    """The folder of a real dataset; skips the test on a user's machine that lacks ../shared/data, fails in CI."""
-    path = SHARED_DATA / folder
+def shared_data_dir(card: str) -> Path:
+    """The data of a shipped card under ../shared/data (the folder its card names as ``data_folder``); skips the
+    test on a user's machine that lacks it, fails in CI."""
+    from interestbert.encoder.cards import load_card
+
+    path = SHARED_DATA / load_card(card).data_folder
     if not path.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"CI must have the real data at {path} (../shared/data beside the project).")
@@ -42,7 +45,7 @@ def shared_data_dir(folder: str) -> Path:
 
 
 def _tiny_corpus() -> list[str]:
-    from interestbert.encoder import synthetic
+    from interestbert.encoder.cards import synthetic
 
     words = [repr(synthetic._VOCAB), " ".join(synthetic._ACTIONS)]  # the shop's own vocabulary
     words += ["viewed bought added to cart rated 1/5 2/5 3/5 4/5 5/5 by the of and a",
@@ -101,7 +104,7 @@ def tiny_encoder(tiny_bert):
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """synthetic-shop files for a small, fixed shop (seed 0, 120 users)."""
-    from interestbert.encoder import synthetic
+    from interestbert.encoder.cards import synthetic
 
     folder = tmp_path_factory.mktemp("synthetic-shop")
     synthetic.generate(folder, seed=0, n_users=120, n_items=600)
