@@ -1,7 +1,7 @@
 """Drift detection benchmark, version 2 (design: the project's ``DRIFT_BENCHMARK.md``): renewal streams whose changes
 no constant can find, every detector compared at the same cost (false alarms per 1,000 control events).
 
-Streams (`interestbert.encoder.drift_eval`): P1 renewal splicing on movielens-1m (headline) and movielens-100k, P2
+Streams (`interestbert.encoder.drift.streams`, `drift_eval.py`): P1 renewal splicing on movielens-1m (headline) and movielens-100k, P2
 short renewal on amazon-beauty and amazon-office, synthetic-shop with its recorded switches. Users are split into
 disjoint tune / calibrate / evaluate pools; every reported number is on the evaluation streams.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,38 @@ def check_backend(backend: str, precision: str, device=None) -> None:
     if backend == "openvino" and precision == "int8":
         raise ValueError("int8 with OpenVINO needs a calibrated NNCF model, which interestbert does not make; use "
                          "--backend onnx or torch for dynamic int8.")
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How texts are encoded: one object, checked here once, resolved once per command (`resolve`) and carried by
+    the scorers, `InterestEncoder.encode_histories` and the encode run.
+
+    Args:
+        precision: One of `PRECISIONS`: ``fp32``, ``bf16``, ``auto`` (bf16 where the hardware computes it, else
+            fp32; `resolve` says which) or ``int8`` (on request only).
+        backend: One of `BACKENDS`: ``torch``, ``openvino`` or ``onnx``.
+        batch_size: Texts per forward pass.
+    """
+
+    precision: str = "fp32"
+    backend: str = "torch"
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size is {self.batch_size!r}; it must be a positive integer.")
+
+    def resolve(self, device=None) -> tuple[EncodeOptions, str]:
+        """``(options, why)``: these options with ``auto`` replaced by what it means on ``device`` (fp32 or bf16),
+        after checking that the backend is installed and runs that precision there (`check_backend`)."""
+        precision, why = resolve_precision(self.precision, device)
+        check_backend(self.backend, precision, device)
+        return replace(self, precision=precision), why
 
 
 def cache_root() -> Path:

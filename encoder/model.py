@@ -4,7 +4,7 @@ The saved folder is a plain sentence-transformers + PEFT folder: ``modules.json`
 ``adapter_model.safetensors``, the tokenizer, ``1_Pooling/`` and ``2_Normalize/``. It loads three ways with the same
 embeddings: ``SentenceTransformer(folder)``; ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder)``
 plus mean pooling and normalisation; and `InterestEncoder.from_pretrained(folder)`. interestbert's own parts live
-in the ``interestbert/`` subfolder; `ModelFolder` (``interestbert.encoder.model_folder``) owns that layout and the
+in the ``interestbert/`` subfolder; `ModelFolder` (``interestbert.encoder.hub.folder``) owns that layout and the
 generated model card.
 
 The base model is recorded by its Hub id. The default base, ``sentence-transformers/all-MiniLM-L6-v2``, resolves
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .backends import EncodeOptions
 from .hub.folder import ModelFolder
 from .packaged import (DEFAULT_BASE_MODEL, hub_id_for, hub_model_folder, packaged_model_path, register_in_hub_cache,
                        resolve_model_path)
@@ -126,7 +127,7 @@ class InterestEncoder:
         self.horizons = parse_horizons(horizons)  # see `encode_histories`
         self.folder = None  # the saved folder (or Hub snapshot) it was loaded from
         self._runners = {}  # (backend, precision, threads) -> (weights' version, runner): see `encode`
-        self._said = set()
+        self._resolved: dict = {}  # (EncodeOptions, device) -> the options resolved there (`resolve_options`)
 
     # ---------------------------------------------------------------------------------------------- loading
 
@@ -260,7 +261,8 @@ class InterestEncoder:
     # ---------------------------------------------------------------------------------------------- using
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
-               precision: str = "fp32", backend: str = "torch", **kwargs) -> np.ndarray:
+               precision: str = "fp32", backend: str = "torch", options: EncodeOptions | None = None,
+               **kwargs) -> np.ndarray:
         """Interest vectors of ``texts``: unit-norm float32 rows, one per text.
 
         Args:
@@ -271,6 +273,8 @@ class InterestEncoder:
                 `interestbert.encoder.backends`) or ``int8`` (on request only; its cosine to fp32 is logged first).
             backend: ``torch``, ``openvino`` or ``onnx`` (the latter two export the merged model once, cached by
                 its `fingerprint`; extras ``interestbert[openvino]``, ``[onnx]``).
+            options: `EncodeOptions` in place of ``batch_size``, ``precision`` and ``backend`` (a command resolves
+                them once and passes them on).
             kwargs: Passed to `SentenceTransformer.encode` (torch at fp32 only).
         """
         if isinstance(texts, str):
@@ -278,7 +282,8 @@ class InterestEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         self.model.eval()
-        precision = self.resolve_precision(precision, backend)
+        options = self.resolve_options(options or EncodeOptions(precision, backend, batch_size))
+        precision, backend, batch_size = options.precision, options.backend, options.batch_size
         if (backend, precision) != ("torch", "fp32"):
             return self._runner(backend, precision, texts, batch_size).encode(list(texts), batch_size)
         # an untouched adapter adds exactly zero: skip its matmuls (1.1-1.3x faster encoding measured on this
@@ -295,17 +300,21 @@ class InterestEncoder:
                 layer._disable_adapters = False
         return np.asarray(out, dtype=np.float32)
 
-    def resolve_precision(self, precision: str = "auto", backend: str = "torch") -> str:
-        """The precision (fp32 or bf16) that ``precision`` means on this encoder's device, after checking that
-        ``backend`` is installed and can run it; ``auto``'s pick and its reason are logged once."""
-        from .backends import check_backend, resolve_precision
+    def resolve_options(self, options: EncodeOptions) -> EncodeOptions:
+        """``options`` resolved on this encoder's device (`EncodeOptions.resolve`), once per distinct options (the
+        resolved ones map to themselves, so passing them on resolves nothing again): ``auto``'s pick and its reason
+        are logged the first time."""
+        key = (options, str(self.device))
+        if key not in self._resolved:
+            resolved, why = options.resolve(self.device)
+            if options.precision == "auto":
+                logger.info("precision %s (%s), backend %s", resolved.precision, why, options.backend)
+            self._resolved[key] = self._resolved[(resolved, str(self.device))] = resolved
+        return self._resolved[key]
 
-        resolved, why = resolve_precision(precision, self.device)
-        check_backend(backend, resolved, self.device)
-        if precision == "auto" and (backend, why) not in self._said:
-            self._said.add((backend, why))
-            logger.info("precision %s (%s), backend %s", resolved, why, backend)
-        return resolved
+    def resolve_precision(self, precision: str = "auto", backend: str = "torch") -> str:
+        """The precision (fp32 or bf16) that ``precision`` means on this encoder's device (`resolve_options`)."""
+        return self.resolve_options(EncodeOptions(precision, backend)).precision
 
     def _runner(self, backend: str, precision: str, texts, batch_size: int):
         """The backend's runner, rebuilt (and re-exported) when the weights changed since it was made; an int8
@@ -343,7 +352,7 @@ class InterestEncoder:
 
     def encode_histories(self, verbaliser, users=None, ends=None, batch_size: int = 32,
                          show_progress_bar: bool | None = None, precision: str = "fp32",
-                         backend: str = "torch") -> np.ndarray:
+                         backend: str = "torch", options: EncodeOptions | None = None) -> np.ndarray:
         """Interest vectors of histories: for each horizon ``(N, weight)`` of `horizons`, the embedding of the text
         of the newest N events (N None: the whole history within the token budget), summed with the weights and
         normalised. With the default single whole-history horizon this is ``encode`` of the history texts.
@@ -352,7 +361,7 @@ class InterestEncoder:
             verbaliser: The `Verbaliser` holding the events (its token budget applies).
             users: Positions in ``verbaliser.users`` (default: all); may repeat, one row per history prefix.
             ends: For each user, how many of their events the history holds (default: all).
-            batch_size, show_progress_bar, precision, backend: As in `encode`.
+            batch_size, show_progress_bar, precision, backend, options: As in `encode`.
 
         Each distinct text is encoded once, so the short horizons of users who share their newest items are
         nearly free. ``verbaliser.stats`` afterwards describes the longest horizon's texts.
@@ -363,12 +372,12 @@ class InterestEncoder:
             groups.append((events, verbaliser.texts_for_indices(users, ends, events)))
             stats.append(verbaliser.stats)
         verbaliser.stats = stats[-1]
-        fast = dict(batch_size=batch_size, show_progress_bar=show_progress_bar, precision=precision, backend=backend)
+        options = self.resolve_options(options or EncodeOptions(precision, backend, batch_size))
         if self.horizons == WHOLE_HISTORY:
-            return self.encode(groups[0][1], **fast)
+            return self.encode(groups[0][1], show_progress_bar=show_progress_bar, options=options)
         unique = list(dict.fromkeys(t for _, texts in groups for t in texts))
         position = {t: i for i, t in enumerate(unique)}
-        vectors = self.encode(unique, **fast)
+        vectors = self.encode(unique, show_progress_bar=show_progress_bar, options=options)
         weight = dict(self.horizons)
         out = sum(weight[events] * vectors[[position[t] for t in texts]] for events, texts in groups)
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backends import EncodeOptions
+
 CHUNK = 256  # histories scored at once: (CHUNK, n_items) floats
 SCORER_KINDS = ("auto", "sequence", "strategy", "text")
 
@@ -167,16 +169,19 @@ class Scorer:
 class InterestScorer(Scorer):
     """A scorer of the encoder's interest vector (`InterestEncoder.encode_histories`); `score_interest` maps
     ``(n, dim)`` vectors to ``(n, n_items)`` scores. `rank` and `topk` take ``interest=`` vectors computed ahead
-    (a drift-aware blend, a warm-up's fixed vectors) instead of encoding the histories. ``precision`` and
-    ``backend`` choose how the histories are encoded (see `InterestEncoder.encode`; fp32 torch by default, the
-    model's own numbers)."""
+    (a drift-aware blend, a warm-up's fixed vectors) instead of encoding the histories. ``options`` (or
+    ``batch_size``, ``precision`` and ``backend``) say how the histories are encoded (`EncodeOptions`; fp32 torch by
+    default, the model's own numbers)."""
 
     def __init__(self, verbaliser, encoder=None, batch_size: int = 64, precision: str = "fp32",
-                 backend: str = "torch"):
+                 backend: str = "torch", options: EncodeOptions | None = None):
         super().__init__(verbaliser)
         self.encoder = encoder
-        self.batch_size = batch_size
-        self.fast = {"precision": precision, "backend": backend}
+        self.options = options or EncodeOptions(precision, backend, batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
 
     def score_interest(self, interest) -> torch.Tensor:
         raise NotImplementedError
@@ -186,8 +191,8 @@ class InterestScorer(Scorer):
             if self.encoder is None:
                 raise ValueError(f"{type(self).__name__} has no encoder: pass `interest=` vectors.")
             was_training = self.encoder.model.training
-            interest = self.encoder.encode_histories(self.verbaliser, users, ends, batch_size=self.batch_size,
-                                                     show_progress_bar=False, **self.fast)
+            interest = self.encoder.encode_histories(self.verbaliser, users, ends, show_progress_bar=False,
+                                                     options=self.options)
             self.encoder.model.train(was_training)
         else:
             interest = interest[rows]
@@ -199,8 +204,8 @@ class StrategyHeadScorer(InterestScorer):
 
     name = "strategy head"
 
-    def __init__(self, head, verbaliser, encoder=None, batch_size: int = 64, **fast):
-        super().__init__(verbaliser, encoder, batch_size, **fast)
+    def __init__(self, head, verbaliser, encoder=None, batch_size: int = 64, **options):
+        super().__init__(verbaliser, encoder, batch_size, **options)
         self.head = head
 
     def score_interest(self, interest) -> torch.Tensor:
@@ -217,13 +222,12 @@ class TextCosineScorer(InterestScorer):
 
     name = "text cosine (zero-shot)"
 
-    def __init__(self, verbaliser, encoder=None, item_vectors=None, batch_size: int = 64, **fast):
-        super().__init__(verbaliser, encoder, batch_size, **fast)
+    def __init__(self, verbaliser, encoder=None, item_vectors=None, batch_size: int = 64, **options):
+        super().__init__(verbaliser, encoder, batch_size, **options)
         if item_vectors is None:
             if encoder is None:
                 raise ValueError("TextCosineScorer needs an encoder or the item texts' `item_vectors`.")
-            item_vectors = encoder.encode(verbaliser.item_texts, batch_size=batch_size, show_progress_bar=False,
-                                          **self.fast)
+            item_vectors = encoder.encode(verbaliser.item_texts, show_progress_bar=False, options=self.options)
         device = encoder.device if encoder is not None else "cpu"
         self.item_vectors = torch.as_tensor(item_vectors, device=device)  # (n_items, dim)
 
@@ -287,7 +291,7 @@ class PopularityScorer(Scorer):
 
 
 def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64, precision: str = "fp32",
-               backend: str = "torch") -> Scorer:
+               backend: str = "torch", options: EncodeOptions | None = None) -> Scorer:
     """The scorer of a model (`InterestEncoder`) over a verbaliser's catalogue.
 
     Args:
@@ -297,7 +301,9 @@ def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64, pr
         batch_size: Histories per forward pass when encoding.
         precision, backend: How the interest scorers encode (see `InterestEncoder.encode`); the sequence head
             reads item ids and ignores them.
+        options: `EncodeOptions` in place of ``batch_size``, ``precision`` and ``backend``.
     """
+    options = options or EncodeOptions(precision, backend, batch_size)
     if kind not in SCORER_KINDS:
         raise ValueError(f"scorer kind should be one of {', '.join(SCORER_KINDS)}, got {kind!r}.")
     if kind == "auto":
@@ -310,5 +316,5 @@ def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64, pr
         if encoder.head is None:
             raise ValueError("the model has no strategy head (an untrained base model); fine-tune it first, or score "
                              "with the text cosine.")
-        return StrategyHeadScorer(encoder.head, verbaliser, encoder, batch_size, precision=precision, backend=backend)
-    return TextCosineScorer(verbaliser, encoder, batch_size=batch_size, precision=precision, backend=backend)
+        return StrategyHeadScorer(encoder.head, verbaliser, encoder, options=options)
+    return TextCosineScorer(verbaliser, encoder, options=options)

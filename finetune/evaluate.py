@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from interestbert.encoder.backends import EncodeOptions
 from interestbert.encoder.scoring import PopularityScorer, Scorer, scorer_for
 
 from .data import Examples, Split
@@ -53,10 +54,12 @@ def popularity_scorer(verbaliser, split: Split, name: str) -> PopularityScorer:
 
 def evaluate_model(encoder, verbaliser, split: Split, name: str = "test", ks: Sequence[int] = (10,),
                    batch_size: int = 64, show_progress_bar: bool = False, baselines: bool = True,
-                   accelerator=None, precision: str = "fp32", backend: str = "torch") -> dict[str, dict]:
+                   accelerator=None, precision: str = "fp32", backend: str = "torch",
+                   options: EncodeOptions | None = None) -> dict[str, dict]:
     """The evaluation table of a model on one split: each of its heads (sequence, strategy) or, for a model
-    without one, the zero-shot text cosine; then popularity. Returns ``{row name: metrics}``. ``precision`` and
-    ``backend``: how histories are encoded (`InterestEncoder.encode`)."""
+    without one, the zero-shot text cosine; then popularity. Returns ``{row name: metrics}``. ``options`` (or
+    ``batch_size``, ``precision`` and ``backend``): how histories are encoded (`EncodeOptions`)."""
+    options = options or EncodeOptions(precision, backend, batch_size)
     examples = split[name]
     kinds = [k for k, head in (("sequence", encoder.sequence_head), ("strategy", encoder.head)) if head is not None]
     labels = {"sequence": "interestbert (sequence head)",
@@ -64,7 +67,7 @@ def evaluate_model(encoder, verbaliser, split: Split, name: str = "test", ks: Se
               "text": "interestbert (untrained, zero-shot)"}
     rows = {}
     for kind in kinds or ["text"]:
-        scorer = scorer_for(encoder, verbaliser, kind, batch_size=batch_size, precision=precision, backend=backend)
+        scorer = scorer_for(encoder, verbaliser, kind, options=options)
         rows[labels[kind]] = evaluate(scorer, examples, ks, accelerator=accelerator,
                                       show_progress_bar=show_progress_bar)
     if baselines:

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-aware", action=argparse.BooleanOptionalAction, default=False,
                    help="Blend in the recent window as the drift score rises (the strategy head: interest vectors; "
                         "the sequence head: its scores of the newest window events), or use long-term interest "
-                        "only (the default, see README's Drift section).")
+                        "only (the default; docs/pages/drift.md says when the blend pays).")
     p.add_argument("--scorer", choices=("auto", "sequence", "strategy"), default="auto",
                    help="Score items with the model's sequence head (reads the order of the newest events) or its "
                         "strategy head (the pooled interest vector). auto: the sequence head when the model has one.")
@@ -266,13 +266,15 @@ def _add_data_args(p: argparse.ArgumentParser, model_help: str, model_required: 
 
 
 def _add_fast_path_args(p, precision: str) -> None:
-    """``--precision`` and ``--backend``: how histories are encoded (`InterestEncoder.encode`)."""
+    """``--precision`` and ``--backend``: how histories are encoded (`EncodeOptions`, whose constants they offer)."""
+    from interestbert.encoder.backends import BACKENDS, PRECISIONS
+
     default = {"auto": "auto (the default)", "fp32": "fp32 (the default: the model's own numbers)"}[precision]
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default=precision, help=f"{default}; "
+    p.add_argument("--precision", choices=PRECISIONS, default=precision, help=f"{default}; "
                    "auto: bf16 where the hardware computes it (CUDA; a CPU with AMX or avx512_bf16), else fp32; it "
                    "says which. int8 (torch or onnx, CPU): dynamic quantisation, faster and less exact; its cosine to "
                    "fp32 on a sample is printed first.")
-    p.add_argument("--backend", choices=("torch", "openvino", "onnx"), default="torch", help="torch, or the merged "
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="torch, or the merged "
                    "model exported once (cached by its hash) to OpenVINO or ONNX Runtime, CPU only; extras "
                    "interestbert[openvino] / interestbert[onnx].")
 

@@ -30,27 +30,26 @@ def cmd_evaluate(args) -> int:
 
     for k in args.k:
         loading.check_positive(k, "--k")
-    loading.check_positive(args.batch_size, "--batch-size")
     if args.output:
         loading.check_output(args.output, folder=False)
-    loading.check_backend(args.backend, args.precision, args.device)
+    options = loading.encode_options(args)
     data, encoder, verbaliser = loading.load_all(args, catalogue_fix="evaluate it on its own card.")
-    fast = {"precision": encoder.resolve_precision(args.precision, args.backend), "backend": args.backend}
+    options = encoder.resolve_options(options)
     split = leave_one_out(verbaliser)
     examples = split[args.split]
     if args.limit_users is not None:
         loading.check_positive(args.limit_users, "--limit-users")
         examples = examples.subset(slice(0, args.limit_users))
         split = dataclasses.replace(split, **{args.split: examples})
-    rows = evaluate_model(encoder, verbaliser, split, args.split, args.k, batch_size=args.batch_size,
-                          show_progress_bar=True, **fast)
+    rows = evaluate_model(encoder, verbaliser, split, args.split, args.k, show_progress_bar=True, options=options)
     print(f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
           f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped); "
-          f"histories encoded in {fast['precision']} by {fast['backend']}")
+          f"histories encoded in {options.precision} by {options.backend}")
     print(metrics_table(rows, args.k))
     if args.output:
         atomic_write_json(args.output, {"card": data.card.name, "split": args.split,
-                                        "model": args.model or encoder.base_model, "users": len(examples), **fast,
+                                        "model": args.model or encoder.base_model, "users": len(examples),
+                                        "precision": options.precision, "backend": options.backend,
                                         **rows})
     return 0
 
@@ -152,15 +151,13 @@ def cmd_cards_validate(args) -> int:
 def cmd_encode(args) -> int:
     from interestbert.inference.encode import encode_users, shard_plan
 
-    loading.check_positive(args.batch_size, "--batch-size")
     loading.check_positive(args.chunk_users, "--chunk-users")
     shard_plan(args.num_shards, args.shard_index)  # bad shard and backend options fail before anything loads
-    loading.check_backend(args.backend, args.precision, args.device)
+    encoding = loading.encode_options(args)
     loading.check_output(args.output, folder=True)
     loading.check_model(args.model, args.max_seq_length)
-    options = dict(batch_size=args.batch_size, chunk_users=args.chunk_users, num_shards=args.num_shards,
-                   shard_index=args.shard_index, overwrite=args.overwrite, precision=args.precision,
-                   backend=args.backend)
+    options = dict(chunk_users=args.chunk_users, num_shards=args.num_shards, shard_index=args.shard_index,
+                   overwrite=args.overwrite, options=encoding)
     if args.out_of_core:
         from interestbert.encoder.cards.stream import StreamedCard
         from interestbert.encoder.cards import load_card
@@ -168,7 +165,7 @@ def cmd_encode(args) -> int:
         card = load_card(args.card)
         if args.data_dir is None:
             raise InterestBertError("--out-of-core reads the card's files from --data-dir; pass it (synthetic-shop's "
-                                    "files are written by `python -m interestbert.encoder.synthetic DIR`).")
+                                    "files are written by `python -m interestbert.encoder.cards.synthetic DIR`).")
         with StreamedCard(card, args.data_dir, work_dir=args.work_dir, memory_limit=args.memory_limit) as streamed:
             users = (loading.select_users(streamed.user_ids(), args.users, None) if args.users else
                      loading.first_users(streamed.n_users, args.limit_users))  # no list of a million ids unasked
@@ -176,7 +173,7 @@ def cmd_encode(args) -> int:
             result = encode_users(encoder, streamed, args.output, user_indices=users,
                                   model_id=args.model or encoder.base_model, **options)
     else:
-        data = loading.load_checked_data(args)
+        data = loading.load_data(args.card, args.data_dir)  # --model was checked above
         users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
         encoder, verbaliser = loading.load_model(args, data)
         result = encode_users(encoder, verbaliser, args.output, user_indices=users,

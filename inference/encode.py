@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from interestbert.encoder.backends import check_backend, resolve_precision
+from interestbert.encoder.backends import EncodeOptions
 from interestbert.encoder.cards.stream import StreamedCard
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.model import InterestEncoder, format_horizons
@@ -136,6 +136,7 @@ def encode_users(
     model_id: str | None = None,
     precision: str = "auto",
     backend: str = "torch",
+    options: EncodeOptions | None = None,
     show_progress_bar: bool = True,
 ) -> EncodeResult:
     """Encodes each user's history into ``output_dir``'s Parquet shards; resumes a killed run of the same options.
@@ -156,16 +157,17 @@ def encode_users(
         overwrite: Replace a folder that holds another run (or this run complete) instead of refusing.
         model_id: The model's name to record (default: the encoder's base model).
         precision, backend: As in `InterestEncoder.encode`; ``auto`` is resolved (and recorded) here.
+        options: `EncodeOptions` in place of ``batch_size``, ``precision`` and ``backend``.
         show_progress_bar: A bar over this process's users.
     """
     if chunk_users <= 0:
         raise InterestBertError(f"--chunk-users is {chunk_users}; it must be a positive integer.")
     n_shards, mine = shard_plan(num_shards, shard_index)
     try:
-        precision, why = resolve_precision(precision, encoder.device)
-        check_backend(backend, precision, encoder.device)
+        options = encoder.resolve_options(options or EncodeOptions(precision, backend, batch_size))
     except ValueError as err:
         raise InterestBertError(str(err)) from None
+    precision, backend, batch_size = options.precision, options.backend, options.batch_size
     try:
         histories = _Histories(verbaliser, user_indices, encoder.max_seq_length)
     except ValueError as err:
@@ -192,7 +194,7 @@ def encode_users(
         logger.info("%s already holds this run complete; nothing to encode (--overwrite to redo it)", folder.path)
         result.complete, result.files = True, embedding_files(folder.path)
         return result
-    logger.info("precision %s (%s), backend %s", precision, why, backend)
+    logger.info("precision %s, backend %s", precision, backend)
     bounds = {shard: shard_bounds(len(idx), shard, n_shards) for shard in mine}
     todo = {}  # shard -> the starts of its chunks still to encode
     for shard, (lo, hi) in bounds.items():
@@ -211,8 +213,7 @@ def encode_users(
             shard_start, shard_users = time.perf_counter(), 0
             for s in todo[shard]:
                 e = min(s + chunk_users, hi)
-                n_events, last_ts, vectors, cut = histories.encode(encoder, s, e, batch_size=batch_size,
-                                                                   precision=precision, backend=backend)
+                n_events, last_ts, vectors, cut = histories.encode(encoder, s, e, options=options)
                 result.cut_histories += cut
                 folder.write_chunk(shard, (s - lo) // chunk_users, pa.table({
                     "user_id": pa.array(user_ids[s:e], pa.string()),

@@ -25,14 +25,19 @@ def check_positive(value: int, flag: str) -> None:
         raise InterestBertError(f"{flag} is {value}; it must be a positive integer.")
 
 
-def check_backend(backend: str, precision: str, device: str | None) -> None:
-    """``--backend`` is installed and runs ``--precision`` on ``--device`` (checked before anything loads)."""
-    from interestbert.encoder.backends import check_backend as check, resolve_precision
+def encode_options(args):
+    """``--precision``, ``--backend`` and ``--batch-size`` as one `EncodeOptions`, checked before anything loads
+    (the backend is installed and runs the precision on ``--device``); the command then resolves it once on the
+    loaded encoder (`InterestEncoder.resolve_options`) and passes it on."""
+    from interestbert.encoder.backends import EncodeOptions
 
+    check_positive(args.batch_size, "--batch-size")
+    options = EncodeOptions(args.precision, args.backend, args.batch_size)
     try:
-        check(backend, resolve_precision(precision, device)[0], device)
+        options.resolve(args.device)
     except ValueError as err:
-        raise InterestBertError(f"--backend {backend}: {err}") from None
+        raise InterestBertError(f"--backend {args.backend}: {err}") from None
+    return options
 
 
 def check_output(path: str | os.PathLike, folder: bool) -> None:
@@ -114,12 +119,11 @@ def load_data(card: str, data_dir: str | None):
 
 
 def load_encoder(model: str | None, max_seq_length: int | None = None, device: str | None = None):
-    """The encoder for ``--model`` (default: the base model with a fresh adapter), merged for inference."""
+    """The encoder for ``--model`` (default: the base model with a fresh adapter), merged for inference; the
+    command checked ``--model`` and ``--max-seq-length`` first (`check_model`)."""
     from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 
     name = model or DEFAULT_BASE_MODEL
-    if max_seq_length is not None:
-        check_positive(max_seq_length, "--max-seq-length")
     try:
         return InterestEncoder.from_pretrained(name, max_seq_length=max_seq_length, device=device).merge_adapter()
     except (OSError, ValueError) as err:

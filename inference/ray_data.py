@@ -39,18 +39,17 @@ class RayHistoryEncoder:
                  text_column: str = "text", output_column: str = "embedding"):
         import torch
 
+        from interestbert.encoder.backends import EncodeOptions
         from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.encoder = InterestEncoder.from_pretrained(model or DEFAULT_BASE_MODEL, max_seq_length=max_seq_length,
                                                        device=device).merge_adapter()
-        self.precision = self.encoder.resolve_precision(precision, backend)
-        self.backend, self.batch_size = backend, int(batch_size)
+        self.options = self.encoder.resolve_options(EncodeOptions(precision, backend, int(batch_size)))
         self.text_column, self.output_column = text_column, output_column
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch[self.text_column]]
-        vectors = self.encoder.encode(texts, batch_size=self.batch_size, precision=self.precision,
-                                      backend=self.backend)
+        vectors = self.encoder.encode(texts, options=self.options)
         return {**batch, self.output_column: np.asarray(vectors, dtype=np.float32)}

@@ -229,8 +229,8 @@ def generate(output_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, n_users
 
 
 def main(argv=None) -> int:
-    """Command line: ``python -m interestbert.encoder.synthetic OUT_DIR [--seed S] [--n-users N] [--n-items M]``."""
-    parser = argparse.ArgumentParser(prog="python -m interestbert.encoder.synthetic", description="Write the synthetic-shop dataset (items, events, true switches).")
+    """Command line: ``python -m interestbert.encoder.cards.synthetic OUT_DIR [--seed S] [--n-users N] [--n-items M]``."""
+    parser = argparse.ArgumentParser(prog="python -m interestbert.encoder.cards.synthetic", description="Write the synthetic-shop dataset (items, events, true switches).")
     parser.add_argument("output_dir", help="folder for items.csv, events.csv and switches.csv")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--n-users", type=int, default=2000)

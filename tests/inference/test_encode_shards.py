@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -287,3 +288,53 @@ def test_two_processes_under_accelerate_launch_equal_one(encode_args, tmp_path):
     (ua, a), (ub, b) = read_embeddings(two), read_embeddings(one)
     assert ua == ub and len(set(ua)) == 40
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_three_chunk_encode_checks_its_options_once_and_resolves_them_once(encode_args, tmp_path, monkeypatch):
+    """`EncodeOptions` is checked before anything loads and resolved once on the encoder, however many chunks run;
+    `--model` is checked once too."""
+    from interestbert.encoder.backends import EncodeOptions
+    from interestbert.inference import loading
+
+    calls = {"resolve": [], "check_model": 0}
+    resolve, check_model = EncodeOptions.resolve, loading.check_model
+
+    def counted_resolve(self, device=None):
+        calls["resolve"].append(self)
+        return resolve(self, device)
+
+    def counted_check_model(*args, **kwargs):
+        calls["check_model"] += 1
+        return check_model(*args, **kwargs)
+
+    monkeypatch.setattr(EncodeOptions, "resolve", counted_resolve)
+    monkeypatch.setattr(loading, "check_model", counted_check_model)
+    args = [a if a != "fp32" else "auto" for a in encode_args(tmp_path / "emb", "--limit-users", 9, "--chunk-users", 3)]
+    assert main(args) == 0
+    assert len(calls["resolve"]) == 2, calls  # the flags' check before loading, then the encoder's resolution
+    assert {(o.precision, o.backend, o.batch_size) for o in calls["resolve"]} == {("auto", "torch", 4)}
+    assert calls["check_model"] == 1
+    manifest = json.loads((tmp_path / "emb" / "_manifest.json").read_text())
+    assert manifest["run"]["precision"] in ("fp32", "bf16")  # auto, resolved and recorded
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(precision="fp16"), "precision 'fp16' is not one of auto, fp32, bf16, int8."),
+    (dict(backend="tensorrt"), "backend 'tensorrt' is not one of torch, openvino, onnx."),
+    (dict(batch_size=0), "batch_size is 0; it must be a positive integer."),
+    (dict(batch_size=True), "batch_size is True; it must be a positive integer."),
+])
+def test_encode_options_refuse_a_bad_value_naming_it(options, expected):
+    from interestbert.encoder.backends import EncodeOptions
+
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        EncodeOptions(**options)
+
+
+def test_the_cli_offers_exactly_the_encode_options_choices():
+    from interestbert.encoder.backends import BACKENDS, PRECISIONS
+    from interestbert.inference.cli import build_parser
+
+    encode = build_parser()._subparsers._group_actions[0].choices["encode"]
+    choices = {a.dest: tuple(a.choices) for a in encode._actions if a.dest in ("precision", "backend")}
+    assert choices == {"precision": PRECISIONS, "backend": BACKENDS}

@@ -222,3 +222,37 @@ def test_a_corrupt_parquet_file_is_one_sentence(tmp_path):
     (tmp_path / "data" / "events.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataCardError, match="cannot be read as Parquet"):
         load_card_data(card, tmp_path / "data")
+
+
+def test_a_card_is_parsed_once_into_typed_sections(tmp_path):
+    from interestbert.encoder.cards import EventsSection, GeneratorSection, IdMapSection, ItemsSection
+
+    card = load_card(write_card(tmp_path))
+    assert type(card.events) is EventsSection and type(card.items) is ItemsSection
+    assert card.events.columns == {"user_id": "user", "item_id": "item", "timestamp": "ts", "stars": "rating"}
+    assert card.events.fields == ["stars"] and card.items.fields == ["title", "kind"]
+    assert card.id_map is None and card.switches is None and card.data_folder is None
+    shop = load_card("synthetic-shop")
+    assert type(shop.generator) is GeneratorSection and shop.generator.options() == {"seed": 0, "n_users": 2000, "n_items": 1500}
+    assert load_card("movielens-1m").data_folder == "ml-1m"
+    mapped = GOOD_CARD.replace("    text:", "    id_map: {path: map.tsv, columns: {item_id: a, key: b}}\n    text:", 1)
+    assert type(load_card(write_card(tmp_path / "mapped", card=mapped)).id_map) is IdMapSection
+
+
+@pytest.mark.parametrize("section, expected", [
+    (dict(path="e.tsv", columns={"user_id": "u", "item_id": "i"}),
+     "data card x: key `interestbert.events.columns.timestamp` is missing; name the file column that holds it."),
+    (dict(path="e.tsv", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}, header=False),
+     "data card x: key `interestbert.events.names` is missing; a file without a header line needs its column names "
+     "listed under `names`."),
+    (dict(path="e.tsv", columns={"user_id": "u", "item_id": "i", "timestamp": "t", "action": "a"}),
+     "data card x: key `interestbert.events.columns.action` is reserved"),
+])
+def test_a_section_checks_itself_when_built(section, expected):
+    """The checks live in the sections' ``__post_init__``: built in code, a section says what the card loader says."""
+    from interestbert.encoder.cards import EventsSection
+
+    with pytest.raises(DataCardError, match=re.escape(expected)):
+        EventsSection(**section, where="data card x")
+    with pytest.raises(DataCardError, match=re.escape(expected)):
+        EventsSection.parse(section, "data card x")
