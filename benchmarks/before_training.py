@@ -43,9 +43,16 @@ def measure(dataset: str, data_dir: Path, repeats: int) -> dict:
     for r in range(repeats):
         for precision in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
-                args = FinetuneArguments(card=dataset, data_dir=str(data_dir_of(dataset, data_dir)), output_dir=tmp,
-                                         max_seq_length=128, max_train_prefixes_per_user=spec["prefixes"],
-                                         disable_tqdm=True, encode_precision=precision, seed=42)
+                args = FinetuneArguments(
+                    card=dataset,
+                    data_dir=str(data_dir_of(dataset, data_dir)),
+                    output_dir=tmp,
+                    max_seq_length=128,
+                    max_train_prefixes_per_user=spec["prefixes"],
+                    disable_tqdm=True,
+                    encode_precision=precision,
+                    seed=42,
+                )
                 start = time.perf_counter()
                 run = train_module.build(args)
                 seconds = time.perf_counter() - start
@@ -53,22 +60,32 @@ def measure(dataset: str, data_dir: Path, repeats: int) -> dict:
                 runs[precision].append({"seconds": round(seconds, 1), "valid_ndcg@10": round(ndcg, 4)})
                 print(dataset, precision, runs[precision][-1], flush=True)
     best = {p: min(x["seconds"] for x in v) for p, v in runs.items()}
-    return {"dataset": dataset, "auto_is": resolve_precision("auto")[0], "runs": runs,
-            "head_warmup_max_examples": FinetuneArguments.head_warmup_max_examples,
-            "speedup": round(best["fp32"] / best["auto"], 2)}
+    return {
+        "dataset": dataset,
+        "auto_is": resolve_precision("auto")[0],
+        "runs": runs,
+        "head_warmup_max_examples": FinetuneArguments.head_warmup_max_examples,
+        "speedup": round(best["fp32"] / best["auto"], 2),
+    }
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Before the first training step: fp32 vs `--encode_precision auto` ({res['date'][:10]})", "",
-             f"{res['hardware']}; `{res['command']}`. Seconds of `build` (data, item vectors, the head warm-up's "
-             "encodings and its fit), best of the repeats; validation NDCG@10 of the warmed-up head.", "",
-             "| dataset | fp32 | auto | speed-up | valid NDCG@10 fp32 | valid NDCG@10 auto |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# Before the first training step: fp32 vs `--encode_precision auto` ({res['date'][:10]})",
+        "",
+        f"{res['hardware']}; `{res['command']}`. Seconds of `build` (data, item vectors, the head warm-up's "
+        "encodings and its fit), best of the repeats; validation NDCG@10 of the warmed-up head.",
+        "",
+        "| dataset | fp32 | auto | speed-up | valid NDCG@10 fp32 | valid NDCG@10 auto |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in res["results"]:
         runs = r["runs"]
-        lines.append(f"| {r['dataset']} | {min(x['seconds'] for x in runs['fp32'])} s | "
-                     f"{min(x['seconds'] for x in runs['auto'])} s (= {r['auto_is']}) | {r['speedup']:.2f}x | "
-                     f"{runs['fp32'][0]['valid_ndcg@10']:.4f} | {runs['auto'][0]['valid_ndcg@10']:.4f} |")
+        lines.append(
+            f"| {r['dataset']} | {min(x['seconds'] for x in runs['fp32'])} s | "
+            f"{min(x['seconds'] for x in runs['auto'])} s (= {r['auto_is']}) | {r['speedup']:.2f}x | "
+            f"{runs['fp32'][0]['valid_ndcg@10']:.4f} | {runs['auto'][0]['valid_ndcg@10']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -79,10 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["amazon-beauty"], choices=sorted(DATASETS))
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
-    res = {"command": "python benchmarks/before_training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "hardware": hardware(), "threads": torch.get_num_threads(),
-           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "results": [measure(d, args.data_dir, args.repeats) for d in args.datasets]}
+    res = {
+        "command": "python benchmarks/before_training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": hardware(),
+        "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "results": [measure(d, args.data_dir, args.repeats) for d in args.datasets],
+    }
     write_report(args.out, "before_training", res, markdown(res))
 
 

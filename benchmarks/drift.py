@@ -1,9 +1,9 @@
 """Drift detection benchmark, version 2 (design: the project's ``DRIFT_BENCHMARK.md``): renewal streams whose changes
 no constant can find, every detector compared at the same cost (false alarms per 1,000 control events).
 
-Streams (`interestbert.encoder.drift.streams`, `drift_eval.py`): P1 renewal splicing on movielens-1m (headline) and movielens-100k, P2
-short renewal on amazon-beauty and amazon-office, synthetic-shop with its recorded switches. Users are split into
-disjoint tune / calibrate / evaluate pools; every reported number is on the evaluation streams.
+Streams (`interestbert.encoder.drift.streams`, `drift_eval.py`): P1 renewal splicing on movielens-1m (headline) and
+movielens-100k, P2 short renewal on amazon-beauty and amazon-office, synthetic-shop with its recorded switches. Users
+are split into disjoint tune / calibrate / evaluate pools; every reported number is on the evaluation streams.
 
 Rows, at each budget (5 and 10 false alarms per 1,000 scored control events):
 - none; random alarms at the budget; the best content-free detector (one alarm at a fixed index, or periodic
@@ -46,19 +46,18 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import drift_eval as de
 import numpy as np
 import torch
-
-import drift_eval as de
 from common import data_dir_of
+from results_io import read_results, write_json
+
 from interestbert.encoder.cards import load_card, load_card_data
-from interestbert.encoder.drift import ITEM_WEIGHT, DriftConfig, DriftMonitor, histories_from_verbaliser
+from interestbert.encoder.drift import ITEM_WEIGHT, DriftConfig, DriftMonitor, histories_from_verbaliser, switch_points
 from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
 from interestbert.encoder.verbalise import Verbaliser
-from interestbert.encoder.drift import switch_points
-from results_io import read_results, write_json
 
 BUDGETS = (5.0, 10.0)
 CURVE_BUDGETS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
@@ -89,12 +88,15 @@ DATASETS = {
 }
 SYNTHETIC_DESIGN = de.StreamDesign((20, 120), 20, 0, warmup=8, margin=8, min_user_events=20, magnitude_window=8)
 RIVER_GRID = {
-    "ADWIN": [dict(delta=d, clock=1, min_window_length=3, grace_period=5)
-              for d in (0.9, 0.5, 0.2, 0.05, 0.01, 0.002, 1e-4)],
-    "PageHinkley": [dict(min_instances=5, delta=d, threshold=t, mode="up") for d in (0.0, 0.02, 0.05)
-                    for t in (0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0)],
-    "KSWIN": [dict(alpha=a, window_size=w, stat_size=w // 3, seed=0) for a in (0.01, 0.001, 1e-4)
-              for w in (15, 30)],
+    "ADWIN": [
+        dict(delta=d, clock=1, min_window_length=3, grace_period=5) for d in (0.9, 0.5, 0.2, 0.05, 0.01, 0.002, 1e-4)
+    ],
+    "PageHinkley": [
+        dict(min_instances=5, delta=d, threshold=t, mode="up")
+        for d in (0.0, 0.02, 0.05)
+        for t in (0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0)
+    ],
+    "KSWIN": [dict(alpha=a, window_size=w, stat_size=w // 3, seed=0) for a in (0.01, 0.001, 1e-4) for w in (15, 30)],
 }
 RUPTURES_PENALTIES = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
@@ -148,13 +150,19 @@ def synthetic_splits(histories, switches, n, design, seed, category_of):
     users = [histories[i] for i in order]
     out = {}
     for k, split in enumerate(de.SPLITS):
-        block = users[k * 3 * n:(k + 1) * 3 * n]
+        block = users[k * 3 * n : (k + 1) * 3 * n]
         spliced = []
         for h in block[:n]:
             changes = [t for t in switches.get(h.user_id, []) if 0 < t < len(h.events)]
-            spliced.append(de.Stream(f"s:{h.user_id}", list(h.events), changes, [(h.user_id, 0, len(h.events))],
-                                     [de.change_magnitude(h.events, t, design.magnitude_window, category_of)
-                                      for t in changes]))
+            spliced.append(
+                de.Stream(
+                    f"s:{h.user_id}",
+                    list(h.events),
+                    changes,
+                    [(h.user_id, 0, len(h.events))],
+                    [de.change_magnitude(h.events, t, design.magnitude_window, category_of) for t in changes],
+                )
+            )
         controls = []
         for h in block[n:]:
             cut = min([*switches.get(h.user_id, []), len(h.events)])
@@ -200,8 +208,9 @@ def item_signal(x: np.ndarray, lookback: int, window: int = 1) -> np.ndarray:
 
 
 SIGNALS = {"item vs last L": dict(window=1), "mean of 4 items vs last L": dict(window=4)}
-CANDIDATE_GRID = [dict(window=w, lookback=lb, centre=c) for w in (2, 4, 6, 8) for lb in (8, 20, 40)
-                  for c in (False, True)]
+CANDIDATE_GRID = [
+    dict(window=w, lookback=lb, centre=c) for w in (2, 4, 6, 8) for lb in (8, 20, 40) for c in (False, True)
+]
 
 
 def centred(values: np.ndarray, lag: int) -> np.ndarray:
@@ -262,8 +271,8 @@ def oracle_series(stream, category_of, recent: int, before: int) -> np.ndarray:
     cats = [category_of(e) for e in stream.events]
     out = np.full(len(cats), np.nan)
     for i in range(recent + 2, len(cats)):
-        new = Counter(c for cs in cats[i - recent + 1:i + 1] for c in cs)
-        old = Counter(c for cs in cats[max(0, i - recent + 1 - before):i - recent + 1] for c in cs)
+        new = Counter(c for cs in cats[i - recent + 1 : i + 1] for c in cs)
+        old = Counter(c for cs in cats[max(0, i - recent + 1 - before) : i - recent + 1] for c in cs)
         out[i] = de.js_divergence(old, new)
     return out
 
@@ -280,8 +289,9 @@ class MemoEncode:
     def __call__(self, texts, batch_size=128, show_progress_bar=False):
         new = list(dict.fromkeys(t for t in texts if t not in self.memo))
         if new:
-            vectors = self.encoder.encode(new, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                                          precision=self.precision)
+            vectors = self.encoder.encode(
+                new, batch_size=batch_size, show_progress_bar=show_progress_bar, precision=self.precision
+            )
             self.memo.update(zip(new, np.asarray(vectors, np.float32)))
         return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
@@ -303,19 +313,29 @@ def monitor_series(monitor: DriftMonitor, streams) -> dict[str, np.ndarray]:
 
 PREVIOUS = DriftConfig(window=4, stride=2, centre=True, reference_windows=None, window_vector="text")
 PREVIOUS_LABEL = "interestbert DriftMonitor: window text vs whole segment (0.1 default)"
-MONITOR_GRID = [DriftConfig(window=w, stride=2, centre=c, reference_windows=k, window_vector="mean")
-                for w in (4, 6) for k in (5, 10) for c in (True, False)]
+MONITOR_GRID = [
+    DriftConfig(window=w, stride=2, centre=c, reference_windows=k, window_vector="mean")
+    for w in (4, 6)
+    for k in (5, 10)
+    for c in (True, False)
+]
 TUNED_LABEL = "interestbert DriftMonitor: mean of event vectors vs sliding reference (picked on tune)"
-PROJECTED_GRID = [DriftConfig(window=4, stride=2, centre=c, reference_windows=k) for k in (5, 10, None)
-                  for c in (True, False)]  # the score's form under the projection (the default's window and stride)
+PROJECTED_GRID = [
+    DriftConfig(window=4, stride=2, centre=c, reference_windows=k) for k in (5, 10, None) for c in (True, False)
+]  # the score's form under the projection (the default's window and stride)
 PROJECTED_TUNED_LABEL = "interestbert DriftMonitor + same-user projection, score's form picked on tune"
 DEFAULT_LABEL = "interestbert DriftMonitor (default settings)"
-SCORE_TUNED_LABEL = ("interestbert DriftMonitor (default settings), score's form picked on splices of the tuning "
-                     "pool's histories")
-ITEMS_LABEL = ("interestbert DriftMonitor + same-user projection with the items' own vectors where held-out splices "
-               "favour them, then the score's form (fit_and_tune(item_weight=3))")
-PROJECTED_LABEL = ("interestbert DriftMonitor (default settings) + same-user projection (fitted on users in no "
-                   "stream), then the score's form (on the tuning pool's histories)")
+SCORE_TUNED_LABEL = (
+    "interestbert DriftMonitor (default settings), score's form picked on splices of the tuning pool's histories"
+)
+ITEMS_LABEL = (
+    "interestbert DriftMonitor + same-user projection with the items' own vectors where held-out splices "
+    "favour them, then the score's form (fit_and_tune(item_weight=3))"
+)
+PROJECTED_LABEL = (
+    "interestbert DriftMonitor (default settings) + same-user projection (fitted on users in no "
+    "stream), then the score's form (on the tuning pool's histories)"
+)
 SETTINGS = ("window", "stride", "centre", "reference_windows", "window_vector")
 
 
@@ -359,16 +379,19 @@ def tuned_rows(grid: dict[str, dict], run_on_eval, tune_streams, design, budgets
 def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision: str, curve: bool) -> dict:
     timings = {}
     clock = time.perf_counter()
-    design, splits, category_of, separator, outside, tuning_pool = load_streams(name, data_dir, n, seed,
-                                                                              encoder.tokenizer)
+    design, splits, category_of, separator, outside, tuning_pool = load_streams(
+        name, data_dir, n, seed, encoder.tokenizer
+    )
     (tune_s, tune_c), (cal_s, cal_c), (ev_s, ev_c) = (splits[k] for k in de.SPLITS)
     tune, evaluate = tune_s + tune_c, ev_s + ev_c
     timings["streams"] = time.perf_counter() - clock
     encode = MemoEncode(encoder, precision)
     items = ItemVectors(encode, tune + cal_c + evaluate)
     lookback = design.magnitude_window
-    signals = {sig: {s.stream_id: item_signal(items.of(s), lookback, **kw) for s in tune + evaluate}
-               for sig, kw in SIGNALS.items()}
+    signals = {
+        sig: {s.stream_id: item_signal(items.of(s), lookback, **kw) for s in tune + evaluate}
+        for sig, kw in SIGNALS.items()
+    }
     rows: dict[str, dict] = {}  # row -> {budget: {"alarms", "params", ...}}
     scores: dict[str, dict[str, np.ndarray]] = {}  # continuous scores for AUC/AP
 
@@ -385,24 +408,34 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
 
     clock = time.perf_counter()
     if category_of is not None:
-        series = {s.stream_id: oracle_series(s, category_of, 4, 16 if design.margin == 8 else 8)
-                  for s in cal_c + evaluate}
+        series = {
+            s.stream_id: oracle_series(s, category_of, 4, 16 if design.margin == 8 else 8) for s in cal_c + evaluate
+        }
         scores["metadata oracle (category JS)"] = {s.stream_id: series[s.stream_id] for s in evaluate}
         for b in budgets:
             threshold = de.calibrate_threshold(series, cal_c, design, b, design.margin)
-            put("metadata oracle (category JS, calibrated)", b,
-                de.threshold_alarms({s.stream_id: series[s.stream_id] for s in evaluate}, threshold, design.margin,
-                                    design.warmup), {"threshold": round(threshold, 4)})
+            put(
+                "metadata oracle (category JS, calibrated)",
+                b,
+                de.threshold_alarms(
+                    {s.stream_id: series[s.stream_id] for s in evaluate}, threshold, design.margin, design.warmup
+                ),
+                {"threshold": round(threshold, 4)},
+            )
     timings["oracle"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     for sig in SIGNALS:
         scores[f"river signal: {sig}"] = {s.stream_id: signals[sig][s.stream_id] for s in evaluate}
     for detector, grid in RIVER_GRID.items():
-        settings = {(sig, i): river_alarms(detector, p, {s.stream_id: signals[sig][s.stream_id] for s in tune})
-                    for sig in SIGNALS for i, p in enumerate(grid)}
+        settings = {
+            (sig, i): river_alarms(detector, p, {s.stream_id: signals[sig][s.stream_id] for s in tune})
+            for sig in SIGNALS
+            for i, p in enumerate(grid)
+        }
         run = lambda key, d=detector, g=grid: river_alarms(  # noqa: E731
-            d, g[key[1]], {s.stream_id: signals[key[0]][s.stream_id] for s in evaluate})
+            d, g[key[1]], {s.stream_id: signals[key[0]][s.stream_id] for s in evaluate}
+        )
         for b, (key, _, alarms) in tuned_rows(settings, run, tune, design, budgets).items():
             params = {"signal": None, "params": None} if key is None else {"signal": key[0], **grid[key[1]]}
             put(f"river {detector}", b, alarms if key else {}, params)
@@ -411,12 +444,21 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     clock = time.perf_counter()
     vectors = {s.stream_id: items.of(s) for s in tune + cal_c + evaluate}
     settings = {p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in tune}) for p in RUPTURES_PENALTIES}
-    tuned = tuned_rows({p: a for p, a in settings.items()},
-                       lambda p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in evaluate}),
-                       tune, design, budgets)
+    tuned = tuned_rows(
+        {p: a for p, a in settings.items()},
+        lambda p: ruptures_alarms(p, {s.stream_id: vectors[s.stream_id] for s in evaluate}),
+        tune,
+        design,
+        budgets,
+    )
     for b, (key, _, alarms) in tuned.items():
-        put("ruptures KernelCPD (offline, may be M early)", b, alarms if key else {},
-            {"kernel": "cosine", "min_size": 4, "pen": key}, early=design.margin)
+        put(
+            "ruptures KernelCPD (offline, may be M early)",
+            b,
+            alarms if key else {},
+            {"kernel": "cosine", "min_size": 4, "pen": key},
+            early=design.margin,
+        )
     timings["ruptures"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -433,8 +475,12 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     scores[label] = {sid: series[sid] for sid in ev_ids}
     for b in budgets:
         threshold = de.calibrate_threshold(series, cal_c, design, b, design.margin)
-        put(label, b, de.threshold_alarms({sid: series[sid] for sid in ev_ids}, threshold, design.margin,
-                                          design.warmup), {**spec, "threshold": round(threshold, 4)})
+        put(
+            label,
+            b,
+            de.threshold_alarms({sid: series[sid] for sid in ev_ids}, threshold, design.margin, design.warmup),
+            {**spec, "threshold": round(threshold, 4)},
+        )
     timings["candidate"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -454,8 +500,7 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
                 monitor.calibrate(cal_h, BUDGETS[0])
             except InterestBertError as err:
                 raise SystemExit(f"{name}: {err}") from None
-            tuning[describe(config)] = (de.score_alarms(monitor_alarms(monitor, tune), tune, design)["recall"],
-                                        monitor)
+            tuning[describe(config)] = (de.score_alarms(monitor_alarms(monitor, tune), tune, design)["recall"], monitor)
         picked = max(tuning, key=lambda k: tuning[k][0])
         return tuning[picked][1], {k: round(v[0], 4) for k, v in tuning.items()}
 
@@ -480,8 +525,9 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
     timings["projection fit and score tuning"] = time.perf_counter() - clock
     clock = time.perf_counter()
     with_items = DriftMonitor(encode, DriftConfig(), separator=separator, batch_size=128)
-    fits = {"with item vectors": with_items.fit_and_tune(fit_on, tune_on, BUDGETS[0], item_weight=ITEM_WEIGHT,
-                                                          seed=seed)}
+    fits = {
+        "with item vectors": with_items.fit_and_tune(fit_on, tune_on, BUDGETS[0], item_weight=ITEM_WEIGHT, seed=seed)
+    }
     monitors[ITEMS_LABEL] = with_items
     timings["projection fit and score tuning, with and without item vectors"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -498,34 +544,57 @@ def run_dataset(name: str, data_dir: Path, n: int, seed: int, encoder, precision
             except InterestBertError as err:  # too few calibration events for so low a rate: a curve point left out
                 timings.setdefault("skipped", []).append(f"{label} at {b:g}/1000: {err}")
                 continue
-            put(label, b, monitor_alarms(monitor, evaluate),
-                {**describe(monitor.config, as_dict=True), "default": same_settings(monitor.config, DriftConfig()),
-                 "threshold": round(monitor.config.threshold, 4),
-                 "calibration_rate": record["achieved_false_alarms_per_1000_events"],
-                 **({"tuning_recall": tuning[label]} if label in tuning else {})})
+            put(
+                label,
+                b,
+                monitor_alarms(monitor, evaluate),
+                {
+                    **describe(monitor.config, as_dict=True),
+                    "default": same_settings(monitor.config, DriftConfig()),
+                    "threshold": round(monitor.config.threshold, 4),
+                    "calibration_rate": record["achieved_false_alarms_per_1000_events"],
+                    **({"tuning_recall": tuning[label]} if label in tuning else {}),
+                },
+            )
         timings[label] = time.perf_counter() - clock
 
-    return {**report(name, design, splits, rows, scores, budgets, timings, n_texts=len(encode.memo)),
-            "projection_fit": projection_fit, "score_tuning": score_tuning, "item_vectors_fit": fits}
+    return {
+        **report(name, design, splits, rows, scores, budgets, timings, n_texts=len(encode.memo)),
+        "projection_fit": projection_fit,
+        "score_tuning": score_tuning,
+        "item_vectors_fit": fits,
+    }
 
 
 def report(name, design, splits, rows, scores, budgets, timings, n_texts) -> dict:
     ev_s, ev_c = splits["evaluate"]
     evaluate = ev_s + ev_c
-    results = {"dataset": name, "design": design.__dict__,
-               "streams": {k: {"spliced": len(s), "controls": len(c), "changes": sum(len(x.changes) for x in s),
-                               "mean_length": round(float(np.mean([len(x.events) for x in s])), 1)}
-                           for k, (s, c) in splits.items()},
-               "texts_encoded": n_texts, "skipped": timings.pop("skipped", []),
-               "seconds": {k: round(v, 1) for k, v in timings.items()},
-               "event_scores": {k: de.event_scores(v, evaluate, design) for k, v in scores.items()},
-               "budgets": {}, "curve": {}}
+    results = {
+        "dataset": name,
+        "design": design.__dict__,
+        "streams": {
+            k: {
+                "spliced": len(s),
+                "controls": len(c),
+                "changes": sum(len(x.changes) for x in s),
+                "mean_length": round(float(np.mean([len(x.events) for x in s])), 1),
+            }
+            for k, (s, c) in splits.items()
+        },
+        "texts_encoded": n_texts,
+        "skipped": timings.pop("skipped", []),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "event_scores": {k: de.event_scores(v, evaluate, design) for k, v in scores.items()},
+        "budgets": {},
+        "curve": {},
+    }
     river_rows = [r for r in rows if r.startswith("river ")]
     for b in budgets:
         per = {r: de.outcomes(v[b]["alarms"], evaluate, design, v[b]["early"]) for r, v in rows.items() if b in v}
         summary = {r: de.summarise(o) for r, o in per.items()}
-        results["curve"][str(b)] = {r: {"recall": s["recall"], "false_alarms_per_1000": s["false_alarms_per_1000"]}
-                                    for r, s in summary.items()}
+        results["curve"][str(b)] = {
+            r: {"recall": s["recall"], "false_alarms_per_1000": s["false_alarms_per_1000"]} for r, s in summary.items()
+        }
         if b not in BUDGETS:
             continue
         best_river = max(river_rows, key=lambda r: (summary[r]["recall"], -summary[r]["false_alarms_per_1000"]))
@@ -542,9 +611,11 @@ def report(name, design, splits, rows, scores, budgets, timings, n_texts) -> dic
         for r in ("random at the budget", "best content-free (fitted on tune)"):
             low = intervals[r]["low"]
             if low > chance:
-                raise SystemExit(f"benchmark broken on {name}: the {r!r} row's recall at {b:g}/1000 has its 95 % "
-                                 f"interval [{low:.3f}, {intervals[r]['high']:.3f}] above chance {chance:.3f}: the "
-                                 f"streams give the change positions away")
+                raise SystemExit(
+                    f"benchmark broken on {name}: the {r!r} row's recall at {b:g}/1000 has its 95 % "
+                    f"interval [{low:.3f}, {intervals[r]['high']:.3f}] above chance {chance:.3f}: the "
+                    f"streams give the change positions away"
+                )
     return results
 
 
@@ -561,8 +632,12 @@ def streaming_cost(encoder, precision: str, n_events: int = 1200, n_users: int =
     data = load_card_data(load_card("synthetic-shop"), folder)
     verbaliser = Verbaliser(data, encoder.tokenizer, 128)
     histories = histories_from_verbaliser(verbaliser)
-    stream = [(h.user_id, h.events[k]) for k in range(max(len(h.events) for h in histories)) for h in histories
-              if k < len(h.events)][:n_events]
+    stream = [
+        (h.user_id, h.events[k])
+        for k in range(max(len(h.events) for h in histories))
+        for h in histories
+        if k < len(h.events)
+    ][:n_events]
     out = []
     for label, config in (("window text vs whole segment (0.1 default)", PREVIOUS), ("default", DriftConfig())):
         config = replace(config, threshold=0.3)
@@ -584,12 +659,19 @@ def streaming_cost(encoder, precision: str, n_events: int = 1200, n_users: int =
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
         grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-        out.append({"config": label, "settings": describe(monitor.config, as_dict=True), "events": len(stream),
-                    "users": len(histories), "events_per_second": round(len(stream) / total, 1),
-                    "p50_ms": round(float(np.percentile(lat, 50)), 3),
-                    "p99_ms": round(float(np.percentile(lat, 99)), 2),
-                    "bytes_per_user": round(grown / len(histories)),
-                    "memo_texts": len(monitor._memo)})
+        out.append(
+            {
+                "config": label,
+                "settings": describe(monitor.config, as_dict=True),
+                "events": len(stream),
+                "users": len(histories),
+                "events_per_second": round(len(stream) / total, 1),
+                "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                "bytes_per_user": round(grown / len(histories)),
+                "memo_texts": len(monitor._memo),
+            }
+        )
     return out
 
 
@@ -604,42 +686,64 @@ def markdown(results: list[dict], cost: dict | None = None) -> str:
     lines = []
     for r in results:
         s = r["streams"]["evaluate"]
-        lines += [f"### {r['dataset']}", "",
-                  f"Evaluation: {s['spliced']} spliced streams ({s['changes']} changes, mean length "
-                  f"{s['mean_length']}) and {s['controls']} controls; margin M = {r['design']['margin']}, warm-up "
-                  f"{r['design']['warmup']}.", ""]
+        lines += [
+            f"### {r['dataset']}",
+            "",
+            f"Evaluation: {s['spliced']} spliced streams ({s['changes']} changes, mean length "
+            f"{s['mean_length']}) and {s['controls']} controls; margin M = {r['design']['margin']}, warm-up "
+            f"{r['design']['warmup']}.",
+            "",
+        ]
         for b, block in r["budgets"].items():
-            lines += [f"At {float(b):g} false alarms per 1,000 control events (chance recall "
-                      f"{block['chance_recall']:.3f}; ratio to {block['best_river']}):", "",
-                      "| detector | recall [95 %] | FA / 1,000 (realised) | precision | F1 | median delay | recall "
-                      "low / mid / high magnitude | ratio to best river [95 %] |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            lines += [
+                f"At {float(b):g} false alarms per 1,000 control events (chance recall "
+                f"{block['chance_recall']:.3f}; ratio to {block['best_river']}):",
+                "",
+                "| detector | recall [95 %] | FA / 1,000 (realised) | precision | F1 | median delay | recall "
+                "low / mid / high magnitude | ratio to best river [95 %] |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
             for name, m in block["rows"].items():
                 mags = m.get("recall_by_magnitude") or {}
                 lo, hi = m["recall_interval"]
                 rlo, rhi = m["ratio_interval"]
                 if m["params"].get("default") and "default" not in name:
                     name += " = the default"
-                lines.append(f"| {name} | {fmt(m['recall'])} [{fmt(lo)}, {fmt(hi)}] | "
-                             f"{fmt(m['false_alarms_per_1000'], 2)} | {fmt(m['precision'])} | {fmt(m['f1'])} | "
-                             f"{fmt(m['median_delay'], 1)} | "
-                             f"{' / '.join(fmt(mags.get(k)) for k in ('low', 'middle', 'high')) if mags else '-'} | "
-                             f"{fmt(m['ratio_to_best_river'], 2)} [{fmt(rlo, 2)}, {fmt(rhi, 2)}] |")
+                lines.append(
+                    f"| {name} | {fmt(m['recall'])} [{fmt(lo)}, {fmt(hi)}] | "
+                    f"{fmt(m['false_alarms_per_1000'], 2)} | {fmt(m['precision'])} | {fmt(m['f1'])} | "
+                    f"{fmt(m['median_delay'], 1)} | "
+                    f"{' / '.join(fmt(mags.get(k)) for k in ('low', 'middle', 'high')) if mags else '-'} | "
+                    f"{fmt(m['ratio_to_best_river'], 2)} [{fmt(rlo, 2)}, {fmt(rhi, 2)}] |"
+                )
             lines.append("")
-        lines += ["Threshold-free (every scored event; positive: within M events after a change):", "",
-                  "| continuous score | event AUC | AP | base rate |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "Threshold-free (every scored event; positive: within M events after a change):",
+            "",
+            "| continuous score | event AUC | AP | base rate |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, m in r["event_scores"].items():
             lines.append(f"| {name} | {fmt(m['auc'])} | {fmt(m['ap'])} | {fmt(m['base_rate'])} |")
-        lines += ["", f"Seconds: {json.dumps(r['seconds'])}; distinct texts encoded: {r['texts_encoded']:,}; "
-                      f"command `{r.get('command', '')}`, {r.get('date', '')}, {r.get('hardware', '')}.", ""]
+        lines += [
+            "",
+            f"Seconds: {json.dumps(r['seconds'])}; distinct texts encoded: {r['texts_encoded']:,}; "
+            f"command `{r.get('command', '')}`, {r.get('date', '')}, {r.get('hardware', '')}.",
+            "",
+        ]
     if cost:
-        lines += ["### Streaming cost (`DriftMonitor.update`, one event at a time)", "",
-                  "| configuration | events | users | events/s | p50 ms | p99 ms | bytes per user | memo texts |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "### Streaming cost (`DriftMonitor.update`, one event at a time)",
+            "",
+            "| configuration | events | users | events/s | p50 ms | p99 ms | bytes per user | memo texts |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for row in cost["rows"]:
-            lines.append(f"| {row['config']} (`{describe(DriftConfig(**row['settings']))}`) | {row['events']} | "
-                         f"{row['users']} | {row['events_per_second']:.1f} | {row['p50_ms']:.3f} | "
-                         f"{row['p99_ms']:.1f} | {row['bytes_per_user']:,} | {row['memo_texts']:,} |")
+            lines.append(
+                f"| {row['config']} (`{describe(DriftConfig(**row['settings']))}`) | {row['events']} | "
+                f"{row['users']} | {row['events_per_second']:.1f} | {row['p50_ms']:.3f} | "
+                f"{row['p99_ms']:.1f} | {row['bytes_per_user']:,} | {row['memo_texts']:,} |"
+            )
         lines += ["", f"Command `{cost['command']}`, {cost['date']}, {cost['hardware']}.", ""]
     return "\n".join(lines)
 
@@ -655,13 +759,21 @@ def plot_curves(results: list[dict], path: Path) -> None:
         budgets = sorted(r["curve"], key=float)
         names = [k for k in r["curve"][budgets[0]] if k != "none"]
         for name in names:
-            pts = [(r["curve"][b][name]["false_alarms_per_1000"], r["curve"][b][name]["recall"]) for b in budgets
-                   if name in r["curve"][b]]
+            pts = [
+                (r["curve"][b][name]["false_alarms_per_1000"], r["curve"][b][name]["recall"])
+                for b in budgets
+                if name in r["curve"][b]
+            ]
             ax.plot(*zip(*pts), marker="o", ms=3, label=name, lw=2 if name.startswith("interestbert") else 1)
         xs = np.linspace(0, 20, 50)
         ax.plot(xs, [chance_recall(x, r["design"]["margin"]) for x in xs], "k:", label="chance")
-        ax.set(title=r["dataset"], xlabel="false alarms per 1,000 control events (realised)", ylabel="recall",
-               xlim=(0, 22), ylim=(0, 1))
+        ax.set(
+            title=r["dataset"],
+            xlabel="false alarms per 1,000 control events (realised)",
+            ylabel="recall",
+            xlim=(0, 22),
+            ylim=(0, 1),
+        )
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, loc="upper left")
     fig.tight_layout()
@@ -690,19 +802,33 @@ def main(argv=None) -> int:
 
         precision, why = resolve_precision(args.precision)
         command = "python benchmarks/drift.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        hardware = (f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-                    f"encoder {precision} ({why})")
+        hardware = (
+            f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+            f"encoder {precision} ({why})"
+        )
         for name in args.datasets:
             started = time.perf_counter()
-            result = run_dataset(name, Path(args.data_dir), args.streams, args.seed, encoder, precision,
-                                 not args.no_curve)
-            result.update(total_seconds=round(time.perf_counter() - started), command=command,
-                          date=dt.date.today().isoformat(), hardware=hardware)
+            result = run_dataset(
+                name, Path(args.data_dir), args.streams, args.seed, encoder, precision, not args.no_curve
+            )
+            result.update(
+                total_seconds=round(time.perf_counter() - started),
+                command=command,
+                date=dt.date.today().isoformat(),
+                hardware=hardware,
+            )
             write_json(out / f"{name}.json", result)
             print(markdown([result]), flush=True)
         if not args.no_cost:
-            write_json(out / "streaming_cost.json", {"rows": streaming_cost(encoder, precision), "command": command,
-                                                     "date": dt.date.today().isoformat(), "hardware": hardware})
+            write_json(
+                out / "streaming_cost.json",
+                {
+                    "rows": streaming_cost(encoder, precision),
+                    "command": command,
+                    "date": dt.date.today().isoformat(),
+                    "hardware": hardware,
+                },
+            )
     done = read_results(out, DATASETS)
     cost = out / "streaming_cost.json"
     atomic_write_text(out / "drift.md", markdown(done, json.loads(cost.read_text()) if cost.is_file() else None))

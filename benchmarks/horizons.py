@@ -22,19 +22,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import data_dir_of
+from results_io import read_results, write_json
 
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.head import StrategyHead
 from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder, format_horizons, parse_horizons
+from interestbert.encoder.scoring import StrategyHeadScorer
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments
 from interestbert.finetune.data import leave_one_out
-from interestbert.encoder.scoring import StrategyHeadScorer
 from interestbert.finetune.evaluate import evaluate
 from interestbert.finetune.warmup import fit_head
-from common import data_dir_of
-from results_io import read_results, write_json
 
 DATASETS = ("amazon-beauty", "amazon-office", "movielens-100k", "movielens-1m")
 PEER = "all:1"
@@ -44,8 +44,9 @@ MAX_SEQ_LENGTH = 128
 
 def encode_horizons(encoder: InterestEncoder, verbaliser: Verbaliser, examples: dict, events: list) -> dict:
     """``{split: {horizon: (n, dim) vectors}}``; each distinct text of any split and horizon encoded once."""
-    texts = {(name, h): verbaliser.texts_for_indices(ex.users, ex.ends, h) for name, ex in examples.items()
-             for h in events}
+    texts = {
+        (name, h): verbaliser.texts_for_indices(ex.users, ex.ends, h) for name, ex in examples.items() for h in events
+    }
     unique = list(dict.fromkeys(t for group in texts.values() for t in group))
     position = {t: i for i, t in enumerate(unique)}
     vectors = encoder.encode(unique, batch_size=64, show_progress_bar=True)
@@ -81,34 +82,56 @@ def run_dataset(name: str, data_dir: Path, max_train: int, seed: int) -> dict:
     rows = {}
     for variant, horizons in parsed.items():
         started = time.perf_counter()
-        encoder.head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["train"],
-                                    init_scale=defaults.head_init_scale)
+        encoder.head = StrategyHead(
+            verbaliser.item_ids, items, popularity=split.popularity["train"], init_scale=defaults.head_init_scale
+        )
         valid = combine(vectors["validation"], horizons)
-        _, summary = fit_head(encoder, verbaliser, combine(vectors["train"], horizons), train.targets,
-                              defaults.head_warmup_epochs, defaults.head_learning_rate, seed=seed,
-                              validation=(split.validation, valid), patience=defaults.head_warmup_patience)
-        test = evaluate(StrategyHeadScorer(encoder.head, verbaliser), split.test,
-                        interest=combine(vectors["test"], horizons))
-        rows[format_horizons(horizons)] = {**test, "fit": summary,
-                                           "fit_seconds": round(time.perf_counter() - started)}
+        _, summary = fit_head(
+            encoder,
+            verbaliser,
+            combine(vectors["train"], horizons),
+            train.targets,
+            defaults.head_warmup_epochs,
+            defaults.head_learning_rate,
+            seed=seed,
+            validation=(split.validation, valid),
+            patience=defaults.head_warmup_patience,
+        )
+        test = evaluate(
+            StrategyHeadScorer(encoder.head, verbaliser), split.test, interest=combine(vectors["test"], horizons)
+        )
+        rows[format_horizons(horizons)] = {**test, "fit": summary, "fit_seconds": round(time.perf_counter() - started)}
         print(f"{name} {variant}: test NDCG@10 {test['ndcg@10']:.4f} ({summary})", flush=True)
-    return {"dataset": name, "users": len(split.test), "items": split.n_items, "train_examples": len(train),
-            "encode_seconds": round(encode_seconds),
-            "events_in_whole_history_text": round(events_in_whole, 1), "peer": format_horizons(parse_horizons(PEER)), "rows": rows}
+    return {
+        "dataset": name,
+        "users": len(split.test),
+        "items": split.n_items,
+        "train_examples": len(train),
+        "encode_seconds": round(encode_seconds),
+        "events_in_whole_history_text": round(events_in_whole, 1),
+        "peer": format_horizons(parse_horizons(PEER)),
+        "rows": rows,
+    }
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| dataset | interest horizons | HR@10 | NDCG@10 | MRR@10 | NDCG@10 vs whole history |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| dataset | interest horizons | HR@10 | NDCG@10 | MRR@10 | NDCG@10 vs whole history |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
         peer = r["rows"][r["peer"]]["ndcg@10"]
         for variant, m in r["rows"].items():
-            lines.append(f"| {r['dataset']} ({r['users']:,} users) | `{variant}` | {m['hr@10']:.4f} | "
-                         f"{m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['ndcg@10'] / peer:.2f}x |")
-    notes = [f"- {r['dataset']}: head fitted on {r['train_examples']:,} training prefixes; the whole-history text "
-             f"({MAX_SEQ_LENGTH} tokens) of a test user holds {r['events_in_whole_history_text']} events on average "
-             f"(a horizon longer than that gives the same text); encoding all horizons took {r['encode_seconds']} s"
-             for r in results]
+            lines.append(
+                f"| {r['dataset']} ({r['users']:,} users) | `{variant}` | {m['hr@10']:.4f} | "
+                f"{m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['ndcg@10'] / peer:.2f}x |"
+            )
+    notes = [
+        f"- {r['dataset']}: head fitted on {r['train_examples']:,} training prefixes; the whole-history text "
+        f"({MAX_SEQ_LENGTH} tokens) of a test user holds {r['events_in_whole_history_text']} events on average "
+        f"(a horizon longer than that gives the same text); encoding all horizons took {r['encode_seconds']} s"
+        for r in results
+    ]
     return "\n".join(lines + ["", *notes]) + "\n"
 
 

@@ -68,7 +68,7 @@ def chunks(lengths: np.ndarray) -> list[np.ndarray]:
     out, start = [], 0
     for end in range(1, len(order) + 1):
         if (end - start) * lengths[order[end - 1]] > CHUNK_TOKENS and end - 1 > start:
-            out.append(order[start:end - 1])
+            out.append(order[start : end - 1])
             start = end - 1
     out.append(order[start:])
     return out
@@ -81,7 +81,7 @@ class TopLayers:
     def __init__(self, encoder: InterestEncoder, texts: list[str], top: int):
         self.st = encoder.model
         self.bert = self.st[0].auto_model
-        self.layers = self.bert.encoder.layer[len(self.bert.encoder.layer) - top:]
+        self.layers = self.bert.encoder.layer[len(self.bert.encoder.layer) - top :]
         tokenizer = encoder.tokenizer
         self.ids = tokenizer(list(texts), truncation=True, max_length=encoder.max_seq_length)["input_ids"]
         self.lengths = np.array([len(row) for row in self.ids])
@@ -92,7 +92,7 @@ class TopLayers:
                 inputs = pad_tokens([self.ids[i] for i in chunk], tokenizer.pad_token_id, "cpu")
                 hidden = self.bert(**inputs, output_hidden_states=True).hidden_states[-top - 1]
                 for j, i in enumerate(chunk):
-                    self.cache[i] = hidden[j, :self.lengths[i]].clone()
+                    self.cache[i] = hidden[j, : self.lengths[i]].clone()
 
     def embed(self, rows) -> torch.Tensor:
         """Unit-norm embeddings of the texts ``rows`` (in that order): the top layers, then the mean pooling."""
@@ -103,7 +103,7 @@ class TopLayers:
             width = int(self.lengths[items].max())
             hidden = torch.zeros(len(items), width, self.cache[0].shape[1])
             for j, i in enumerate(items):
-                hidden[j, :self.lengths[i]] = self.cache[i]
+                hidden[j, : self.lengths[i]] = self.cache[i]
             mask = (torch.arange(width)[None, :] < torch.as_tensor(self.lengths[items])[:, None]).float()
             additive = (1.0 - mask)[:, None, None, :] * torch.finfo(torch.float32).min
             for layer in self.layers:
@@ -144,8 +144,14 @@ def pair_sampler(pairs: np.ndarray, n_items: int, debias: str):
     return p / p.sum(), log_q
 
 
-def next_item_loss(top: TopLayers, batch: np.ndarray, n_items: int, catalogue: bool, temperature: float,
-                   log_q: torch.Tensor | None = None):
+def next_item_loss(
+    top: TopLayers,
+    batch: np.ndarray,
+    n_items: int,
+    catalogue: bool,
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+):
     """InfoNCE of each pair's next item given its first: over the whole catalogue, or over the batch's other
     next items (symmetric, a repeated next item not its own negative). ``log_q`` (log popularity per item):
     the logQ correction, each candidate's logit lowered by it, so the loss rewards how much likelier the next
@@ -169,22 +175,37 @@ def next_item_loss(top: TopLayers, batch: np.ndarray, n_items: int, catalogue: b
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def sequence_rows(verbaliser, split, items: np.ndarray, options: SequenceOptions, seeds: list[int],
-                  minutes: float) -> dict:
+def sequence_rows(
+    verbaliser, split, items: np.ndarray, options: SequenceOptions, seeds: list[int], minutes: float
+) -> dict:
     """The sequence head trained on ``items`` once per seed: validation (best epoch) and test NDCG@10."""
     runs = {}
     for seed in seeds:
-        head, log = train_sequence_head(verbaliser, split, items, options,
-                                        SequenceTraining(seed=seed, max_minutes=minutes), show_progress_bar=False,
-                                        print_fn=lambda *_: None)
+        head, log = train_sequence_head(
+            verbaliser,
+            split,
+            items,
+            options,
+            SequenceTraining(seed=seed, max_minutes=minutes),
+            show_progress_bar=False,
+            print_fn=lambda *_: None,
+        )
         prior = log.get("text_prior")  # fitted on validation after training: its score is the head's
         validation = prior["validation_ndcg@10"] if prior else log["best_validation_ndcg@10"]
-        runs[str(seed)] = {"validation_ndcg@10": validation,
-                           "test_ndcg@10": round(evaluate(SequenceHeadScorer(head, verbaliser), split.test)["ndcg@10"], 5),
-                           "best_epoch": log["best_epoch"], "epochs": log["epochs"],
-                           "text_prior": prior}
-    return {"seeds": runs, **{f"mean_{k}": round(float(np.mean([r[k] for r in runs.values()])), 5)
-                              for k in ("validation_ndcg@10", "test_ndcg@10")}}
+        runs[str(seed)] = {
+            "validation_ndcg@10": validation,
+            "test_ndcg@10": round(evaluate(SequenceHeadScorer(head, verbaliser), split.test)["ndcg@10"], 5),
+            "best_epoch": log["best_epoch"],
+            "epochs": log["epochs"],
+            "text_prior": prior,
+        }
+    return {
+        "seeds": runs,
+        **{
+            f"mean_{k}": round(float(np.mean([r[k] for r in runs.values()])), 5)
+            for k in ("validation_ndcg@10", "test_ndcg@10")
+        },
+    }
 
 
 def run_dataset(name: str, data_dir: Path, args) -> dict:
@@ -201,15 +222,25 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
     check = float((top.all() * frozen).sum(1).min())
     if check < 0.9999:
         raise RuntimeError(f"{name}: the cached top layers disagree with the encoder (min cosine {check:.5f}).")
-    rows = {"frozen encoder": {"minutes": 0, "steps": 0,
-                               **sequence_rows(verbaliser, split, frozen, options, args.seeds, args.sequence_minutes)}}
-    print(f"{name}: frozen {rows['frozen encoder']['mean_validation_ndcg@10']:.4f} / "
-          f"{rows['frozen encoder']['mean_test_ndcg@10']:.4f}", flush=True)
+    rows = {
+        "frozen encoder": {
+            "minutes": 0,
+            "steps": 0,
+            **sequence_rows(verbaliser, split, frozen, options, args.seeds, args.sequence_minutes),
+        }
+    }
+    print(
+        f"{name}: frozen {rows['frozen encoder']['mean_validation_ndcg@10']:.4f} / "
+        f"{rows['frozen encoder']['mean_test_ndcg@10']:.4f}",
+        flush=True,
+    )
 
     first = len(top.bert.encoder.layer) - args.top
     params = []
     for pname, param in top.st.named_parameters():  # the adapter of the top layers only
-        param.requires_grad_(param.requires_grad and any(f"layer.{k}." in pname for k in range(first, first + args.top)))
+        param.requires_grad_(
+            param.requires_grad and any(f"layer.{k}." in pname for k in range(first, first + args.top))
+        )
         if param.requires_grad:
             params.append(param)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
@@ -219,7 +250,8 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
     rng = np.random.default_rng(args.seeds[0])
     marks, step, trained, curve = sorted(args.marks), 0, 0.0, []
     label = f"LoRA (top {args.top} layers), next-item InfoNCE over the {args.candidates}" + (
-        f", {args.debias}" if args.debias != "none" else "")
+        f", {args.debias}" if args.debias != "none" else ""
+    )
     while marks:
         started = time.perf_counter()
         top.st.train()
@@ -236,33 +268,64 @@ def run_dataset(name: str, data_dir: Path, args) -> dict:
         if trained >= marks[0] * 60:
             minutes = marks.pop(0)
             row = rows[f"{label}, {minutes:g} min"] = {
-                "minutes": minutes, "steps": step, "loss": round(loss.item(), 4),
-                **sequence_rows(verbaliser, split, top.all(), options, args.seeds, args.sequence_minutes)}
-            print(f"{name}: {minutes:g} min, step {step}: {row['mean_validation_ndcg@10']:.4f} / "
-                  f"{row['mean_test_ndcg@10']:.4f}", flush=True)
+                "minutes": minutes,
+                "steps": step,
+                "loss": round(loss.item(), 4),
+                **sequence_rows(verbaliser, split, top.all(), options, args.seeds, args.sequence_minutes),
+            }
+            print(
+                f"{name}: {minutes:g} min, step {step}: {row['mean_validation_ndcg@10']:.4f} / "
+                f"{row['mean_test_ndcg@10']:.4f}",
+                flush=True,
+            )
     encoder.merge_adapter()
     check = float((encoder.encode(verbaliser.item_texts, batch_size=64) * top.all()).sum(1).min())
     if check < 0.9999:
-        raise RuntimeError(f"{name}: the merged encoder disagrees with the trained top layers (min cosine {check:.5f}).")
-    return {"dataset": name, "users": len(split.test), "items": split.n_items, "pairs": len(pairs), "rows": rows,
-            "curve": curve, "settings": {"top_layers": args.top, "candidates": args.candidates,
-                                         "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                                         "temperature": args.temperature, "lora_r": lora.lora_r, "debias": args.debias,
-                                         "sequence_max_events": options.max_events, "seeds": args.seeds},
-            "hardware": hardware(), "date": dt.date.today().isoformat(), "seconds": round(time.perf_counter() - clock)}
+        raise RuntimeError(
+            f"{name}: the merged encoder disagrees with the trained top layers (min cosine {check:.5f})."
+        )
+    return {
+        "dataset": name,
+        "users": len(split.test),
+        "items": split.n_items,
+        "pairs": len(pairs),
+        "rows": rows,
+        "curve": curve,
+        "settings": {
+            "top_layers": args.top,
+            "candidates": args.candidates,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "temperature": args.temperature,
+            "lora_r": lora.lora_r,
+            "debias": args.debias,
+            "sequence_max_events": options.max_events,
+            "seeds": args.seeds,
+        },
+        "hardware": hardware(),
+        "date": dt.date.today().isoformat(),
+        "seconds": round(time.perf_counter() - clock),
+    }
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| dataset | encoder | adapter steps | validation NDCG@10 (mean of seeds) | test NDCG@10 | test vs frozen |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| dataset | encoder | adapter steps | validation NDCG@10 (mean of seeds) | test NDCG@10 | test vs frozen |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
         base = r["rows"]["frozen encoder"]["mean_test_ndcg@10"]
         for label, row in r["rows"].items():
-            lines.append(f"| {r['dataset']} ({r['users']:,} users, {r['items']:,} items) | {label} | {row['steps']} | "
-                         f"{row['mean_validation_ndcg@10']:.4f} | {row['mean_test_ndcg@10']:.4f} | "
-                         f"{row['mean_test_ndcg@10'] / base:.3f}x |")
-    notes = [f"- {r['dataset']}: {r['hardware']}, {r['date']}, {r['pairs']:,} next-item pairs, settings "
-             f"{r['settings']}, `{r.get('command', '')}`" for r in results]
+            lines.append(
+                f"| {r['dataset']} ({r['users']:,} users, {r['items']:,} items) | {label} | {row['steps']} | "
+                f"{row['mean_validation_ndcg@10']:.4f} | {row['mean_test_ndcg@10']:.4f} | "
+                f"{row['mean_test_ndcg@10'] / base:.3f}x |"
+            )
+    notes = [
+        f"- {r['dataset']}: {r['hardware']}, {r['date']}, {r['pairs']:,} next-item pairs, settings "
+        f"{r['settings']}, `{r.get('command', '')}`"
+        for r in results
+    ]
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -271,14 +334,23 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "lora_ablation"))
     parser.add_argument("--datasets", nargs="+", default=["amazon-beauty"], choices=list(DATASETS))
-    parser.add_argument("--marks", type=float, nargs="+", default=[4.0, 10.0],
-                        help="Minutes of adapter training after which the sequence head is retrained and scored.")
+    parser.add_argument(
+        "--marks",
+        type=float,
+        nargs="+",
+        default=[4.0, 10.0],
+        help="Minutes of adapter training after which the sequence head is retrained and scored.",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="Seeds of the sequence head.")
     parser.add_argument("--top", type=int, default=2, help="Top layers whose adapter trains.")
     parser.add_argument("--candidates", choices=["catalogue", "batch"], default="catalogue")
-    parser.add_argument("--debias", choices=["none", "logq", "uniform-targets"], default="none",
-                        help="Against the popular next items' weight: the logQ correction of the logits, or pairs "
-                             "drawn uniformly over next items (`pair_sampler`).")
+    parser.add_argument(
+        "--debias",
+        choices=["none", "logq", "uniform-targets"],
+        default="none",
+        help="Against the popular next items' weight: the logQ correction of the logits, or pairs "
+        "drawn uniformly over next items (`pair_sampler`).",
+    )
     parser.add_argument("--batch-size", type=int, default=2048, help="Next-item pairs per step.")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.05)
@@ -287,8 +359,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/lora_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_and_report(out, "lora_ablation", args.datasets, lambda name: run_dataset(name, Path(args.data_dir), args),
-                   command, markdown, DATASETS, args.report_only)
+    run_and_report(
+        out,
+        "lora_ablation",
+        args.datasets,
+        lambda name: run_dataset(name, Path(args.data_dir), args),
+        command,
+        markdown,
+        DATASETS,
+        args.report_only,
+    )
     return 0
 
 

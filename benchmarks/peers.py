@@ -62,13 +62,17 @@ from interestbert.finetune.args import FinetuneArguments  # noqa: E402
 from interestbert.finetune.data import leave_one_out  # noqa: E402
 from interestbert.finetune.evaluate import evaluate, popularity_scorer  # noqa: E402
 from interestbert.finetune.loop import fit_epochs  # noqa: E402
-from interestbert.finetune.warmup import fit_head  # noqa: E402
 from interestbert.finetune.sequence import SequenceTraining, train_sequence_head, training_sequences  # noqa: E402
+from interestbert.finetune.warmup import fit_head  # noqa: E402
 
 # SASRec's settings: the paper's (maximum length 200 on MovieLens, 50 on the sparse Amazon sets; dropout 0.2 / 0.5)
 # at RecBole's width (64, feed-forward 256, 2 heads, 2 blocks); Adam 1e-3, betas (0.9, 0.98).
-SASREC_SETTINGS = {"amazon-beauty": dict(max_len=50, dropout=0.5), "amazon-office": dict(max_len=50, dropout=0.5),
-                   "movielens-100k": dict(max_len=200, dropout=0.2), "movielens-1m": dict(max_len=200, dropout=0.2)}
+SASREC_SETTINGS = {
+    "amazon-beauty": dict(max_len=50, dropout=0.5),
+    "amazon-office": dict(max_len=50, dropout=0.5),
+    "movielens-100k": dict(max_len=200, dropout=0.2),
+    "movielens-1m": dict(max_len=200, dropout=0.2),
+}
 KNN_GRID = {"similarity": ("co-occurrence", "sequence"), "decay": (0.5, 0.7, 0.85, 1.0), "last": (1, 3, 10, 50)}
 SEQUENCE_WINDOW = 3  # "sequence" similarity: pairs at most this many events apart, weighted 1 / distance
 SASREC_ROW, KNN_ROW = "SASRec (own, loss at every position)", "recency item-kNN"
@@ -79,7 +83,7 @@ PRIOR_ROW = "zero-shot: text cosine + popularity prior"
 def training_histories(verbaliser: Verbaliser, split) -> list[np.ndarray]:
     """Each user's training events (before the validation target), as catalogue rows in time order."""
     offsets, items = verbaliser.offsets, verbaliser.event_items
-    return [items[offsets[u]: offsets[u] + n] for u, n in zip(split.validation.users, split.validation.ends)]
+    return [items[offsets[u] : offsets[u] + n] for u, n in zip(split.validation.users, split.validation.ends)]
 
 
 def item_similarity(histories: list[np.ndarray], n_items: int, kind: str) -> torch.Tensor:
@@ -128,15 +132,24 @@ class SASRec(nn.Module):
     """Item-id SASRec: embeddings of the newest ``max_len`` items plus positions, causal pre-norm blocks; the
     next item's logits are the last hidden state against the (shared) item embeddings."""
 
-    def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2,
-                 dropout: float = 0.2, ff: int = 256):
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        dropout: float = 0.2,
+        ff: int = 256,
+    ):
         super().__init__()
         self.max_len, self.dim = max_len, dim
         self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)  # row 0: padding, row r + 1: catalogue row r
         self.position = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, ff, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         nn.init.normal_(self.item.weight, std=0.02)
@@ -146,7 +159,7 @@ class SASRec(nn.Module):
         """``(batch, n, dim)`` states of right-aligned catalogue rows (-1 padding on the left)."""
         keep = (histories >= 0).unsqueeze(-1)
         n = histories.shape[1]
-        x = self.item(histories + 1) * self.dim ** 0.5 + self.position.weight[-n:]
+        x = self.item(histories + 1) * self.dim**0.5 + self.position.weight[-n:]
         x = self.drop(x) * keep
         causal = nn.Transformer.generate_square_subsequent_mask(n, device=x.device)
         return self.norm(self.blocks(x, mask=causal, is_causal=True)) * keep
@@ -166,8 +179,9 @@ class SASRecScorer(Scorer):
         was_training = self.model.training
         self.model.eval()
         try:
-            histories = right_aligned(self.verbaliser.event_items, self.verbaliser.offsets, users, ends,
-                                      self.model.max_len)
+            histories = right_aligned(
+                self.verbaliser.event_items, self.verbaliser.offsets, users, ends, self.model.max_len
+            )
             return self.model.logits(self.model.hidden(histories)[:, -1])
         finally:
             self.model.train(was_training)
@@ -183,10 +197,15 @@ def knn_row(verbaliser, split) -> dict:
         grid[(kind, decay, last)] = evaluate(scorer, split.validation)["ndcg@10"]
     kind, decay, last = max(grid, key=grid.get)
     test = evaluate(RecencyItemKNNScorer(verbaliser, similarities[kind], decay, last), split.test)
-    return {**test, "similarity": kind, "decay": decay, "last": last,
-            "validation_ndcg@10": round(grid[(kind, decay, last)], 5),
-            "validation_grid": {f"{k}, decay {d}, last {n}": round(v, 5) for (k, d, n), v in grid.items()},
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        **test,
+        "similarity": kind,
+        "decay": decay,
+        "last": last,
+        "validation_ndcg@10": round(grid[(kind, decay, last)], 5),
+        "validation_grid": {f"{k}, decay {d}, last {n}": round(v, 5) for (k, d, n), v in grid.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def sasrec_row(name: str, verbaliser, split, minutes: float, epochs: int, patience: int, seed: int = 42) -> dict:
@@ -203,18 +222,43 @@ def sasrec_row(name: str, verbaliser, split, minutes: float, epochs: int, patien
         keep = y >= 0
         return F.cross_entropy(model.logits(hidden[keep]), y[keep])
 
-    result = fit_epochs(model, optimizer, len(inputs), batch_loss, epochs=epochs, batch_size=128,
-                        generator=torch.Generator().manual_seed(seed),
-                        validate=lambda: evaluate(scorer, split.validation)["ndcg@10"], patience=patience,
-                        max_minutes=minutes, desc=f"SASRec {name}")
+    result = fit_epochs(
+        model,
+        optimizer,
+        len(inputs),
+        batch_loss,
+        epochs=epochs,
+        batch_size=128,
+        generator=torch.Generator().manual_seed(seed),
+        validate=lambda: evaluate(scorer, split.validation)["ndcg@10"],
+        patience=patience,
+        max_minutes=minutes,
+        desc=f"SASRec {name}",
+    )
     model.eval()
-    return {**evaluate(scorer, split.test), **settings, "dim": 64, "layers": 2, "best_epoch": result.best_epoch,
-            "epochs": result.epochs, "validation_ndcg@10": round(result.best_metric, 5),
-            "train_seconds": round(result.seconds, 1), "log": result.log}
+    return {
+        **evaluate(scorer, split.test),
+        **settings,
+        "dim": 64,
+        "layers": 2,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "validation_ndcg@10": round(result.best_metric, 5),
+        "train_seconds": round(result.seconds, 1),
+        "log": result.log,
+    }
 
 
-def frozen_rows(verbaliser, split, encoder: InterestEncoder, options: SequenceOptions, prefixes: int | None,
-                minutes: float, epochs: int, patience: int) -> dict[str, dict]:
+def frozen_rows(
+    verbaliser,
+    split,
+    encoder: InterestEncoder,
+    options: SequenceOptions,
+    prefixes: int | None,
+    minutes: float,
+    epochs: int,
+    patience: int,
+) -> dict[str, dict]:
     """interestbert on the untrained encoder: the strategy head as initialised (zero-shot: the item texts'
     embeddings times one scale, picked on validation, plus the log popularity ``b'``), the strategy head as
     `interestbert finetune` warms it up before its first step, both on the default horizons' history vectors, and
@@ -229,30 +273,59 @@ def frozen_rows(verbaliser, split, encoder: InterestEncoder, options: SequenceOp
     cap = args.head_warmup_max_examples
     if len(train) > cap:  # as the warm-up samples them
         train = train.subset(np.sort(np.random.default_rng([args.seed, 7]).choice(len(train), cap, replace=False)))
-    vectors = {name: encoder.encode_histories(verbaliser, examples.users, examples.ends, batch_size=64,
-                                              precision="auto")
-               for name, examples in (("train", train), ("validation", split.validation), ("test", split.test))}
+    vectors = {
+        name: encoder.encode_histories(verbaliser, examples.users, examples.ends, batch_size=64, precision="auto")
+        for name, examples in (("train", train), ("validation", split.validation), ("test", split.test))
+    }
     zero_shot = prior_row(verbaliser, split, items, vectors)
-    encoder.head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["train"],
-                                init_scale=args.head_init_scale)
+    encoder.head = StrategyHead(
+        verbaliser.item_ids, items, popularity=split.popularity["train"], init_scale=args.head_init_scale
+    )
     fitted = time.perf_counter()
-    _, summary = fit_head(encoder, verbaliser, vectors["train"], train.targets, args.head_warmup_epochs,
-                          args.head_learning_rate, args.weight_decay, args.seed,
-                          (split.validation, vectors["validation"]), args.head_warmup_patience)
-    strategy = {**evaluate(StrategyHeadScorer(encoder.head, verbaliser), split.test, interest=vectors["test"]),
-                "train_seconds": round(time.perf_counter() - fitted, 1), "warm_up": summary,
-                "encode_seconds": round(fitted - start, 1), "train_examples": len(train)}
+    _, summary = fit_head(
+        encoder,
+        verbaliser,
+        vectors["train"],
+        train.targets,
+        args.head_warmup_epochs,
+        args.head_learning_rate,
+        args.weight_decay,
+        args.seed,
+        (split.validation, vectors["validation"]),
+        args.head_warmup_patience,
+    )
+    strategy = {
+        **evaluate(StrategyHeadScorer(encoder.head, verbaliser), split.test, interest=vectors["test"]),
+        "train_seconds": round(time.perf_counter() - fitted, 1),
+        "warm_up": summary,
+        "encode_seconds": round(fitted - start, 1),
+        "train_examples": len(train),
+    }
     training = SequenceTraining(epochs=epochs, patience=patience, max_minutes=minutes)
     head, log = train_sequence_head(verbaliser, split, items, options, training, show_progress_bar=False)
-    sequence = {**evaluate(SequenceHeadScorer(head, verbaliser), split.test), "max_events": options.max_events,
-                "best_epoch": log["best_epoch"], "epochs": log["epochs"],
-                "validation_ndcg@10": log["best_validation_ndcg@10"], "item_encode_seconds": round(encode_seconds, 1),
-                "train_seconds": log["train_runtime_s"], "text_prior": log.get("text_prior"), "log": log["log"]}
+    sequence = {
+        **evaluate(SequenceHeadScorer(head, verbaliser), split.test),
+        "max_events": options.max_events,
+        "best_epoch": log["best_epoch"],
+        "epochs": log["epochs"],
+        "validation_ndcg@10": log["best_validation_ndcg@10"],
+        "item_encode_seconds": round(encode_seconds, 1),
+        "train_seconds": log["train_runtime_s"],
+        "text_prior": log.get("text_prior"),
+        "log": log["log"],
+    }
     return {PRIOR_ROW: zero_shot, FROZEN_STRATEGY_ROW: strategy, FROZEN_ROW: sequence}
 
 
-def run_dataset(name: str, data_dir: Path, rows_wanted: list[str], minutes: float, epochs: int, patience: int,
-                sequence_events: int | None) -> dict:
+def run_dataset(
+    name: str,
+    data_dir: Path,
+    rows_wanted: list[str],
+    minutes: float,
+    epochs: int,
+    patience: int,
+    sequence_events: int | None,
+) -> dict:
     clock = time.perf_counter()
     data = load_card_data(name, data_dir_of(name, data_dir))
     encoder = InterestEncoder.from_pretrained(DEFAULT_BASE_MODEL, max_seq_length=MAX_SEQ_LENGTH).merge_adapter()
@@ -267,18 +340,30 @@ def run_dataset(name: str, data_dir: Path, rows_wanted: list[str], minutes: floa
         print(f"{name}: {SASREC_ROW} NDCG@10 {rows[SASREC_ROW]['ndcg@10']:.4f}", flush=True)
     if "frozen" in rows_wanted:
         options = SequenceOptions(max_events=sequence_events or SequenceOptions.max_events)
-        rows.update(frozen_rows(verbaliser, split, encoder, options, DATASETS[name]["prefixes"], minutes, epochs,
-                                patience))
-        print(f"{name}: {FROZEN_STRATEGY_ROW} NDCG@10 {rows[FROZEN_STRATEGY_ROW]['ndcg@10']:.4f}, "
-              f"{FROZEN_ROW} {rows[FROZEN_ROW]['ndcg@10']:.4f}", flush=True)
-    return {"dataset": name, "users": len(split.test), "items": split.n_items, "rows": rows,
-            "hardware": hardware(), "date": dt.date.today().isoformat(),
-            "seconds": round(time.perf_counter() - clock, 1)}
+        rows.update(
+            frozen_rows(verbaliser, split, encoder, options, DATASETS[name]["prefixes"], minutes, epochs, patience)
+        )
+        print(
+            f"{name}: {FROZEN_STRATEGY_ROW} NDCG@10 {rows[FROZEN_STRATEGY_ROW]['ndcg@10']:.4f}, "
+            f"{FROZEN_ROW} {rows[FROZEN_ROW]['ndcg@10']:.4f}",
+            flush=True,
+        )
+    return {
+        "dataset": name,
+        "users": len(split.test),
+        "items": split.n_items,
+        "rows": rows,
+        "hardware": hardware(),
+        "date": dt.date.today().isoformat(),
+        "seconds": round(time.perf_counter() - clock, 1),
+    }
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| dataset | model | HR@10 | NDCG@10 | MRR@10 | settings (picked on validation) | training |",
-             "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    lines = [
+        "| dataset | model | HR@10 | NDCG@10 | MRR@10 | settings (picked on validation) | training |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+    ]
     for result in results:
         for label, row in result["rows"].items():
             if label == KNN_ROW:
@@ -288,9 +373,11 @@ def markdown(results: list[dict]) -> str:
             else:
                 settings = "-"
             seconds = row.get("train_seconds", row.get("seconds"))
-            lines.append(f"| {result['dataset']} ({result['users']:,} users, {result['items']:,} items) | {label} | "
-                         f"{row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['mrr@10']:.4f} | {settings} | "
-                         f"{'-' if seconds is None else f'{seconds / 60:.1f} min'} |")
+            lines.append(
+                f"| {result['dataset']} ({result['users']:,} users, {result['items']:,} items) | {label} | "
+                f"{row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['mrr@10']:.4f} | {settings} | "
+                f"{'-' if seconds is None else f'{seconds / 60:.1f} min'} |"
+            )
     notes = [f"- {r['dataset']}: {r['hardware']}, {r['date']}, `{r.get('command', '')}`" for r in results]
     return "\n".join(lines + [""] + notes) + "\n"
 
@@ -304,16 +391,28 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="Time cap of each trained row.")
     parser.add_argument("--epochs", type=int, default=400)
     parser.add_argument("--patience", type=int, default=20, help="Epochs without a better validation NDCG@10.")
-    parser.add_argument("--sequence-events", type=int, default=None,
-                        help="max_events of the frozen row's sequence head (default: the product's).")
+    parser.add_argument(
+        "--sequence-events",
+        type=int,
+        default=None,
+        help="max_events of the frozen row's sequence head (default: the product's).",
+    )
     parser.add_argument("--report-only", action="store_true", help="Rebuild peers.md from the saved JSON files.")
     args = parser.parse_args(argv)
     out = Path(args.out)
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_and_report(out, "peers", args.datasets,
-                   lambda name: run_dataset(name, Path(args.data_dir), args.rows, args.minutes, args.epochs,
-                                            args.patience, args.sequence_events),
-                   command, markdown, DATASETS, args.report_only)
+    run_and_report(
+        out,
+        "peers",
+        args.datasets,
+        lambda name: run_dataset(
+            name, Path(args.data_dir), args.rows, args.minutes, args.epochs, args.patience, args.sequence_events
+        ),
+        command,
+        markdown,
+        DATASETS,
+        args.report_only,
+    )
     return 0
 
 

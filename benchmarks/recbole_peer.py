@@ -221,8 +221,10 @@ class Ranker:
         self.feat = feat[torch.as_tensor(order)]
         self.users = users[order]
         if len(self.users) != len(sequences) or not np.array_equal(self.users, np.arange(len(sequences))):
-            raise RuntimeError(f"RecBole's {which} split has {len(self.users)} rows for {len(sequences)} users, "
-                               "or not one row per user")
+            raise RuntimeError(
+                f"RecBole's {which} split has {len(self.users)} rows for {len(sequences)} users, "
+                "or not one row per user"
+            )
         offset = {"valid": 2, "test": 1}[which]
         ends = np.array([len(s) - offset for s in sequences])  # history length = target position
         expected = np.array([s[e] for s, e in zip(sequences, ends)])
@@ -235,7 +237,7 @@ class Ranker:
         for r in range(len(sequences)):
             hist = sequences[r][: ends[r]]
             n = int(lens[r])
-            if n != min(len(hist), seq.shape[1]) or self.to_ours[seq[r, :n] - 1].tolist() != hist[len(hist) - n:]:
+            if n != min(len(hist), seq.shape[1]) or self.to_ours[seq[r, :n] - 1].tolist() != hist[len(hist) - n :]:
                 raise RuntimeError(f"RecBole's {which} input sequence for user {r} is not the history we use")
         self.targets = torch.as_tensor(expected, dtype=torch.long)
         self.seen = []  # per user: catalogue indices of the history, minus the target
@@ -251,15 +253,16 @@ class Ranker:
         out = []
         with torch.no_grad():
             for a in range(0, len(self.users), batch_size):
-                inter = self.feat[a: a + batch_size].to(model.device)
+                inter = self.feat[a : a + batch_size].to(model.device)
                 raw = model.full_sort_predict(inter).float().cpu()  # (b, n_recbole_items) incl. [PAD] at 0
                 scores = torch.full((raw.shape[0], self.n_catalogue), float("-inf"))
                 scores[:, self.to_ours] = raw[:, 1:]  # items RecBole never saw stay at -inf
-                rows = [r for r, h in enumerate(self.seen[a: a + batch_size]) for _ in h]
+                rows = [r for r, h in enumerate(self.seen[a : a + batch_size]) for _ in h]
                 if rows and mask_seen:
-                    scores[torch.tensor(rows), torch.from_numpy(np.concatenate(self.seen[a: a + batch_size]))] = \
-                        float("-inf")
-                out.append(target_ranks(scores, self.targets[a: a + batch_size]))
+                    scores[torch.tensor(rows), torch.from_numpy(np.concatenate(self.seen[a : a + batch_size]))] = float(
+                        "-inf"
+                    )
+                out.append(target_ranks(scores, self.targets[a : a + batch_size]))
         return torch.cat(out).numpy()
 
 
@@ -355,9 +358,12 @@ def run(args) -> dict:
         valid = Ranker(valid_ds, dataset, sequences, len(catalogue), "valid")
         test = Ranker(test_ds, dataset, sequences, len(catalogue), "test")
         prep_seconds = time.time() - t0
-        print(f"[{name}] RecBole data ready in {prep_seconds:.1f}s: {len(user_ids)} users, "
-              f"{dataset.item_num - 1} items seen by RecBole of {len(catalogue)} in our catalogue, "
-              f"{len(train_ds)} training prefixes ({dropped} dropped to match our split)", flush=True)
+        print(
+            f"[{name}] RecBole data ready in {prep_seconds:.1f}s: {len(user_ids)} users, "
+            f"{dataset.item_num - 1} items seen by RecBole of {len(catalogue)} in our catalogue, "
+            f"{len(train_ds)} training prefixes ({dropped} dropped to match our split)",
+            flush=True,
+        )
 
         init_seed(config["seed"], config["reproducibility"])
         model = SASRec(config, train_data.dataset).to(config["device"])
@@ -379,9 +385,15 @@ def run(args) -> dict:
             partial = loader.cut
             epochs_done += 1 if not partial else loader.batches / len(train_data)
             v = metrics(valid.ranks(model))
-            history.append({"epoch": epoch + 1, "loss": float(loss) / max(loader.batches, 1),
-                            "seconds": round(time.time() - te, 1), "partial": partial,
-                            **{k: round(x, 5) for k, x in v.items() if k != "n"}})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": float(loss) / max(loader.batches, 1),
+                    "seconds": round(time.time() - te, 1),
+                    "partial": partial,
+                    **{k: round(x, 5) for k, x in v.items() if k != "n"},
+                }
+            )
             print(f"[{name}] epoch {epoch + 1}{' (partial)' if partial else ''}: {history[-1]}", flush=True)
             if v["ndcg@10"] > best:
                 best, best_epoch, bad = v["ndcg@10"], epoch + 1, 0
@@ -456,8 +468,10 @@ def _hardware() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
 
 
 def main(argv=None) -> int:
@@ -475,8 +489,12 @@ def main(argv=None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--epochs", type=int, default=200)
     r.add_argument("--patience", type=int, default=5)
-    r.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on training (a partial "
-                   "last epoch is kept and evaluated)")
+    r.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock cap on training (a partial last epoch is kept and evaluated)",
+    )
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
     r.add_argument("--seed", type=int, default=2020)
@@ -491,13 +509,42 @@ def main(argv=None) -> int:
         import tempfile
 
         tmp = tempfile.mkdtemp(prefix="recbole-export-")
-        subprocess.run([args.project_python, __file__, "export", "--card", args.card, "--data-dir",
-                        args.data_dir, "--out-dir", tmp], check=True)
+        subprocess.run(
+            [
+                args.project_python,
+                __file__,
+                "export",
+                "--card",
+                args.card,
+                "--data-dir",
+                args.data_dir,
+                "--out-dir",
+                tmp,
+            ],
+            check=True,
+        )
         args.export = os.path.join(tmp, dataset_name(args.card))
     res = run(args)
-    print(json.dumps({k: res[k] for k in ("model", "card", "n_users", "hr@10", "ndcg@10", "mrr@10",
-                                          "train_seconds", "epochs", "best_epoch", "stop_reason",
-                                          "best_valid_ndcg@10")}))
+    print(
+        json.dumps(
+            {
+                k: res[k]
+                for k in (
+                    "model",
+                    "card",
+                    "n_users",
+                    "hr@10",
+                    "ndcg@10",
+                    "mrr@10",
+                    "train_seconds",
+                    "epochs",
+                    "best_epoch",
+                    "stop_reason",
+                    "best_valid_ndcg@10",
+                )
+            }
+        )
+    )
     return 0
 
 

@@ -26,8 +26,16 @@ def write_report(out: Path, name: str, data, markdown: str) -> None:
     print(markdown)
 
 
-def run_and_report(out: Path, report: str, names: Iterable[str], run: Callable[[str], dict], command: str,
-                   markdown: Callable[[list[dict]], str], order: Iterable[str], report_only: bool = False) -> None:
+def run_and_report(
+    out: Path,
+    report: str,
+    names: Iterable[str],
+    run: Callable[[str], dict],
+    command: str,
+    markdown: Callable[[list[dict]], str],
+    order: Iterable[str],
+    report_only: bool = False,
+) -> None:
     """``run(name)`` for each of ``names`` (none with ``report_only``), each result written to ``out/<name>.json``
     with ``command`` as soon as it is done; then the report (`write_report`) of every saved result, in ``order``."""
     if not report_only:

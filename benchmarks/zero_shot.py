@@ -54,12 +54,16 @@ def prior_row(verbaliser, split, items, vectors: dict) -> dict:
     valid = {}
     for scale in SCALES:
         head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["validation"], init_scale=scale)
-        valid[scale] = evaluate(StrategyHeadScorer(head, verbaliser), split.validation,
-                                interest=vectors["validation"])["ndcg@10"]
+        valid[scale] = evaluate(StrategyHeadScorer(head, verbaliser), split.validation, interest=vectors["validation"])[
+            "ndcg@10"
+        ]
     best = max(valid, key=valid.get)
     head = StrategyHead(verbaliser.item_ids, items, popularity=split.popularity["test"], init_scale=best)
-    return {**evaluate(StrategyHeadScorer(head, verbaliser), split.test, interest=vectors["test"]), "scale": best,
-            "validation_ndcg@10_by_scale": {str(k): round(v, 4) for k, v in valid.items()}}
+    return {
+        **evaluate(StrategyHeadScorer(head, verbaliser), split.test, interest=vectors["test"]),
+        "scale": best,
+        "validation_ndcg@10_by_scale": {str(k): round(v, 4) for k, v in valid.items()},
+    }
 
 
 def run_dataset(name: str, data_dir: Path, precision: str) -> dict:
@@ -72,28 +76,44 @@ def run_dataset(name: str, data_dir: Path, precision: str) -> dict:
     rows = {"popularity": evaluate(popularity_scorer(verbaliser, split, "test"), split.test)}
     for label, horizons in HISTORIES.items():
         encoder.horizons = parse_horizons(horizons)
-        vectors = {part: encoder.encode_histories(verbaliser, examples.users, examples.ends, batch_size=64,
-                                                  precision=precision)
-                   for part, examples in (("validation", split.validation), ("test", split.test))}
+        vectors = {
+            part: encoder.encode_histories(
+                verbaliser, examples.users, examples.ends, batch_size=64, precision=precision
+            )
+            for part, examples in (("validation", split.validation), ("test", split.test))
+        }
         cosine = TextCosineScorer(verbaliser, item_vectors=items)
         rows[f"text cosine ({label})"] = evaluate(cosine, split.test, interest=vectors["test"])
         rows[f"text + popularity prior ({label})"] = prior_row(verbaliser, split, items, vectors)
     pop = rows["popularity"]["ndcg@10"]
     for row in rows.values():
         row["vs_popularity"] = round(row["ndcg@10"] / pop, 2) if pop > 0 else None
-    return {"dataset": name, "users": len(split.test), "items": split.n_items, "rows": rows,
-            "seconds": round(time.perf_counter() - clock, 1)}
+    return {
+        "dataset": name,
+        "users": len(split.test),
+        "items": split.n_items,
+        "rows": rows,
+        "seconds": round(time.perf_counter() - clock, 1),
+    }
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Zero-shot against popularity ({res['date'][:10]})", "", f"{res['hardware']}; `{res['command']}`. "
-             "Test split, full ranking, seen items excluded; NDCG@10 (HR@10) and the ratio to popularity's NDCG@10. "
-             "`text + popularity prior`: the strategy head as initialised, scale fitted on validation.", "",
-             "| dataset | row | NDCG@10 (HR@10) | vs popularity | scale |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        f"# Zero-shot against popularity ({res['date'][:10]})",
+        "",
+        f"{res['hardware']}; `{res['command']}`. "
+        "Test split, full ranking, seen items excluded; NDCG@10 (HR@10) and the ratio to popularity's NDCG@10. "
+        "`text + popularity prior`: the strategy head as initialised, scale fitted on validation.",
+        "",
+        "| dataset | row | NDCG@10 (HR@10) | vs popularity | scale |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for r in res["results"]:
         for name, row in r["rows"].items():
-            lines.append(f"| {r['dataset']} ({r['users']:,} users) | {name} | {row['ndcg@10']:.4f} "
-                         f"({row['hr@10']:.4f}) | {row['vs_popularity']:.2f}x | {row.get('scale', '')} |")
+            lines.append(
+                f"| {r['dataset']} ({r['users']:,} users) | {name} | {row['ndcg@10']:.4f} "
+                f"({row['hr@10']:.4f}) | {row['vs_popularity']:.2f}x | {row.get('scale', '')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -104,9 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=sorted(DATASETS))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     args = parser.parse_args(argv)
-    res = {"command": "python benchmarks/zero_shot.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "hardware": hardware(), "threads": torch.get_num_threads(), "precision": args.precision,
-           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "results": []}
+    res = {
+        "command": "python benchmarks/zero_shot.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": hardware(),
+        "threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "results": [],
+    }
     for name in args.datasets:
         res["results"].append(run_dataset(name, args.data_dir, args.precision))
         print(name, {k: round(v["ndcg@10"], 4) for k, v in res["results"][-1]["rows"].items()}, flush=True)

@@ -21,8 +21,14 @@ _LAZY = {
     "head": ("StrategyHead",),
     "model": ("DEFAULT_BASE_MODEL", "InterestEncoder", "LoraOptions"),
     "packaged": ("register_in_hub_cache",),
-    "scoring": ("PopularityScorer", "Scorer", "SequenceHeadScorer", "StrategyHeadScorer", "TextCosineScorer",
-                "scorer_for"),
+    "scoring": (
+        "PopularityScorer",
+        "Scorer",
+        "SequenceHeadScorer",
+        "StrategyHeadScorer",
+        "TextCosineScorer",
+        "scorer_for",
+    ),
     "sequence": ("SequenceHead", "SequenceOptions"),
     "verbalise": ("Verbaliser",),
 }

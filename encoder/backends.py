@@ -65,8 +65,11 @@ def resolve_precision(precision: str, device=None) -> tuple[str, str]:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    where = f"this CPU ({capability}) has neither AMX nor avx512_bf16" if torch.device(device or "cpu").type == "cpu" \
+    where = (
+        f"this CPU ({capability}) has neither AMX nor avx512_bf16"
+        if torch.device(device or "cpu").type == "cpu"
         else f"{device} does not compute bf16"
+    )
     return "fp32", f"auto: {where}, so bf16 would be emulated and slower"
 
 
@@ -84,14 +87,16 @@ def check_backend(backend: str, precision: str, device=None) -> None:
         return
     module, extra = _EXTRA[backend]
     if importlib.util.find_spec(module) is None:
-        raise ValueError(f"backend {backend!r} needs the {module} package: pip install \"interestbert[{extra}]\".")
+        raise ValueError(f'backend {backend!r} needs the {module} package: pip install "interestbert[{extra}]".')
     if torch.device(device or "cpu").type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU here; on {device} use --backend torch.")
     if backend == "onnx" and precision == "bf16":
         raise ValueError("ONNX Runtime has no bf16 kernels on the CPU; use --backend openvino or torch for bf16.")
     if backend == "openvino" and precision == "int8":
-        raise ValueError("int8 with OpenVINO needs a calibrated NNCF model, which interestbert does not make; use "
-                         "--backend onnx or torch for dynamic int8.")
+        raise ValueError(
+            "int8 with OpenVINO needs a calibrated NNCF model, which interestbert does not make; use "
+            "--backend onnx or torch for dynamic int8."
+        )
 
 
 @dataclass(frozen=True)
@@ -138,9 +143,18 @@ def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int):
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(-np.asarray(lengths), kind="stable")
     for lo in range(0, len(order), batch_size):
-        pos = order[lo: lo + batch_size]
-        yield pos, tokenizer([texts[i] for i in pos.tolist()], padding=True, truncation=True, max_length=max_length,
-                             return_tensors="np", return_token_type_ids=True)
+        pos = order[lo : lo + batch_size]
+        yield (
+            pos,
+            tokenizer(
+                [texts[i] for i in pos.tolist()],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="np",
+                return_token_type_ids=True,
+            ),
+        )
 
 
 def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -216,8 +230,9 @@ def _hidden_module(model):
             self.model = model
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
 
     return Hidden().eval()
 
@@ -225,8 +240,12 @@ def _hidden_module(model):
 def _example(encoder):
     import torch
 
-    batch = encoder.tokenizer(["an example history", "a longer example history of two events"], padding=True,
-                              return_tensors="pt", return_token_type_ids=True)
+    batch = encoder.tokenizer(
+        ["an example history", "a longer example history of two events"],
+        padding=True,
+        return_tensors="pt",
+        return_token_type_ids=True,
+    )
     return tuple(batch[k].to(torch.int64) for k in _INPUTS)
 
 
@@ -270,14 +289,16 @@ class OpenVinoRunner(_ExportedRunner):
     def export(self, model, example, path: Path) -> None:
         import openvino as ov
 
-        ov.save_model(ov.convert_model(model, example_input=dict(zip(_INPUTS, example))), path,
-                      compress_to_fp16=False)
+        ov.save_model(ov.convert_model(model, example_input=dict(zip(_INPUTS, example))), path, compress_to_fp16=False)
 
     def load(self, path: Path) -> None:
         import openvino as ov
 
-        config = {"INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        config = {
+            "INFERENCE_NUM_THREADS": _threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+        }
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
 
     def run(self, inputs: dict) -> np.ndarray:
@@ -307,8 +328,16 @@ class OnnxRunner(_ExportedRunner):
         axes = {n: {0: "batch", 1: "tokens"} for n in (*_INPUTS, "last_hidden_state")}
         fp32 = path.with_name("model.onnx")
         with torch.no_grad():
-            torch.onnx.export(model, example, str(fp32), input_names=list(_INPUTS),
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                model,
+                example,
+                str(fp32),
+                input_names=list(_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
         if self.precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -343,7 +372,12 @@ def int8_check(encoder, runner, texts: list[str], batch_size: int) -> dict:
     quantised = runner.encode(sample, batch_size)
     cos = (reference * quantised).sum(1)
     check = {"texts": len(sample), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
-    logger.warning("int8 (%s): cosine to fp32 on a sample of %d texts: min %.4f, mean %.4f; use fp32 where the "
-                   "embeddings must match", type(runner).__name__, check["texts"], check["min_cosine"],
-                   check["mean_cosine"])
+    logger.warning(
+        "int8 (%s): cosine to fp32 on a sample of %d texts: min %.4f, mean %.4f; use fp32 where the "
+        "embeddings must match",
+        type(runner).__name__,
+        check["texts"],
+        check["min_cosine"],
+        check["mean_cosine"],
+    )
     return check

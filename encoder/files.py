@@ -11,9 +11,9 @@ process left (`remove_stale_temporaries`).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
-import glob
 import shutil
 import socket
 import uuid
@@ -61,7 +61,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for sibling in siblings:
-        parts = sibling.name[len(path.name) + 2:-len(".tmp")].split("~")
+        parts = sibling.name[len(path.name) + 2 : -len(".tmp")].split("~")
         if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or _alive(int(parts[1])):
             continue
         if sibling.is_dir() and not sibling.is_symlink():

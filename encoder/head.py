@@ -89,16 +89,23 @@ class StrategyHead(SavedPart, nn.Module):
 
     def to_parts(self) -> tuple[dict, dict]:
         """``(tensors, config)``: what `ModelFolder` saves (``A``, ``b'``; item ids and options)."""
-        return ({"weight": self.weight.detach(), "bias": self.bias.detach()},
-                {"item_ids": self.item_ids, "init_scale": self.init_scale, "dim": self.dim, "n_items": self.n_items})
+        return (
+            {"weight": self.weight.detach(), "bias": self.bias.detach()},
+            {"item_ids": self.item_ids, "init_scale": self.init_scale, "dim": self.dim, "n_items": self.n_items},
+        )
 
     @classmethod
     def from_parts(cls, tensors: dict, config: dict, source: str = "the strategy head") -> StrategyHead:
         if tuple(tensors["weight"].shape) != (len(config["item_ids"]), config["dim"]):
-            raise ValueError(f"{source} holds weights of shape {tuple(tensors['weight'].shape)} but its config lists "
-                             f"{len(config['item_ids'])} items of dim {config['dim']}; save the model again.")
-        head = cls(config["item_ids"], np.zeros((len(config["item_ids"]), config["dim"]), np.float32),
-                   init_scale=config["init_scale"])
+            raise ValueError(
+                f"{source} holds weights of shape {tuple(tensors['weight'].shape)} but its config lists "
+                f"{len(config['item_ids'])} items of dim {config['dim']}; save the model again."
+            )
+        head = cls(
+            config["item_ids"],
+            np.zeros((len(config["item_ids"]), config["dim"]), np.float32),
+            init_scale=config["init_scale"],
+        )
         with torch.no_grad():
             head.weight.copy_(tensors["weight"])
             head.bias.copy_(tensors["bias"])

@@ -23,13 +23,28 @@ import numpy as np
 
 from .backends import EncodeOptions
 from .hub.folder import ModelFolder
-from .packaged import (DEFAULT_BASE_MODEL, hub_id_for, hub_model_folder, packaged_model_path, register_in_hub_cache,
-                       resolve_model_path)
+from .packaged import (
+    DEFAULT_BASE_MODEL,
+    hub_id_for,
+    hub_model_folder,
+    packaged_model_path,
+    register_in_hub_cache,
+    resolve_model_path,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BASE_MODEL", "InterestEncoder", "LoraOptions", "format_horizons", "hub_id_for",
-           "packaged_model_path", "parse_horizons", "register_in_hub_cache", "resolve_model_path"]
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "InterestEncoder",
+    "LoraOptions",
+    "format_horizons",
+    "hub_id_for",
+    "packaged_model_path",
+    "parse_horizons",
+    "register_in_hub_cache",
+    "resolve_model_path",
+]
 # The interest vector of a history: a weighted sum of the embeddings of its newest N events' texts (None: as many
 # events as the token budget holds), normalised. One horizon of the whole history is plain mean pooling of its text.
 WHOLE_HISTORY = ((None, 1.0),)
@@ -48,8 +63,10 @@ def parse_horizons(spec) -> tuple[tuple[int | None, float], ...]:
                 n = None if events.strip().lower() == "all" else int(events)
                 pairs.append((n, float(weight) if sep else 1.0))
             except ValueError:
-                raise ValueError(f"interest horizon {part!r} should read EVENTS:WEIGHT, e.g. '1:0.5,4:0.3,all:0.2' "
-                                 "(EVENTS a positive integer or 'all').") from None
+                raise ValueError(
+                    f"interest horizon {part!r} should read EVENTS:WEIGHT, e.g. '1:0.5,4:0.3,all:0.2' "
+                    "(EVENTS a positive integer or 'all')."
+                ) from None
     else:
         pairs = [(None if n is None else int(n), float(w)) for n, w in spec]
     if not pairs:
@@ -96,8 +113,14 @@ class LoraOptions:
         from peft import LoraConfig
 
         # BERT's pooler.dense also matches "dense"; mean pooling never uses it, so it gets no adapter.
-        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=list(self.target_modules), exclude_modules=r".*pooler.*", bias="none")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=list(self.target_modules),
+            exclude_modules=r".*pooler.*",
+            bias="none",
+        )
 
 
 class InterestEncoder:
@@ -163,8 +186,13 @@ class InterestEncoder:
         snapshot.
         """
         path = str(name_or_path)
-        overrides = {k: v for k, v in dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                           target_modules=target_modules).items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in dict(
+                r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules
+            ).items()
+            if v is not None
+        }
         if os.path.isfile(os.path.join(path, "adapter_config.json")):
             return cls._load_saved(path, overrides, max_seq_length, device)
         hub = hub_model_folder(path, revision)  # an interestbert model published on the Hub
@@ -179,20 +207,31 @@ class InterestEncoder:
     def _load_saved(cls, folder: str, overrides: dict, max_seq_length: int | None, device: str | None):
         with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
             adapter = json.load(f)
-        saved = LoraOptions(r=adapter["r"], lora_alpha=adapter["lora_alpha"], lora_dropout=adapter["lora_dropout"],
-                            target_modules=list(adapter["target_modules"]))
-        different = {k: (getattr(saved, k), v) for k, v in overrides.items()
-                     if getattr(LoraOptions(**{k: v}), k) != getattr(saved, k)}
+        saved = LoraOptions(
+            r=adapter["r"],
+            lora_alpha=adapter["lora_alpha"],
+            lora_dropout=adapter["lora_dropout"],
+            target_modules=list(adapter["target_modules"]),
+        )
+        different = {
+            k: (getattr(saved, k), v)
+            for k, v in overrides.items()
+            if getattr(LoraOptions(**{k: v}), k) != getattr(saved, k)
+        }
         if different:
-            raise ValueError(f"{folder} holds a trained adapter whose LoRA options differ from the requested ones "
-                             f"(saved, requested): {different}; drop those options or load the base model instead.")
+            raise ValueError(
+                f"{folder} holds a trained adapter whose LoRA options differ from the requested ones "
+                f"(saved, requested): {different}; drop those options or load the base model instead."
+            )
         base = adapter["base_model_name_or_path"]
         if max_seq_length is None:
             max_seq_length = _saved_max_seq_length(folder)
         st = _load_sentence_transformer(resolve_model_path(base), max_seq_length, device)  # same tokenizer as the base
         weights = os.path.join(folder, "adapter_model.safetensors")
         if not os.path.isfile(weights):
-            raise FileNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors; save it again.")
+            raise FileNotFoundError(
+                f"{folder} has adapter_config.json but no adapter_model.safetensors; save it again."
+            )
         st[0].auto_model.load_adapter(folder, adapter_name="default", is_trainable=True)
         from .head import StrategyHead
         from .sequence import SequenceHead
@@ -201,8 +240,7 @@ class InterestEncoder:
         heads = []
         for name, kind in (("strategy_head", StrategyHead), ("sequence_head", SequenceHead)):
             found = saved_folder.load_part(name)
-            heads.append(None if found is None else
-                         kind.from_parts(*found, source=f"{folder}'s {name}").to(st.device))
+            heads.append(None if found is None else kind.from_parts(*found, source=f"{folder}'s {name}").to(st.device))
         head, sequence = heads
         horizons = (saved_folder.config() or {}).get("interest_horizons")
         encoder = cls(st, base, saved, head, horizons, sequence)
@@ -222,9 +260,17 @@ class InterestEncoder:
         """
         ModelFolder(save_directory).save_encoder(self)
 
-    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
-                    commit_message: str | None = None, local_model_path: str | os.PathLike | None = None,
-                    revision: str | None = None, create_pr: bool = False, verbaliser=None) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str | None = None,
+        local_model_path: str | os.PathLike | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        verbaliser=None,
+    ) -> str:
         """Publishes this encoder (as `save_pretrained` writes it, or the folder ``local_model_path``) to the Hub
         in one commit, after the privacy gate (`interestbert.encoder.hub`); the arguments are those of
         sentence-transformers' ``push_to_hub``. Pass the training data's ``verbaliser`` so that the gate checks
@@ -238,8 +284,16 @@ class InterestEncoder:
             if folder is None:
                 folder = os.path.join(tmp, "model")
                 self.save_pretrained(folder)
-            done = publish(folder, repo_id, verbaliser=verbaliser, private=bool(private), revision=revision,
-                           commit_message=commit_message, create_pr=create_pr, token=token)
+            done = publish(
+                folder,
+                repo_id,
+                verbaliser=verbaliser,
+                private=bool(private),
+                revision=revision,
+                commit_message=commit_message,
+                create_pr=create_pr,
+                token=token,
+            )
         return f"{done.url}/commit/{done.commit}"
 
     def config(self) -> dict:
@@ -254,15 +308,23 @@ class InterestEncoder:
             "embedding_dim": self.embedding_dim,
             "interest_horizons": [list(h) for h in self.horizons],
             "strategy_head": None if self.head is None else {"n_items": self.head.n_items},
-            "sequence_head": None if self.sequence_head is None else {"n_items": self.sequence_head.n_items,
-                                                                      **asdict(self.sequence_head.options)},
+            "sequence_head": None
+            if self.sequence_head is None
+            else {"n_items": self.sequence_head.n_items, **asdict(self.sequence_head.options)},
         }
 
     # ---------------------------------------------------------------------------------------------- using
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
-               precision: str = "fp32", backend: str = "torch", options: EncodeOptions | None = None,
-               **kwargs) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        precision: str = "fp32",
+        backend: str = "torch",
+        options: EncodeOptions | None = None,
+        **kwargs,
+    ) -> np.ndarray:
         """Interest vectors of ``texts``: unit-norm float32 rows, one per text.
 
         Args:
@@ -293,8 +355,9 @@ class InterestEncoder:
         for layer in bypass:
             layer._disable_adapters = True
         try:
-            out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar,
-                                    convert_to_numpy=True, **kwargs)
+            out = self.model.encode(
+                list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True, **kwargs
+            )
         finally:
             for layer in bypass:
                 layer._disable_adapters = False
@@ -340,19 +403,32 @@ class InterestEncoder:
         from peft.tuners.lora.layer import LoraLayer
 
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        fresh = all(not m.merged and not m.disable_adapters
-                    and not any(bool(b.weight.any()) for b in m.lora_B.values()) for m in layers)
+        fresh = all(
+            not m.merged and not m.disable_adapters and not any(bool(b.weight.any()) for b in m.lora_B.values())
+            for m in layers
+        )
         return layers if fresh else []
 
     @staticmethod
     def _live_lora(layers) -> list:
         """Of these LoRA layers, those whose adapter changes the output now: active, unmerged, ``lora_B`` not 0."""
-        return [m for m in layers if not m.merged and not m.disable_adapters
-                and any(bool(b.weight.any()) for b in m.lora_B.values())]
+        return [
+            m
+            for m in layers
+            if not m.merged and not m.disable_adapters and any(bool(b.weight.any()) for b in m.lora_B.values())
+        ]
 
-    def encode_histories(self, verbaliser, users=None, ends=None, batch_size: int = 32,
-                         show_progress_bar: bool | None = None, precision: str = "fp32",
-                         backend: str = "torch", options: EncodeOptions | None = None) -> np.ndarray:
+    def encode_histories(
+        self,
+        verbaliser,
+        users=None,
+        ends=None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        precision: str = "fp32",
+        backend: str = "torch",
+        options: EncodeOptions | None = None,
+    ) -> np.ndarray:
         """Interest vectors of histories: for each horizon ``(N, weight)`` of `horizons`, the embedding of the text
         of the newest N events (N None: the whole history within the token budget), summed with the weights and
         normalised. With the default single whole-history horizon this is ``encode`` of the history texts.
@@ -440,8 +516,10 @@ class InterestEncoder:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def __repr__(self) -> str:
-        return (f"InterestEncoder(base_model={self.base_model!r}, lora=r{self.lora.r}/alpha{self.lora.lora_alpha}, "
-                f"max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
+        return (
+            f"InterestEncoder(base_model={self.base_model!r}, lora=r{self.lora.r}/alpha{self.lora.lora_alpha}, "
+            f"max_seq_length={self.max_seq_length}, dim={self.embedding_dim})"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- helpers

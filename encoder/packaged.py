@@ -79,8 +79,13 @@ def register_in_hub_cache(model_id: str) -> Path | None:
         snapshot = repo / "snapshots" / revision
         if not (snapshot / "config.json").is_file():
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(repo / "snapshots")))
-            shutil.copytree(local, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+            shutil.copytree(
+                local,
+                tmp,
+                dirs_exist_ok=True,
+                copy_function=_link_or_copy,
+                ignore=shutil.ignore_patterns("__pycache__", "*.py"),
+            )
             shutil.rmtree(snapshot, ignore_errors=True)
             os.replace(tmp, snapshot)
         _mkdir(ref.parent)
@@ -88,8 +93,11 @@ def register_in_hub_cache(model_id: str) -> Path | None:
         logger.info("registered the packaged %s in the Hugging Face cache at %s", model_id, snapshot)
         return snapshot
     except OSError as err:
-        warnings.warn(f"could not register {model_id} in the Hugging Face cache ({err}); "
-                      "SentenceTransformer() will need network access to resolve the base model.", stacklevel=2)
+        warnings.warn(
+            f"could not register {model_id} in the Hugging Face cache ({err}); "
+            "SentenceTransformer() will need network access to resolve the base model.",
+            stacklevel=2,
+        )
         return None
 
 

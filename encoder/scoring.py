@@ -61,8 +61,9 @@ def mask_seen(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> torch.T
     return scores
 
 
-def seen_rows(verbaliser, users: Sequence[int], ends: Sequence[int] | None = None,
-              keep: Sequence[int] | None = None) -> list[np.ndarray]:
+def seen_rows(
+    verbaliser, users: Sequence[int], ends: Sequence[int] | None = None, keep: Sequence[int] | None = None
+) -> list[np.ndarray]:
     """For each user, the catalogue rows of the items among their first ``ends[i]`` events (default: all), minus
     ``keep[i]`` (an evaluation's target, so that a repeat purchase is not masked away)."""
     users = np.asarray(users, dtype=np.int64)
@@ -70,7 +71,7 @@ def seen_rows(verbaliser, users: Sequence[int], ends: Sequence[int] | None = Non
     starts = verbaliser.offsets[users]
     out = []
     for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-        history = np.unique(verbaliser.event_items[start: start + end])
+        history = np.unique(verbaliser.event_items[start : start + end])
         out.append(history if keep is None else history[history != keep[i]])
     return out
 
@@ -106,8 +107,15 @@ class Scorer:
         return self._scores(users, ends, slice(0, len(users)), **inputs)
 
     @torch.no_grad()
-    def rank(self, users: Sequence[int], ends: Sequence[int], targets: Sequence[int], *,
-             show_progress_bar: bool = False, **inputs) -> np.ndarray:
+    def rank(
+        self,
+        users: Sequence[int],
+        ends: Sequence[int],
+        targets: Sequence[int],
+        *,
+        show_progress_bar: bool = False,
+        **inputs,
+    ) -> np.ndarray:
         """0-based rank of each ``targets[i]`` (a catalogue row) among all items for the history of user
         ``users[i]`` up to (not including) event ``ends[i]``; the user's seen items are masked, the target is not.
 
@@ -121,8 +129,9 @@ class Scorer:
         users, ends = self._users_and_ends(users, ends)
         targets = np.asarray(targets, dtype=np.int64)
         out = []
-        for lo in tqdm(range(0, len(users), CHUNK), desc=f"rank ({self.name})", disable=not show_progress_bar,
-                       leave=False):
+        for lo in tqdm(
+            range(0, len(users), CHUNK), desc=f"rank ({self.name})", disable=not show_progress_bar, leave=False
+        ):
             rows = slice(lo, lo + CHUNK)
             scores = self._scores(users[rows], ends[rows], rows, **inputs)  # (chunk, n_items)
             mask_seen(scores, seen_rows(self.verbaliser, users[rows], ends[rows], keep=targets[rows]))
@@ -135,16 +144,24 @@ class Scorer:
         return self.rank(examples.users, examples.ends, examples.targets, **kwargs)
 
     @torch.no_grad()
-    def topk(self, users: Sequence[int], k: int = 10, ends: Sequence[int] | None = None, *,
-             show_progress_bar: bool = False, **inputs) -> tuple[np.ndarray, np.ndarray]:
+    def topk(
+        self,
+        users: Sequence[int],
+        k: int = 10,
+        ends: Sequence[int] | None = None,
+        *,
+        show_progress_bar: bool = False,
+        **inputs,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best catalogue rows per user and their scores, ``(len(users), k)`` each, best first, for each
         user's first ``ends[i]`` events (default: the whole history); every item the history holds is excluded."""
         if k <= 0:
             raise ValueError(f"`k` should be a positive integer, got {k}.")
         users, ends = self._users_and_ends(users, ends)
         top_items, top_scores = [], []
-        for lo in tqdm(range(0, len(users), CHUNK), desc=f"top-{k} ({self.name})", disable=not show_progress_bar,
-                       leave=False):
+        for lo in tqdm(
+            range(0, len(users), CHUNK), desc=f"top-{k} ({self.name})", disable=not show_progress_bar, leave=False
+        ):
             rows = slice(lo, lo + CHUNK)
             scores = self._scores(users[rows], ends[rows], rows, **inputs).float().cpu()
             mask_seen(scores, seen_rows(self.verbaliser, users[rows], ends[rows]))
@@ -173,8 +190,15 @@ class InterestScorer(Scorer):
     ``batch_size``, ``precision`` and ``backend``) say how the histories are encoded (`EncodeOptions`; fp32 torch by
     default, the model's own numbers)."""
 
-    def __init__(self, verbaliser, encoder=None, batch_size: int = 64, precision: str = "fp32",
-                 backend: str = "torch", options: EncodeOptions | None = None):
+    def __init__(
+        self,
+        verbaliser,
+        encoder=None,
+        batch_size: int = 64,
+        precision: str = "fp32",
+        backend: str = "torch",
+        options: EncodeOptions | None = None,
+    ):
         super().__init__(verbaliser)
         self.encoder = encoder
         self.options = options or EncodeOptions(precision, backend, batch_size)
@@ -191,8 +215,9 @@ class InterestScorer(Scorer):
             if self.encoder is None:
                 raise ValueError(f"{type(self).__name__} has no encoder: pass `interest=` vectors.")
             was_training = self.encoder.model.training
-            interest = self.encoder.encode_histories(self.verbaliser, users, ends, show_progress_bar=False,
-                                                     options=self.options)
+            interest = self.encoder.encode_histories(
+                self.verbaliser, users, ends, show_progress_bar=False, options=self.options
+            )
             self.encoder.model.train(was_training)
         else:
             interest = interest[rows]
@@ -267,7 +292,7 @@ class SequenceHeadScorer(Scorer):
             if not bool((a > 0).any()):
                 return scores
             short = histories.clone()
-            short[:, :max(histories.shape[1] - self.short_window, 0)] = -1
+            short[:, : max(histories.shape[1] - self.short_window, 0)] = -1
             return torch.where(a > 0, (1 - a) * scores + a * self.head.scores(short), scores)
         finally:
             self.head.train(was_training)
@@ -290,8 +315,15 @@ class PopularityScorer(Scorer):
         return self.counts.repeat(len(users), 1)
 
 
-def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64, precision: str = "fp32",
-               backend: str = "torch", options: EncodeOptions | None = None) -> Scorer:
+def scorer_for(
+    encoder,
+    verbaliser,
+    kind: str = "auto",
+    batch_size: int = 64,
+    precision: str = "fp32",
+    backend: str = "torch",
+    options: EncodeOptions | None = None,
+) -> Scorer:
     """The scorer of a model (`InterestEncoder`) over a verbaliser's catalogue.
 
     Args:
@@ -314,7 +346,9 @@ def scorer_for(encoder, verbaliser, kind: str = "auto", batch_size: int = 64, pr
         return SequenceHeadScorer(encoder.sequence_head, verbaliser)
     if kind == "strategy":
         if encoder.head is None:
-            raise ValueError("the model has no strategy head (an untrained base model); fine-tune it first, or score "
-                             "with the text cosine.")
+            raise ValueError(
+                "the model has no strategy head (an untrained base model); fine-tune it first, or score "
+                "with the text cosine."
+            )
         return StrategyHeadScorer(encoder.head, verbaliser, encoder, options=options)
     return TextCosineScorer(verbaliser, encoder, options=options)

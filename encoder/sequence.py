@@ -73,8 +73,9 @@ class TextPrior:
 
     def __post_init__(self):
         if self.weight < 0 or self.half_count <= 0 or self.last <= 0 or not 0 < self.decay <= 1 or self.power <= 0:
-            raise ValueError(f"the text prior needs weight >= 0, half_count > 0, last > 0, 0 < decay <= 1 and "
-                             f"power > 0; got {self}.")
+            raise ValueError(
+                f"the text prior needs weight >= 0, half_count > 0, last > 0, 0 < decay <= 1 and power > 0; got {self}."
+            )
 
 
 class _Block(nn.Module):
@@ -115,8 +116,14 @@ class SequenceHead(SavedPart, nn.Module):
         torch.Size([1, 3])
     """
 
-    def __init__(self, item_ids: Sequence[str], item_embeddings, popularity=None,
-                 options: SequenceOptions | None = None, text_prior: TextPrior | None = None):
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        item_embeddings,
+        popularity=None,
+        options: SequenceOptions | None = None,
+        text_prior: TextPrior | None = None,
+    ):
         super().__init__()
         opts = options or SequenceOptions()
         text = catalogue_matrix(item_ids, item_embeddings)
@@ -155,8 +162,10 @@ class SequenceHead(SavedPart, nn.Module):
         pad = histories < 0
         n = histories.shape[1]
         if n > self.options.max_events:
-            raise ValueError(f"histories of {n} positions are longer than the head's max_events "
-                             f"({self.options.max_events}); keep the newest {self.options.max_events}.")
+            raise ValueError(
+                f"histories of {n} positions are longer than the head's max_events "
+                f"({self.options.max_events}); keep the newest {self.options.max_events}."
+            )
         x = rows[histories.clamp(min=0)] * (~pad).unsqueeze(-1) + self.position[-n:]
         x = self.drop(self.norm(x))
         causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), 1)
@@ -188,12 +197,12 @@ class SequenceHead(SavedPart, nn.Module):
         right-aligned ``histories``, clipped at 0, raised to ``power`` and averaged with weights ``decay ** age``
         (0 for an empty history)."""
         prior = self.text_prior
-        recent = histories[:, -prior.last:]
+        recent = histories[:, -prior.last :]
         unit = F.normalize(self.text, dim=-1)
         out = torch.zeros(len(histories), self.n_items, device=unit.device)
         total = torch.zeros(len(histories), 1, device=unit.device)
         for age, column in enumerate(recent.unbind(1)[::-1]):  # newest first; one (batch, n_items) at a time
-            weight = (prior.decay ** age) * (column >= 0).float().unsqueeze(1)
+            weight = (prior.decay**age) * (column >= 0).float().unsqueeze(1)
             out += weight * (unit[column.clamp(min=0)] @ unit.T).clamp(min=0) ** prior.power
             total += weight
         return out / total.clamp(min=1e-12)
@@ -217,8 +226,7 @@ class SequenceHead(SavedPart, nn.Module):
         newest ``max_events``), -1 padding. ``users`` are positions in ``verbaliser.users``; the verbaliser's
         catalogue must be the head's (see `add_items` for new items)."""
         rows = _catalogue_rows(self, verbaliser)
-        return right_aligned(rows[verbaliser.event_items], verbaliser.offsets, users, ends,
-                             self.options.max_events)
+        return right_aligned(rows[verbaliser.event_items], verbaliser.offsets, users, ends, self.options.max_events)
 
     def add_items(self, item_ids: Sequence[str], item_embeddings) -> None:
         """Cold start: new items represented by their text alone (no learned part), with the median bias and no
@@ -229,8 +237,9 @@ class SequenceHead(SavedPart, nn.Module):
             raise ValueError(f"items {clash[:5]} are already in the sequence head; pass only new items.")
         text = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32), device=self.text.device)
         if text.shape != (len(new), self.text.shape[1]):
-            raise ValueError(f"`item_embeddings` should be ({len(new)}, {self.text.shape[1]}), got "
-                             f"{tuple(text.shape)}.")
+            raise ValueError(
+                f"`item_embeddings` should be ({len(new)}, {self.text.shape[1]}), got {tuple(text.shape)}."
+            )
         with torch.no_grad():
             self.text = torch.cat([self.text, text])
             self.item = nn.Parameter(torch.cat([self.item.data, self.item.data.new_zeros(len(new), self.dim)]))
@@ -242,24 +251,37 @@ class SequenceHead(SavedPart, nn.Module):
     def to_parts(self) -> tuple[dict, dict]:
         """``(tensors, config)``: what `ModelFolder` saves (every weight, the item text embeddings and training
         counts; options, text prior and item ids)."""
-        return (dict(self.state_dict()),
-                {"options": asdict(self.options), "text_prior": asdict(self.text_prior), "item_ids": self.item_ids,
-                 "text_dim": int(self.text.shape[1])})
+        return (
+            dict(self.state_dict()),
+            {
+                "options": asdict(self.options),
+                "text_prior": asdict(self.text_prior),
+                "item_ids": self.item_ids,
+                "text_dim": int(self.text.shape[1]),
+            },
+        )
 
     @classmethod
     def from_parts(cls, tensors: dict, config: dict, source: str = "the sequence head") -> SequenceHead:
         n, text_dim = len(config["item_ids"]), config["text_dim"]
         if tuple(tensors["text"].shape) != (n, text_dim):
-            raise ValueError(f"{source} holds item texts of shape {tuple(tensors['text'].shape)} but its config "
-                             f"lists {n} items of dim {text_dim}; save the model again.")
-        head = cls(config["item_ids"], np.zeros((n, text_dim), np.float32),
-                   options=SequenceOptions(**config["options"]), text_prior=TextPrior(**config["text_prior"]))
+            raise ValueError(
+                f"{source} holds item texts of shape {tuple(tensors['text'].shape)} but its config "
+                f"lists {n} items of dim {text_dim}; save the model again."
+            )
+        head = cls(
+            config["item_ids"],
+            np.zeros((n, text_dim), np.float32),
+            options=SequenceOptions(**config["options"]),
+            text_prior=TextPrior(**config["text_prior"]),
+        )
         head.load_state_dict(tensors)
         return head.eval()  # ready to score: no dropout (call .train() to train it further)
 
 
-def right_aligned(rows: np.ndarray, offsets: np.ndarray, users: Sequence[int], ends: Sequence[int],
-                  length: int) -> torch.Tensor:
+def right_aligned(
+    rows: np.ndarray, offsets: np.ndarray, users: Sequence[int], ends: Sequence[int], length: int
+) -> torch.Tensor:
     """``(len(users), length)``: ``rows[offsets[u] : offsets[u] + end]`` cut to its last ``length`` entries, padded
     with -1 on the left (vectorised: one gather, no per-user Python loop)."""
     users = np.asarray(users, dtype=np.int64)
@@ -277,8 +299,10 @@ def _catalogue_rows(head: SequenceHead, verbaliser) -> np.ndarray:
         return np.arange(len(head.item_ids), dtype=np.int64)
     missing = [i for i in verbaliser.item_ids if i not in head.index]
     if missing:
-        raise ValueError(f"{len(missing)} items of the data are not in the sequence head (first: {missing[0]}); "
-                         "add them with add_items(ids, text_embeddings).")
+        raise ValueError(
+            f"{len(missing)} items of the data are not in the sequence head (first: {missing[0]}); "
+            "add them with add_items(ids, text_embeddings)."
+        )
     return np.asarray([head.index[i] for i in verbaliser.item_ids], dtype=np.int64)
 
 
@@ -288,4 +312,3 @@ def sequence_loss(head: SequenceHead, inputs: torch.Tensor, targets: torch.Tenso
     hidden = head.hidden(inputs, rows)
     keep = targets >= 0
     return F.cross_entropy(head.logits(hidden[keep], rows), targets[keep])
-

@@ -69,8 +69,9 @@ class Verbaliser:
         self.users: list[str] = [user_col[i] for i in starts]
         self.user_index = {u: i for i, u in enumerate(self.users)}
         self.offsets = np.asarray(starts + [len(user_col)], dtype=np.int64)  # (n_users + 1,)
-        self.event_items = np.fromiter((self.item_index[x] for x in events.column("item_id").to_pylist()),
-                                       dtype=np.int64, count=len(user_col))
+        self.event_items = np.fromiter(
+            (self.item_index[x] for x in events.column("item_id").to_pylist()), dtype=np.int64, count=len(user_col)
+        )
         self.timestamps = events.column("timestamp").to_numpy()
 
         # One text (and one token count) per distinct (item, action).
@@ -86,8 +87,9 @@ class Verbaliser:
                 columns[name] = [values[i] for i in self.event_items]
         rendered = card.event_text.render_table(columns, len(actions))
         piece_ids: dict[str, int] = {}
-        self.event_piece = np.fromiter((piece_ids.setdefault(t, len(piece_ids)) for t in rendered),
-                                       dtype=np.int64, count=len(rendered))  # (n_events,)
+        self.event_piece = np.fromiter(
+            (piece_ids.setdefault(t, len(piece_ids)) for t in rendered), dtype=np.int64, count=len(rendered)
+        )  # (n_events,)
         self.pieces: list[str] = list(piece_ids)
         self.piece_tokens = np.asarray(self._count_tokens(self.pieces, special=False), dtype=np.int64)
         self.sep_tokens = self._count_tokens([self.separator], special=False)[0]
@@ -107,8 +109,12 @@ class Verbaliser:
         """The text of ``user``'s history up to (not including) event ``end`` (default: the whole history)."""
         return self.texts([user], None if end is None else [end])[0]
 
-    def texts(self, users: Sequence[str] | None = None, ends: Sequence[int] | np.ndarray | None = None,
-              max_events: int | None = None) -> list[str]:
+    def texts(
+        self,
+        users: Sequence[str] | None = None,
+        ends: Sequence[int] | np.ndarray | None = None,
+        max_events: int | None = None,
+    ) -> list[str]:
         """Texts for many users (default: all, in `users` order), each cut to the budget.
 
         Args:
@@ -119,8 +125,9 @@ class Verbaliser:
         idx = np.arange(len(self.users)) if users is None else np.asarray([self._user(u) for u in users], np.int64)
         return self.texts_for_indices(idx, ends, max_events)
 
-    def texts_for_indices(self, user_idx: np.ndarray, ends: Sequence[int] | np.ndarray | None = None,
-                          max_events: int | None = None) -> list[str]:
+    def texts_for_indices(
+        self, user_idx: np.ndarray, ends: Sequence[int] | np.ndarray | None = None, max_events: int | None = None
+    ) -> list[str]:
         """Like `texts`, with users as positions in `users`."""
         if max_events is not None and max_events < 1:
             raise ValueError(f"`max_events` should be at least 1 or None, got {max_events}.")
@@ -198,8 +205,9 @@ class Verbaliser:
     def _count_tokens(self, texts: list[str], special: bool) -> list[int]:
         if not texts:
             return []
-        enc = self.tokenizer(texts, add_special_tokens=special, return_attention_mask=False,
-                             return_token_type_ids=False, verbose=False)
+        enc = self.tokenizer(
+            texts, add_special_tokens=special, return_attention_mask=False, return_token_type_ids=False, verbose=False
+        )
         return [len(ids) for ids in enc["input_ids"]]
 
 

@@ -36,13 +36,25 @@ def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(rf"{PREFIX}\d+", p.name)
-             and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and re.fullmatch(rf"{PREFIX}\d+", p.name) and (p / "trainer_state.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, module: torch.nn.Module, optimizer, scheduler,
-                    trainer_state: dict, config: dict, keep: int | None, accelerator) -> Path | None:
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    module: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    config: dict,
+    keep: int | None,
+    accelerator,
+) -> Path | None:
     """Writes ``root/checkpoint-<step>`` (all processes write their RNG state; the main process the rest)."""
     root = Path(root)
     final = root / f"{PREFIX}{step}"
@@ -54,8 +66,10 @@ def save_checkpoint(root: str | os.PathLike, step: int, module: torch.nn.Module,
     accelerator.wait_for_everyone()
     _save_rng(tmp, accelerator.process_index)
     if accelerator.is_main_process:
-        save_safetensors(tmp / "trainable.safetensors",
-                         {n: p.detach().float() for n, p in module.named_parameters() if p.requires_grad})
+        save_safetensors(
+            tmp / "trainable.safetensors",
+            {n: p.detach().float() for n, p in module.named_parameters() if p.requires_grad},
+        )
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         save_safetensors(tmp / "optimizer.safetensors", tensors)
         _write_json(tmp / "optimizer.json", groups)
@@ -81,8 +95,10 @@ def resolve_checkpoint(value: str, root: str | os.PathLike) -> Path:
         return found[-1]
     path = Path(value)
     if not (path / "trainer_state.json").is_file():
-        raise InterestBertError(f"--resume_from_checkpoint {value}: not a complete checkpoint folder (no "
-                                "trainer_state.json); pass a checkpoint-<step> folder or `latest`.")
+        raise InterestBertError(
+            f"--resume_from_checkpoint {value}: not a complete checkpoint folder (no "
+            "trainer_state.json); pass a checkpoint-<step> folder or `latest`."
+        )
     return path
 
 
@@ -92,8 +108,10 @@ def check_config(path: Path, config: dict) -> None:
     keys = sorted(set(saved) | set(config))
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
     if diff:
-        raise InterestBertError(f"checkpoint {path} was made with other options ({'; '.join(diff)}); resume with the "
-                                "same options or start a new run in another --output_dir.")
+        raise InterestBertError(
+            f"checkpoint {path} was made with other options ({'; '.join(diff)}); resume with the "
+            "same options or start a new run in another --output_dir."
+        )
 
 
 def load_trainable(path: Path, module: torch.nn.Module) -> None:
@@ -102,8 +120,10 @@ def load_trainable(path: Path, module: torch.nn.Module) -> None:
     params = dict(module.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing:
-        raise InterestBertError(f"checkpoint {path} lacks {len(missing)} trainable tensors (first: {missing[0]}); "
-                                "it belongs to another model.")
+        raise InterestBertError(
+            f"checkpoint {path} lacks {len(missing)} trainable tensors (first: {missing[0]}); "
+            "it belongs to another model."
+        )
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].dtype))
@@ -149,10 +169,13 @@ def _save_rng(folder: Path, rank: int) -> None:
     save_safetensors(folder / f"rng_state_{rank}.safetensors", tensors)
     np_state = np.random.get_state()
     py_state = random.getstate()
-    _write_json(folder / f"rng_state_{rank}.json", {
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    })
+    _write_json(
+        folder / f"rng_state_{rank}.json",
+        {
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]],
+        },
+    )
 
 
 def _load_rng(folder: Path, rank: int) -> None:

@@ -86,10 +86,19 @@ def leave_one_out(verbaliser: Verbaliser, max_train_prefixes_per_user: int | Non
 
     n_items = len(verbaliser.item_ids)
     before_validation = _counts(verbaliser, ok, n[ok] - 2, n_items)  # the training events
-    popularity = {"train": before_validation, "validation": before_validation,
-                  "test": _counts(verbaliser, ok, n[ok] - 1, n_items)}
-    return Split(train=train, validation=validation, test=test, skipped_users=int((n < MIN_EVENTS).sum()),
-                 n_items=n_items, popularity=popularity)
+    popularity = {
+        "train": before_validation,
+        "validation": before_validation,
+        "test": _counts(verbaliser, ok, n[ok] - 1, n_items),
+    }
+    return Split(
+        train=train,
+        validation=validation,
+        test=test,
+        skipped_users=int((n < MIN_EVENTS).sum()),
+        n_items=n_items,
+        popularity=popularity,
+    )
 
 
 def _counts(verbaliser: Verbaliser, users: np.ndarray, ends: np.ndarray, n_items: int) -> np.ndarray:

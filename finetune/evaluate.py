@@ -19,8 +19,9 @@ from .data import Examples, Split
 from .metrics import RankingMetrics
 
 
-def rank_examples(scorer: Scorer, examples: Examples, *, accelerator=None, show_progress_bar: bool = False,
-                  **inputs) -> np.ndarray:
+def rank_examples(
+    scorer: Scorer, examples: Examples, *, accelerator=None, show_progress_bar: bool = False, **inputs
+) -> np.ndarray:
     """0-based rank of each example's target under ``scorer`` (seen items excluded), in example order.
 
     With an ``accelerator`` of several processes, each scores a contiguous shard and the ranks are gathered.
@@ -31,8 +32,7 @@ def rank_examples(scorer: Scorer, examples: Examples, *, accelerator=None, show_
     if sharded:
         index = np.array_split(index, accelerator.num_processes)[accelerator.process_index]
     part = examples.subset(index)
-    ranks = scorer.rank_examples(part, show_progress_bar=show_progress_bar,
-                                 **{k: v[index] for k, v in inputs.items()})
+    ranks = scorer.rank_examples(part, show_progress_bar=show_progress_bar, **{k: v[index] for k, v in inputs.items()})
     if sharded:
         from accelerate.utils import gather_object
 
@@ -52,24 +52,37 @@ def popularity_scorer(verbaliser, split: Split, name: str) -> PopularityScorer:
     return PopularityScorer(split.popularity[name], verbaliser)
 
 
-def evaluate_model(encoder, verbaliser, split: Split, name: str = "test", ks: Sequence[int] = (10,),
-                   batch_size: int = 64, show_progress_bar: bool = False, baselines: bool = True,
-                   accelerator=None, precision: str = "fp32", backend: str = "torch",
-                   options: EncodeOptions | None = None) -> dict[str, dict]:
+def evaluate_model(
+    encoder,
+    verbaliser,
+    split: Split,
+    name: str = "test",
+    ks: Sequence[int] = (10,),
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+    baselines: bool = True,
+    accelerator=None,
+    precision: str = "fp32",
+    backend: str = "torch",
+    options: EncodeOptions | None = None,
+) -> dict[str, dict]:
     """The evaluation table of a model on one split: each of its heads (sequence, strategy) or, for a model
     without one, the zero-shot text cosine; then popularity. Returns ``{row name: metrics}``. ``options`` (or
     ``batch_size``, ``precision`` and ``backend``): how histories are encoded (`EncodeOptions`)."""
     options = options or EncodeOptions(precision, backend, batch_size)
     examples = split[name]
     kinds = [k for k, head in (("sequence", encoder.sequence_head), ("strategy", encoder.head)) if head is not None]
-    labels = {"sequence": "interestbert (sequence head)",
-              "strategy": "interestbert (strategy head)" if "sequence" in kinds else "interestbert (fine-tuned)",
-              "text": "interestbert (untrained, zero-shot)"}
+    labels = {
+        "sequence": "interestbert (sequence head)",
+        "strategy": "interestbert (strategy head)" if "sequence" in kinds else "interestbert (fine-tuned)",
+        "text": "interestbert (untrained, zero-shot)",
+    }
     rows = {}
     for kind in kinds or ["text"]:
         scorer = scorer_for(encoder, verbaliser, kind, options=options)
-        rows[labels[kind]] = evaluate(scorer, examples, ks, accelerator=accelerator,
-                                      show_progress_bar=show_progress_bar)
+        rows[labels[kind]] = evaluate(
+            scorer, examples, ks, accelerator=accelerator, show_progress_bar=show_progress_bar
+        )
     if baselines:
         rows["popularity"] = evaluate(popularity_scorer(verbaliser, split, name), examples, ks)
     return rows

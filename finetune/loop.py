@@ -30,10 +30,21 @@ class EpochLog:
     log: list[dict] = field(default_factory=list)
 
 
-def fit_epochs(module: torch.nn.Module, optimizer: torch.optim.Optimizer, n_examples: int,
-               batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int, batch_size: int,
-               generator: torch.Generator, validate: Callable[[], float] | None = None, patience: int = 10,
-               max_minutes: float | None = None, device="cpu", desc: str | None = None) -> EpochLog:
+def fit_epochs(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    n_examples: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    validate: Callable[[], float] | None = None,
+    patience: int = 10,
+    max_minutes: float | None = None,
+    device="cpu",
+    desc: str | None = None,
+) -> EpochLog:
     """Trains ``module`` for up to ``epochs`` passes over ``n_examples`` and keeps its best validation epoch.
 
     Args:
@@ -55,7 +66,7 @@ def fit_epochs(module: torch.nn.Module, optimizer: torch.optim.Optimizer, n_exam
         order = torch.randperm(n_examples, generator=generator).to(device)
         total, batches = 0.0, 0
         for lo in range(0, len(order), batch_size):
-            loss = batch_loss(order[lo: lo + batch_size])
+            loss = batch_loss(order[lo : lo + batch_size])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -68,8 +79,10 @@ def fit_epochs(module: torch.nn.Module, optimizer: torch.optim.Optimizer, n_exam
             bar.set_postfix(loss=f"{entry['loss']:.3f}", ndcg=f"{metric:.4f}")
             if metric > result.best_metric:
                 result.best_metric, result.best_epoch = metric, epoch
-                best_state = (copy.deepcopy(module.state_dict()),
-                              {p: copy.deepcopy(optimizer.state[p]) for p in module.parameters()})
+                best_state = (
+                    copy.deepcopy(module.state_dict()),
+                    {p: copy.deepcopy(optimizer.state[p]) for p in module.parameters()},
+                )
         result.log.append(entry)
         minutes = (time.perf_counter() - start) / 60
         if validate is not None and epoch - result.best_epoch >= patience:

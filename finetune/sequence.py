@@ -46,8 +46,9 @@ PRIOR_HALF_COUNTS = (3.0, 10.0, 30.0)
 
 
 @torch.no_grad()
-def fit_text_prior(head: SequenceHead, validation: Examples, verbaliser: Verbaliser,
-                   show_progress_bar: bool = False) -> dict:
+def fit_text_prior(
+    head: SequenceHead, validation: Examples, verbaliser: Verbaliser, show_progress_bar: bool = False
+) -> dict:
     """Sets ``head.text_prior`` to the best of off and `PRIOR_WEIGHTS` x `PRIOR_HALF_COUNTS` by NDCG@10 on
     ``validation`` (off wins ties); returns the chosen prior and every choice's NDCG@10.
 
@@ -58,10 +59,9 @@ def fit_text_prior(head: SequenceHead, validation: Examples, verbaliser: Verbali
     was_training = head.training
     head.eval()
     try:
-        for lo in tqdm(range(0, len(validation), CHUNK), desc="text prior", disable=not show_progress_bar,
-                       leave=False):
-            users, ends = validation.users[lo:lo + CHUNK], validation.ends[lo:lo + CHUNK]
-            targets = validation.targets[lo:lo + CHUNK]
+        for lo in tqdm(range(0, len(validation), CHUNK), desc="text prior", disable=not show_progress_bar, leave=False):
+            users, ends = validation.users[lo : lo + CHUNK], validation.ends[lo : lo + CHUNK]
+            targets = validation.targets[lo : lo + CHUNK]
             histories = head.histories(verbaliser, users, ends).to(head.text.device)
             head.text_prior = grid[0]
             base = mask_seen(head.scores(histories), seen_rows(verbaliser, users, ends, keep=targets))
@@ -74,13 +74,16 @@ def fit_text_prior(head: SequenceHead, validation: Examples, verbaliser: Verbali
                 out.append(target_ranks(scores, wanted).cpu().numpy())
     finally:
         head.train(was_training)
-    found = [RankingMetrics.of(np.concatenate(out) if out else np.zeros(0, dtype=np.int64))["ndcg@10"]
-             for out in ranks]
+    found = [RankingMetrics.of(np.concatenate(out) if out else np.zeros(0, dtype=np.int64))["ndcg@10"] for out in ranks]
     best = max(range(len(grid)), key=lambda i: (found[i], -i))
     head.text_prior = grid[best]
-    return {"weight": grid[best].weight, "half_count": grid[best].half_count,
-            "validation_ndcg@10": round(found[best], 5), "validation_ndcg@10_off": round(found[0], 5),
-            "grid": {f"{p.weight:g}/{p.half_count:g}": round(v, 5) for p, v in zip(grid, found)}}
+    return {
+        "weight": grid[best].weight,
+        "half_count": grid[best].half_count,
+        "validation_ndcg@10": round(found[best], 5),
+        "validation_ndcg@10_off": round(found[0], 5),
+        "grid": {f"{p.weight:g}/{p.half_count:g}": round(v, 5) for p, v in zip(grid, found)},
+    }
 
 
 def training_sequences(verbaliser: Verbaliser, split: Split, max_events: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,9 +100,17 @@ def training_sequences(verbaliser: Verbaliser, split: Split, max_events: int) ->
     return inputs, targets
 
 
-def train_sequence_head(verbaliser: Verbaliser, split: Split, item_embeddings, options: SequenceOptions,
-                        training: SequenceTraining, validation: Examples | None = None, device: str = "cpu",
-                        show_progress_bar: bool = True, print_fn=print) -> tuple[SequenceHead, dict]:
+def train_sequence_head(
+    verbaliser: Verbaliser,
+    split: Split,
+    item_embeddings,
+    options: SequenceOptions,
+    training: SequenceTraining,
+    validation: Examples | None = None,
+    device: str = "cpu",
+    show_progress_bar: bool = True,
+    print_fn=print,
+) -> tuple[SequenceHead, dict]:
     """Trains a sequence head on the split's training events; returns the best epoch's head and the log.
 
     Args:
@@ -114,19 +125,35 @@ def train_sequence_head(verbaliser: Verbaliser, split: Split, item_embeddings, o
     scorer = SequenceHeadScorer(head, verbaliser)
     optimizer = torch.optim.Adam(head.parameters(), lr=training.learning_rate)
     result = fit_epochs(
-        head, optimizer, len(inputs),
+        head,
+        optimizer,
+        len(inputs),
         lambda rows: sequence_loss(head, inputs[rows.cpu()].to(device), targets[rows.cpu()].to(device)),
-        epochs=training.epochs, batch_size=training.batch_size, generator=generator,
-        validate=lambda: evaluate(scorer, validation)["ndcg@10"], patience=training.patience,
-        max_minutes=training.max_minutes, desc="sequence head" if show_progress_bar else None)
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        generator=generator,
+        validate=lambda: evaluate(scorer, validation)["ndcg@10"],
+        patience=training.patience,
+        max_minutes=training.max_minutes,
+        desc="sequence head" if show_progress_bar else None,
+    )
     head.eval()
-    summary = {"best_epoch": result.best_epoch, "epochs": result.epochs,
-               "best_validation_ndcg@10": round(result.best_metric, 5), "train_runtime_s": round(result.seconds, 1),
-               "sequences": len(inputs), "log": result.log}
-    print_fn(f"sequence head: best validation NDCG@10 {result.best_metric:.4f} at epoch {result.best_epoch} of "
-             f"{result.epochs} ({summary['train_runtime_s']:.0f} s)")
+    summary = {
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "best_validation_ndcg@10": round(result.best_metric, 5),
+        "train_runtime_s": round(result.seconds, 1),
+        "sequences": len(inputs),
+        "log": result.log,
+    }
+    print_fn(
+        f"sequence head: best validation NDCG@10 {result.best_metric:.4f} at epoch {result.best_epoch} of "
+        f"{result.epochs} ({summary['train_runtime_s']:.0f} s)"
+    )
     if training.text_prior:
         prior = summary["text_prior"] = fit_text_prior(head, validation, verbaliser, show_progress_bar)
-        print_fn(f"sequence head's text prior: weight {prior['weight']:g}, half-count {prior['half_count']:g} "
-                 f"(validation NDCG@10 {prior['validation_ndcg@10']:.4f}, off {prior['validation_ndcg@10_off']:.4f})")
+        print_fn(
+            f"sequence head's text prior: weight {prior['weight']:g}, half-count {prior['half_count']:g} "
+            f"(validation NDCG@10 {prior['validation_ndcg@10']:.4f}, off {prior['validation_ndcg@10_off']:.4f})"
+        )
     return head, summary

@@ -64,8 +64,13 @@ def example_loader(n: int, batch_size: int, seed: int) -> tuple[DataLoader, Epoc
     shard it over processes (each takes its own batch of every global batch; the last one wraps around so that
     every process takes the same number of steps). Its own generator keeps the global RNG untouched."""
     order = EpochOrder(n, seed)
-    loader = DataLoader(range(n), batch_size=batch_size, sampler=order, collate_fn=torch.as_tensor,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        range(n),
+        batch_size=batch_size,
+        sampler=order,
+        collate_fn=torch.as_tensor,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return loader, order
 
 
@@ -114,13 +119,17 @@ def step_inputs(run, ex, items: bool = True, packed: bool = True, chunk_tokens: 
     little padding. ``packed=False`` is the earlier layout, kept for the throughput benchmark: one chunk per
     horizon and one for the items, no text shared between them."""
     device, tokenizer = run.accelerator.device, run.encoder.tokenizer
-    groups = [(run.verbaliser.texts_for_indices(ex.users, ex.ends, events), run.args.max_seq_length)
-              for events, _ in run.encoder.horizons]
+    groups = [
+        (run.verbaliser.texts_for_indices(ex.users, ex.ends, events), run.args.max_seq_length)
+        for events, _ in run.encoder.horizons
+    ]
     if items:
         groups.append(([run.verbaliser.item_texts[i] for i in ex.targets.tolist()], run.args.max_item_length))
     key = {}  # (text, token budget, group unless packed) -> distinct row
-    rows = [torch.as_tensor([key.setdefault((text, limit, 0 if packed else g), len(key)) for text in texts])
-            for g, (texts, limit) in enumerate(groups)]
+    rows = [
+        torch.as_tensor([key.setdefault((text, limit, 0 if packed else g), len(key)) for text in texts])
+        for g, (texts, limit) in enumerate(groups)
+    ]
     ids = [None] * len(key)
     for limit in sorted({limit for _, limit in groups}):
         todo = [(i, text) for (text, lim, _), i in key.items() if lim == limit]
@@ -129,8 +138,12 @@ def step_inputs(run, ex, items: bool = True, packed: bool = True, chunk_tokens: 
             ids[i] = row
     if packed:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        budget = chunk_tokens or (CPU_CHUNK_TOKENS if device.type == "cpu" else  # an accelerator: passes as big
-                                  run.args.per_device_train_batch_size * run.args.max_seq_length)  # as a horizon's
+        budget = chunk_tokens or (
+            CPU_CHUNK_TOKENS
+            if device.type == "cpu"
+            # an accelerator: passes as big
+            else run.args.per_device_train_batch_size * run.args.max_seq_length
+        )  # as a horizon's
         cuts, start = [], 0
         for end in range(1, len(order) + 1):  # ascending lengths: the newest text is the chunk's longest
             if (end - start) * len(ids[order[end - 1]]) > budget:
@@ -155,10 +168,13 @@ def _pad(rows: list[list[int]], pad_id: int, device) -> dict:
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        input_ids[i, :len(r)] = torch.as_tensor(r)
-        attention_mask[i, :len(r)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-            "token_type_ids": torch.zeros_like(input_ids).to(device)}
+        input_ids[i, : len(r)] = torch.as_tensor(r)
+        attention_mask[i, : len(r)] = 1
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "token_type_ids": torch.zeros_like(input_ids).to(device),
+    }
 
 
 def step_loss(run, batch, step: int, packed: bool = True) -> tuple[torch.Tensor, dict]:

@@ -33,17 +33,17 @@ from tqdm.auto import tqdm
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.errors import InterestBertError, describe
 from interestbert.encoder.head import StrategyHead
-from interestbert.encoder.model import InterestEncoder, parse_horizons
 from interestbert.encoder.hub.folder import RESULTS, ModelFolder
+from interestbert.encoder.model import InterestEncoder, parse_horizons
 from interestbert.encoder.packaged import register_base_model
 from interestbert.encoder.scoring import scorer_for
 from interestbert.encoder.verbalise import Verbaliser
 
 from . import checkpoint as checkpoints
+from .after_training import evaluate_zero_shot, hardware, train_and_save_sequence_head
 from .args import FinetuneArguments
 from .data import leave_one_out
 from .evaluate import evaluate, metrics_table, popularity_scorer
-from .after_training import evaluate_zero_shot, hardware, train_and_save_sequence_head
 from .run import Run
 from .steps import EpochOrder, Trainable, example_loader, sample_candidates, step_inputs, step_loss  # noqa: F401
 from .warmup import fit_head, warm_up_head  # noqa: F401 - part of this module's interface
@@ -63,26 +63,34 @@ def build(args: FinetuneArguments) -> Run:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     # BERT's position_ids buffer must not be broadcast every step under DDP
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
     _check_output_dir(args, accelerator)
     set_seed(args.seed)
     encoder, verbaliser, split, validation, stats, base_items = build_data(args, accelerator)
     if split.n_items > args.full_softmax_max_items:
-        accelerator.print(f"{split.n_items:,} items, more than --full_softmax_max_items "
-                          f"{args.full_softmax_max_items:,}: the head trains with a sampled softmax over the batch's "
-                          f"targets and {args.num_negatives:,} uniform negatives (evaluation still ranks the full "
-                          "catalogue)")
+        accelerator.print(
+            f"{split.n_items:,} items, more than --full_softmax_max_items "
+            f"{args.full_softmax_max_items:,}: the head trains with a sampled softmax over the batch's "
+            f"targets and {args.num_negatives:,} uniform negatives (evaluation still ranks the full "
+            "catalogue)"
+        )
     warm_state, valid_interest = {}, None
     if args.head_warmup_epochs and args.resume_from_checkpoint is None:  # a resumed run loads its head anyway
         warm_state, valid_interest = warm_up_head(encoder, verbaliser, split.train, args, accelerator, validation)
 
     module = Trainable(encoder.model, encoder.head)
     lora = [p for p in module.st.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": lora, "lr": args.learning_rate},
-        {"params": list(module.head.parameters()), "lr": args.joint_head_rate()},
-    ], weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora, "lr": args.learning_rate},
+            {"params": list(module.head.parameters()), "lr": args.joint_head_rate()},
+        ],
+        weight_decay=args.weight_decay,
+    )
     for param, moments in warm_state.items():  # a fresh Adam would first move every head weight by ~lr
         optimizer.state[param] = moments
     loader, order = example_loader(len(split.train), args.per_device_train_batch_size, args.seed)
@@ -91,8 +99,23 @@ def build(args: FinetuneArguments) -> Run:
     updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
-    return Run(args, accelerator, encoder, verbaliser, split, validation, module, optimizer, scheduler, loader, order,
-               total_steps, stats["last_event_tied_share"], valid_interest, base_items)
+    return Run(
+        args,
+        accelerator,
+        encoder,
+        verbaliser,
+        split,
+        validation,
+        module,
+        optimizer,
+        scheduler,
+        loader,
+        order,
+        total_steps,
+        stats["last_event_tied_share"],
+        valid_interest,
+        base_items,
+    )
 
 
 def build_data(args: FinetuneArguments, accelerator):
@@ -102,24 +125,32 @@ def build_data(args: FinetuneArguments, accelerator):
     data = load_card_data(args.card, args.data_dir)
     empty = [i for i, t in zip(data.items["item_id"], data.items["text"]) if not t.strip()]
     if empty:
-        raise InterestBertError(f"data card {data.card.name}: {len(empty)} items have no text (first: {empty[0]}); "
-                                "fix `interestbert.items.text` or the items file so every item has text.")
+        raise InterestBertError(
+            f"data card {data.card.name}: {len(empty)} items have no text (first: {empty[0]}); "
+            "fix `interestbert.items.text` or the items file so every item has text."
+        )
     encoder = load_encoder(args, str(accelerator.device))
     verbaliser = Verbaliser(data, encoder.tokenizer, args.max_seq_length)
     split = leave_one_out(verbaliser, args.max_train_prefixes_per_user)
     if len(split.train) == 0:
-        raise InterestBertError(f"data card {data.card.name}: no training examples (users need at least 4 events); "
-                                "use a card with longer histories.")
+        raise InterestBertError(
+            f"data card {data.card.name}: no training examples (users need at least 4 events); "
+            "use a card with longer histories."
+        )
     vectors = None
     if encoder.head is None:  # the base model with a new (zero) adapter
-        vectors = encoder.encode(verbaliser.item_texts, batch_size=args.per_device_eval_batch_size,
-                                 precision=args.encode_precision)
-        encoder.head = StrategyHead(verbaliser.item_ids, vectors, popularity=split.popularity["train"],
-                                    init_scale=args.head_init_scale)
+        vectors = encoder.encode(
+            verbaliser.item_texts, batch_size=args.per_device_eval_batch_size, precision=args.encode_precision
+        )
+        encoder.head = StrategyHead(
+            verbaliser.item_ids, vectors, popularity=split.popularity["train"], init_scale=args.head_init_scale
+        )
     elif encoder.head.item_ids != verbaliser.item_ids:
-        raise InterestBertError(f"{args.model_name_or_path} has a strategy head over another catalogue "
-                                f"({encoder.head.n_items} items) than data card {data.card.name} "
-                                f"({len(verbaliser.item_ids)}); start from the base model instead.")
+        raise InterestBertError(
+            f"{args.model_name_or_path} has a strategy head over another catalogue "
+            f"({encoder.head.n_items} items) than data card {data.card.name} "
+            f"({len(verbaliser.item_ids)}); start from the base model instead."
+        )
     encoder.head.to(accelerator.device)
     validation = split.validation
     if args.max_eval_users and len(validation) > args.max_eval_users:
@@ -132,13 +163,21 @@ def load_encoder(args: FinetuneArguments, device: str) -> InterestEncoder:
     """The base model (or a saved interestbert folder) with the run's LoRA options, budget and horizons."""
     try:
         encoder = InterestEncoder.from_pretrained(
-            args.model_name_or_path, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules, max_seq_length=args.max_seq_length, device=device)
+            args.model_name_or_path,
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules,
+            max_seq_length=args.max_seq_length,
+            device=device,
+        )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InterestBertError(f"--model_name_or_path {args.model_name_or_path}: the model could not be loaded "
-                                f"({first}); pass a BERT-family folder or Hub id, or a folder saved by "
-                                "interestbert.") from None
+        raise InterestBertError(
+            f"--model_name_or_path {args.model_name_or_path}: the model could not be loaded "
+            f"({first}); pass a BERT-family folder or Hub id, or a folder saved by "
+            "interestbert."
+        ) from None
     encoder.horizons = parse_horizons(args.interest_horizons)
     encoder.sequence_head = None  # a sequence head belongs to the encoder it was trained on; retrained in `finish`
     return encoder
@@ -156,16 +195,30 @@ def epoch_batches(run: Run, epoch: int) -> list[np.ndarray]:
 def evaluate_validation(run: Run, interest: np.ndarray | None = None) -> dict:
     """Validation metrics of the strategy head; ``interest``: the validation histories' vectors when they are
     already known (the encoder unchanged since they were encoded)."""
-    scorer = scorer_for(run.encoder, run.verbaliser, "strategy", batch_size=run.args.per_device_eval_batch_size,
-                        precision=run.args.encode_precision)
+    scorer = scorer_for(
+        run.encoder,
+        run.verbaliser,
+        "strategy",
+        batch_size=run.args.per_device_eval_batch_size,
+        precision=run.args.encode_precision,
+    )
     known = {} if interest is None else {"interest": interest}
     return evaluate(scorer, run.validation, accelerator=run.accelerator, **known)
 
 
 def new_state() -> dict:
     """The trainer state (saved as a checkpoint's ``trainer_state.json``)."""
-    return {"global_step": 0, "epoch": 0, "batches_done": 0, "best_metric": None, "best_step": None,
-            "bad_evals": 0, "stopped_early": False, "log": [], "running_loss": None}
+    return {
+        "global_step": 0,
+        "epoch": 0,
+        "batches_done": 0,
+        "best_metric": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "stopped_early": False,
+        "log": [],
+        "running_loss": None,
+    }
 
 
 def train(run: Run) -> dict:
@@ -175,12 +228,16 @@ def train(run: Run) -> dict:
     if args.resume_from_checkpoint:
         path = checkpoints.resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir) / CHECKPOINTS)
         checkpoints.check_config(path, args.result_config())
-        state.update(checkpoints.load_checkpoint(path, acc.unwrap_model(run.module), run.optimizer, run.scheduler,
-                                                 acc))
+        state.update(checkpoints.load_checkpoint(path, acc.unwrap_model(run.module), run.optimizer, run.scheduler, acc))
         acc.print(f"resumed from {path} at step {state['global_step']}")
     started = time.perf_counter()
-    bar = tqdm(total=run.total_steps, initial=state["global_step"], desc="finetune", unit="step",
-               disable=args.disable_tqdm or not acc.is_main_process)
+    bar = tqdm(
+        total=run.total_steps,
+        initial=state["global_step"],
+        desc="finetune",
+        unit="step",
+        disable=args.disable_tqdm or not acc.is_main_process,
+    )
     run.module.train()
     last_eval_step = None
     if state["global_step"] == 0 and args.head_warmup_epochs and not state["log"]:
@@ -193,23 +250,27 @@ def train(run: Run) -> dict:
                 for parts in train_epoch(run, state):
                     bar.update(1)
                     if state["global_step"] % args.logging_steps == 0:
-                        bar.set_postfix(loss=f"{state['running_loss']:.4f}",
-                                        **{k: f"{v:.3f}" for k, v in parts.items()})
+                        bar.set_postfix(
+                            loss=f"{state['running_loss']:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()}
+                        )
                     if state["global_step"] % args.eval_steps == 0:
                         evaluate_and_keep_best(run, state, started)
                         last_eval_step = state["global_step"]
                     if state["global_step"] % args.save_steps == 0:
                         save_checkpoint(run, state)
-                    out_of_time = args.max_time_minutes is not None and time.perf_counter() - started > 60 * \
-                        args.max_time_minutes
+                    out_of_time = (
+                        args.max_time_minutes is not None and time.perf_counter() - started > 60 * args.max_time_minutes
+                    )
                     state["stopped_early"] |= out_of_time
                     if stop_requested():  # a whole step done (and its evaluation): a clean state to resume from
                         bar.close()
                         path = save_checkpoint(run, state)
                         stop_requested.saved = True
-                        acc.print(f"interrupted after step {state['global_step']}; checkpoint saved to {path} (at a "
-                                  "step boundary, so a resumed run ends with an uninterrupted run's weights). Resume "
-                                  "with the same command plus --resume_from_checkpoint latest.")
+                        acc.print(
+                            f"interrupted after step {state['global_step']}; checkpoint saved to {path} (at a "
+                            "step boundary, so a resumed run ends with an uninterrupted run's weights). Resume "
+                            "with the same command plus --resume_from_checkpoint latest."
+                        )
                         raise KeyboardInterrupt
                     if state["stopped_early"] or state["global_step"] >= run.total_steps:
                         break
@@ -217,9 +278,15 @@ def train(run: Run) -> dict:
             bar.close()
             if not stop_requested.saved:
                 last = checkpoints.checkpoint_dirs(Path(args.output_dir) / CHECKPOINTS)
-                acc.print(f"stopped at once during step {state['global_step'] + 1}; no checkpoint of an unfinished "
-                          "step is written" + (f": resume from {last[-1]} with the same command plus "
-                                               "--resume_from_checkpoint latest." if last else "."))
+                acc.print(
+                    f"stopped at once during step {state['global_step'] + 1}; no checkpoint of an unfinished "
+                    "step is written"
+                    + (
+                        f": resume from {last[-1]} with the same command plus --resume_from_checkpoint latest."
+                        if last
+                        else "."
+                    )
+                )
             raise
     bar.close()
     if last_eval_step != state["global_step"]:
@@ -256,8 +323,10 @@ def _stop_at_step_boundary(accelerator):
         request.count += 1
         if request.count > 1:
             raise KeyboardInterrupt
-        accelerator.print("\nCtrl-C: stopping after the step in progress and saving a checkpoint; press Ctrl-C again "
-                          "to stop at once, without one.")
+        accelerator.print(
+            "\nCtrl-C: stopping after the step in progress and saving a checkpoint; press Ctrl-C again "
+            "to stop at once, without one."
+        )
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -312,20 +381,34 @@ def evaluate_and_keep_best(run: Run, state: dict, started: float, interest: np.n
     else:
         state["bad_evals"] += 1
     loss = float("nan") if state["running_loss"] is None else state["running_loss"]
-    entry = {"step": state["global_step"], "epoch": round(state["global_step"] / max(1, run.updates_per_epoch), 3),
-             "loss": round(loss, 4), **{f"valid_{k}": v for k, v in metrics.items()}}
+    entry = {
+        "step": state["global_step"],
+        "epoch": round(state["global_step"] / max(1, run.updates_per_epoch), 3),
+        "loss": round(loss, 4),
+        **{f"valid_{k}": v for k, v in metrics.items()},
+    }
     state["log"].append(entry)
-    acc.print(f"step {entry['step']} | epoch {entry['epoch']} | loss {entry['loss']:.4f} | valid ndcg@10 "
-              f"{score:.4f} hr@10 {metrics['hr@10']:.4f} mrr@10 {metrics['mrr@10']:.4f} | best "
-              f"{state['best_metric']:.4f} (step {state['best_step']}) | {time.perf_counter() - started:.0f} s")
+    acc.print(
+        f"step {entry['step']} | epoch {entry['epoch']} | loss {entry['loss']:.4f} | valid ndcg@10 "
+        f"{score:.4f} hr@10 {metrics['hr@10']:.4f} mrr@10 {metrics['mrr@10']:.4f} | best "
+        f"{state['best_metric']:.4f} (step {state['best_step']}) | {time.perf_counter() - started:.0f} s"
+    )
     if args.early_stopping_patience and state["bad_evals"] >= args.early_stopping_patience:
         state["stopped_early"] = True
 
 
 def save_checkpoint(run: Run, state: dict) -> Path:
-    return checkpoints.save_checkpoint(Path(run.args.output_dir) / CHECKPOINTS, state["global_step"],
-                                       run.accelerator.unwrap_model(run.module), run.optimizer, run.scheduler, state,
-                                       run.args.result_config(), run.args.save_total_limit, run.accelerator)
+    return checkpoints.save_checkpoint(
+        Path(run.args.output_dir) / CHECKPOINTS,
+        state["global_step"],
+        run.accelerator.unwrap_model(run.module),
+        run.optimizer,
+        run.scheduler,
+        state,
+        run.args.result_config(),
+        run.args.save_total_limit,
+        run.accelerator,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ finish
@@ -386,9 +469,11 @@ def _check_output_dir(args: FinetuneArguments, accelerator) -> None:
     out = Path(args.output_dir)
     holds_model = ModelFolder(out).is_model() or (out / CHECKPOINTS).is_dir()
     if holds_model and not args.overwrite_output_dir and args.resume_from_checkpoint is None:
-        raise InterestBertError(f"--output_dir {out} already holds a model or checkpoints; pass "
-                                "--overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue "
-                                "it, or choose another folder.")
+        raise InterestBertError(
+            f"--output_dir {out} already holds a model or checkpoints; pass "
+            "--overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue "
+            "it, or choose another folder."
+        )
     if holds_model and args.overwrite_output_dir and args.resume_from_checkpoint is None:
         if accelerator.is_main_process:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
@@ -399,8 +484,11 @@ def _check_output_dir(args: FinetuneArguments, accelerator) -> None:
 def parse_args(argv=None) -> FinetuneArguments:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(FinetuneArguments, prog="interestbert finetune",
-                              description="Fine-tune the LoRA encoder and strategy head on a data card.")
+    parser = HfArgumentParser(
+        FinetuneArguments,
+        prog="interestbert finetune",
+        description="Fine-tune the LoRA encoder and strategy head on a data card.",
+    )
     if argv is not None and len(argv) == 1 and str(argv[0]).endswith(".json"):
         (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     else:

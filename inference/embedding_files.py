@@ -58,12 +58,14 @@ def shard_bounds(n_users: int, shard: int, num_shards: int) -> tuple[int, int]:
 
 
 def embeddings_schema(dim: int, run: dict | None = None) -> pa.Schema:
-    schema = pa.schema([
-        ("user_id", pa.string()),
-        ("n_events", pa.int32()),
-        ("last_timestamp", pa.int64()),
-        ("embedding", pa.list_(pa.float32(), dim)),
-    ])
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("n_events", pa.int32()),
+            ("last_timestamp", pa.int64()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ]
+    )
     return schema if run is None else schema.with_metadata({METADATA_KEY: json.dumps(run, sort_keys=True)})
 
 
@@ -86,9 +88,11 @@ def _writing(path: Path, action):
     try:
         return action()
     except OSError as err:
-        raise InterestBertError(f"writing {path} failed ({err.strerror or err}); free space or fix the folder's "
-                                "permissions and run the same command again: it continues from the last complete "
-                                "chunk.") from None
+        raise InterestBertError(
+            f"writing {path} failed ({err.strerror or err}); free space or fix the folder's "
+            "permissions and run the same command again: it continues from the last complete "
+            "chunk."
+        ) from None
 
 
 class EmbeddingsFolder:
@@ -120,16 +124,23 @@ class EmbeddingsFolder:
         on_disk = manifest["run"] if manifest is not None and not (self.work / RUN_FILE).is_file() else None
         if on_disk is None and (self.work / RUN_FILE).is_file():
             on_disk = json.loads((self.work / RUN_FILE).read_text(encoding="utf-8"))
-        foreign = [p.name for p in self.path.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")
-                   and _PART.fullmatch(p.name) and on_disk is None]
+        foreign = [
+            p.name
+            for p in self.path.iterdir()
+            if p.suffix == ".parquet" and not p.name.startswith(".") and _PART.fullmatch(p.name) and on_disk is None
+        ]
         if not overwrite:
             if on_disk is not None and on_disk != self.run:
-                raise InterestBertError(f"{self.path} holds embeddings of another run ("
-                                        f"{'; '.join(_differences(on_disk, self.run))}); run with the same options "
-                                        "to continue it, or pass --overwrite to start again.")
+                raise InterestBertError(
+                    f"{self.path} holds embeddings of another run ("
+                    f"{'; '.join(_differences(on_disk, self.run))}); run with the same options "
+                    "to continue it, or pass --overwrite to start again."
+                )
             if on_disk is None and foreign:
-                raise InterestBertError(f"{self.path} already holds {foreign[0]} from an earlier encode; pass "
-                                        "--overwrite to replace it, or choose another --output.")
+                raise InterestBertError(
+                    f"{self.path} already holds {foreign[0]} from an earlier encode; pass "
+                    "--overwrite to replace it, or choose another --output."
+                )
             if manifest is not None and on_disk == self.run:
                 return True
         else:
@@ -160,9 +171,11 @@ class EmbeddingsFolder:
         if target.is_file():
             on_disk = json.loads(target.read_text(encoding="utf-8"))
             if on_disk != self.run:
-                raise InterestBertError(f"{self.path} is being written by another run ("
-                                        f"{'; '.join(_differences(on_disk, self.run))}); give every process the "
-                                        "same options, or another --output.")
+                raise InterestBertError(
+                    f"{self.path} is being written by another run ("
+                    f"{'; '.join(_differences(on_disk, self.run))}); give every process the "
+                    "same options, or another --output."
+                )
             return
         tmp = self.work / f".{RUN_FILE}.{os.getpid()}.tmp"
         _writing(tmp, lambda: tmp.write_text(json.dumps(self.run, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
@@ -224,8 +237,14 @@ class EmbeddingsFolder:
                     rows += table.num_rows
 
         _writing(final, lambda: atomic_write(final, write))
-        entry = {"file": name, "shard": shard, "rows": rows, "histories_cut_to_budget": cut,
-                 "sha256": file_sha256(final), **info}
+        entry = {
+            "file": name,
+            "shard": shard,
+            "rows": rows,
+            "histories_cut_to_budget": cut,
+            "sha256": file_sha256(final),
+            **info,
+        }
         _writing(self._done_file(shard), lambda: atomic_write_json(self._done_file(shard), entry))
         shutil.rmtree(self._chunk_dir(shard), ignore_errors=True)
         return entry
@@ -240,12 +259,27 @@ class EmbeddingsFolder:
             shards = [json.loads(self._done_file(s).read_text(encoding="utf-8")) for s in range(self.num_shards)]
         except FileNotFoundError:  # another process finished meanwhile
             return (self.path / MANIFEST_FILE).is_file()
-        manifest = {"format": FORMAT, **{k: self.run[k] for k in ("model", "model_hash", "card", "precision",
-                                                                  "backend", "max_seq_length",
-                                                                  "interest_horizons", "embedding_dim")},
-                    "rows": sum(s["rows"] for s in shards),
-                    "histories_cut_to_budget": sum(s["histories_cut_to_budget"] for s in shards), "shards": shards,
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run": self.run}
+        manifest = {
+            "format": FORMAT,
+            **{
+                k: self.run[k]
+                for k in (
+                    "model",
+                    "model_hash",
+                    "card",
+                    "precision",
+                    "backend",
+                    "max_seq_length",
+                    "interest_horizons",
+                    "embedding_dim",
+                )
+            },
+            "rows": sum(s["rows"] for s in shards),
+            "histories_cut_to_budget": sum(s["histories_cut_to_budget"] for s in shards),
+            "shards": shards,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run": self.run,
+        }
         path = self.path / MANIFEST_FILE  # atomic_write removes dead processes' temporaries, never a live one's
         _writing(path, lambda: atomic_write_json(path, manifest))
         shutil.rmtree(self.work, ignore_errors=True)
@@ -262,8 +296,10 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     except (OSError, ValueError) as err:
         raise InterestBertError(f"{path} cannot be read ({err}); encode the folder again with --overwrite.") from None
     if manifest.get("format") != FORMAT:
-        raise InterestBertError(f"{path} is not an interestbert embeddings manifest (format "
-                                f"{manifest.get('format')!r}, expected {FORMAT!r}).")
+        raise InterestBertError(
+            f"{path} is not an interestbert embeddings manifest (format "
+            f"{manifest.get('format')!r}, expected {FORMAT!r})."
+        )
     return manifest
 
 
@@ -275,17 +311,24 @@ def embedding_files(path: str | os.PathLike, verify: bool = False) -> list[Path]
         return [path]
     if not (path / MANIFEST_FILE).is_file():
         unfinished = (path / WORK_DIR).is_dir()
-        raise InterestBertError(f"{path} has no {MANIFEST_FILE}: "
-                                + ("its encode has not finished; run the same command again to complete it."
-                                   if unfinished else "it is not a folder written by `interestbert encode`."))
+        raise InterestBertError(
+            f"{path} has no {MANIFEST_FILE}: "
+            + (
+                "its encode has not finished; run the same command again to complete it."
+                if unfinished
+                else "it is not a folder written by `interestbert encode`."
+            )
+        )
     files = []
     for shard in read_manifest(path)["shards"]:
         file = path / shard["file"]
         if not file.is_file():
             raise InterestBertError(f"{file} is missing (the manifest lists it); encode the folder again.")
         if pq.ParquetFile(file).metadata.num_rows != shard["rows"] or (verify and file_sha256(file) != shard["sha256"]):
-            raise InterestBertError(f"{file} does not match {path / MANIFEST_FILE} (rows or sha256 differ): it was "
-                                    "changed after the encode; encode the folder again.")
+            raise InterestBertError(
+                f"{file} does not match {path / MANIFEST_FILE} (rows or sha256 differ): it was "
+                "changed after the encode; encode the folder again."
+            )
         files.append(file)
     return files
 

@@ -29,11 +29,29 @@ from interestbert.encoder.errors import InterestBertError
 from interestbert.encoder.model import InterestEncoder, format_horizons
 from interestbert.encoder.verbalise import Verbaliser
 
-from .embedding_files import (MANIFEST_FILE, EmbeddingsFolder, embeddings_schema, embedding_files, iter_embeddings,
-                              read_embeddings, read_manifest, run_metadata, shard_bounds)
+from .embedding_files import (
+    MANIFEST_FILE,
+    EmbeddingsFolder,
+    embedding_files,
+    embeddings_schema,
+    iter_embeddings,
+    read_embeddings,
+    read_manifest,
+    run_metadata,
+    shard_bounds,
+)
 
-__all__ = ["EncodeResult", "encode_users", "shard_plan", "read_embeddings", "iter_embeddings", "read_manifest",
-           "embedding_files", "run_metadata", "MANIFEST_FILE"]
+__all__ = [
+    "EncodeResult",
+    "encode_users",
+    "shard_plan",
+    "read_embeddings",
+    "iter_embeddings",
+    "read_manifest",
+    "embedding_files",
+    "run_metadata",
+    "MANIFEST_FILE",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +76,9 @@ class EncodeResult:
         return self.users / self.seconds if self.seconds > 0 else float("inf")
 
 
-def shard_plan(num_shards: int | None = None, shard_index: int | None = None,
-               environ: os._Environ | dict | None = None) -> tuple[int, list[int]]:
+def shard_plan(
+    num_shards: int | None = None, shard_index: int | None = None, environ: os._Environ | dict | None = None
+) -> tuple[int, list[int]]:
     """``(num_shards, the shards this process encodes)``.
 
     Default: one shard per process of a distributed launch (``WORLD_SIZE``/``RANK`` from ``accelerate launch`` or
@@ -70,8 +89,10 @@ def shard_plan(num_shards: int | None = None, shard_index: int | None = None,
     try:
         world, rank = int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0))
     except ValueError:
-        raise InterestBertError(f"WORLD_SIZE={env.get('WORLD_SIZE')!r} / RANK={env.get('RANK')!r} are not integers; "
-                                "unset them or launch with accelerate launch / torchrun.") from None
+        raise InterestBertError(
+            f"WORLD_SIZE={env.get('WORLD_SIZE')!r} / RANK={env.get('RANK')!r} are not integers; "
+            "unset them or launch with accelerate launch / torchrun."
+        ) from None
     n = world if num_shards is None else int(num_shards)
     if n <= 0:
         raise InterestBertError(f"--num-shards is {n}; it must be a positive integer.")
@@ -112,8 +133,9 @@ class _Histories:
         chunk = self.idx[lo:hi]
         if self.streamed:  # a Verbaliser over just these users' events
             first = int(chunk[0])
-            verbaliser = Verbaliser(self.source.chunk(first, int(chunk[-1]) + 1), encoder.tokenizer,
-                                    self.max_seq_length)
+            verbaliser = Verbaliser(
+                self.source.chunk(first, int(chunk[-1]) + 1), encoder.tokenizer, self.max_seq_length
+            )
             chunk = chunk - first
         else:
             verbaliser = self.source
@@ -199,15 +221,20 @@ def encode_users(
     todo = {}  # shard -> the starts of its chunks still to encode
     for shard, (lo, hi) in bounds.items():
         done = folder.done_chunks(shard)
-        todo[shard] = [] if folder.shard_done(shard) else [s for c, s in enumerate(range(lo, hi, chunk_users))
-                                                            if c not in done]
+        todo[shard] = (
+            [] if folder.shard_done(shard) else [s for c, s in enumerate(range(lo, hi, chunk_users)) if c not in done]
+        )
         result.resumed_users += (hi - lo) - sum(min(chunk_users, hi - s) for s in todo[shard])
     if result.resumed_users:
-        logger.info("resuming: %d of this process's users are already encoded in %s", result.resumed_users,
-                    folder.path)
+        logger.info("resuming: %d of this process's users are already encoded in %s", result.resumed_users, folder.path)
     start = time.perf_counter()
-    with tqdm(total=sum(hi - lo for lo, hi in bounds.values()), initial=result.resumed_users, unit="user",
-              desc="encode", disable=not show_progress_bar) as bar:
+    with tqdm(
+        total=sum(hi - lo for lo, hi in bounds.values()),
+        initial=result.resumed_users,
+        unit="user",
+        desc="encode",
+        disable=not show_progress_bar,
+    ) as bar:
         for shard, (lo, hi) in bounds.items():
             schema = embeddings_schema(dim, {**run, "shard": shard})
             shard_start, shard_users = time.perf_counter(), 0
@@ -215,23 +242,42 @@ def encode_users(
                 e = min(s + chunk_users, hi)
                 n_events, last_ts, vectors, cut = histories.encode(encoder, s, e, options=options)
                 result.cut_histories += cut
-                folder.write_chunk(shard, (s - lo) // chunk_users, pa.table({
-                    "user_id": pa.array(user_ids[s:e], pa.string()),
-                    "n_events": pa.array(n_events, pa.int32()),
-                    "last_timestamp": pa.array(last_ts, pa.int64()),
-                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
-                }, schema=schema), cut=cut)
+                folder.write_chunk(
+                    shard,
+                    (s - lo) // chunk_users,
+                    pa.table(
+                        {
+                            "user_id": pa.array(user_ids[s:e], pa.string()),
+                            "n_events": pa.array(n_events, pa.int32()),
+                            "last_timestamp": pa.array(last_ts, pa.int64()),
+                            "embedding": pa.FixedSizeListArray.from_arrays(
+                                pa.array(vectors.reshape(-1), pa.float32()), dim
+                            ),
+                        },
+                        schema=schema,
+                    ),
+                    cut=cut,
+                )
                 shard_users += e - s
                 bar.update(e - s)
             if not folder.shard_done(shard):
                 seconds = time.perf_counter() - shard_start
-                folder.finish_shard(shard, len(range(lo, hi, chunk_users)), schema, {
-                    "encoded_now": shard_users, "seconds": round(seconds, 3),
-                    "users_per_second": round(shard_users / seconds, 2) if seconds > 0 and shard_users else None,
-                    "device": str(encoder.device), "batch_size": batch_size})
+                folder.finish_shard(
+                    shard,
+                    len(range(lo, hi, chunk_users)),
+                    schema,
+                    {
+                        "encoded_now": shard_users,
+                        "seconds": round(seconds, 3),
+                        "users_per_second": round(shard_users / seconds, 2) if seconds > 0 and shard_users else None,
+                        "device": str(encoder.device),
+                        "batch_size": batch_size,
+                    },
+                )
             result.users += shard_users
     result.seconds = time.perf_counter() - start
     result.complete = folder.finish_run()
-    result.files = [folder.path / f for f in sorted(os.listdir(folder.path)) if f.endswith(".parquet")
-                    and not f.startswith(".")]
+    result.files = [
+        folder.path / f for f in sorted(os.listdir(folder.path)) if f.endswith(".parquet") and not f.startswith(".")
+    ]
     return result

@@ -54,15 +54,18 @@ def check_output(path: str | os.PathLike, folder: bool) -> None:
     while not probe_in.exists() and probe_in != probe_in.parent:
         probe_in = probe_in.parent
     if not probe_in.is_dir():
-        raise InterestBertError(f"{flag} {path}: {probe_in} is a file, so nothing can be written under it; pass "
-                                "another path.")
+        raise InterestBertError(
+            f"{flag} {path}: {probe_in} is a file, so nothing can be written under it; pass another path."
+        )
     try:
         fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".interestbert-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise InterestBertError(f"{flag} {path} cannot be written ({err.strerror or err} in {probe_in}); pass a "
-                                "path on a writable file system.") from None
+        raise InterestBertError(
+            f"{flag} {path} cannot be written ({err.strerror or err} in {probe_in}); pass a "
+            "path on a writable file system."
+        ) from None
 
 
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -71,9 +74,8 @@ PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 def check_model(model: str | None, max_seq_length: int | None = None) -> None:
     """Before anything loads: ``--model`` is a folder with safetensors weights (a folder of pickles only is refused:
     interestbert never unpickles) or a Hub id, and ``--max-seq-length`` fits the model's position embeddings."""
-    from interestbert.encoder.packaged import REPO_ID
     from interestbert.encoder.model import DEFAULT_BASE_MODEL
-    from interestbert.encoder.packaged import resolve_model_path
+    from interestbert.encoder.packaged import REPO_ID, resolve_model_path
 
     if max_seq_length is not None:
         check_positive(max_seq_length, "--max-seq-length")
@@ -83,16 +85,21 @@ def check_model(model: str | None, max_seq_length: int | None = None) -> None:
         if folder.exists():
             raise InterestBertError(f"--model {name} is a file; pass the folder that holds the model.")
         if not REPO_ID.match(name) or name.startswith((".", "/", "~")):
-            raise InterestBertError(f"--model {name}: no such folder; pass a folder saved by interestbert, a "
-                                    "BERT-family model folder, or a Hub id (ORG/NAME).")
+            raise InterestBertError(
+                f"--model {name}: no such folder; pass a folder saved by interestbert, a "
+                "BERT-family model folder, or a Hub id (ORG/NAME)."
+            )
         return  # a Hub id: checked as it loads
     adapter = folder / "adapter_config.json"
     files = [p.name for p in folder.iterdir() if p.is_file()]
     if not any(f.endswith(".safetensors") for f in files):
         pickles = sorted(f for f in files if f.endswith(PICKLES))
-        held = (f"only pickled weights ({', '.join(pickles[:3])}), which interestbert never loads (unpickling runs "
-                "code); convert them with safetensors.torch.save_file" if pickles else
-                "no model weights (no *.safetensors file); pass the folder that holds them")
+        held = (
+            f"only pickled weights ({', '.join(pickles[:3])}), which interestbert never loads (unpickling runs "
+            "code); convert them with safetensors.torch.save_file"
+            if pickles
+            else "no model weights (no *.safetensors file); pass the folder that holds them"
+        )
         raise InterestBertError(f"--model {name}: the folder holds {held}.")
     if max_seq_length is None:
         return
@@ -108,8 +115,10 @@ def check_model(model: str | None, max_seq_length: int | None = None) -> None:
     except (OSError, ValueError):
         return
     if isinstance(positions, int) and max_seq_length > positions:
-        raise InterestBertError(f"--max-seq-length {max_seq_length} is more than the {positions} token positions of "
-                                f"model {name}; pass at most {positions}.")
+        raise InterestBertError(
+            f"--max-seq-length {max_seq_length} is more than the {positions} token positions of "
+            f"model {name}; pass at most {positions}."
+        )
 
 
 def load_data(card: str, data_dir: str | None):
@@ -128,16 +137,20 @@ def load_encoder(model: str | None, max_seq_length: int | None = None, device: s
         return InterestEncoder.from_pretrained(name, max_seq_length=max_seq_length, device=device).merge_adapter()
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InterestBertError(f"model {name!r} could not be loaded ({first}); pass a folder saved by interestbert, "
-                                "a BERT-family model folder, or a Hub id reachable from this machine.") from None
+        raise InterestBertError(
+            f"model {name!r} could not be loaded ({first}); pass a folder saved by interestbert, "
+            "a BERT-family model folder, or a Hub id reachable from this machine."
+        ) from None
 
 
 def check_catalogue(model: str | None, encoder, data, fix: str) -> None:
     """A model's heads (strategy and sequence) must score the card's own catalogue, row for row."""
     for head in (encoder.head, encoder.sequence_head):
         if head is not None and head.item_ids != data.items["item_id"][:]:
-            raise InterestBertError(f"model {model} was trained on another catalogue ({head.n_items} items) than "
-                                    f"data card {data.card.name} ({len(data.items)}); {fix}")
+            raise InterestBertError(
+                f"model {model} was trained on another catalogue ({head.n_items} items) than "
+                f"data card {data.card.name} ({len(data.items)}); {fix}"
+            )
 
 
 def load_all(args, catalogue_fix: str | None = None):
@@ -186,8 +199,10 @@ def select_users(known: list[str], users: list[str] | None, limit: int | None) -
         index = {u: i for i, u in enumerate(known)}
         missing = [u for u in users if u not in index]
         if missing:
-            raise InterestBertError(f"--users: {len(missing)} of the given users have no events in this card "
-                                    f"(first: {excerpt(missing[0])}); pass user ids exactly as in the events file.")
+            raise InterestBertError(
+                f"--users: {len(missing)} of the given users have no events in this card "
+                f"(first: {excerpt(missing[0])}); pass user ids exactly as in the events file."
+            )
         return np.asarray([index[u] for u in users], dtype=np.int64)
     return first_users(len(known), limit)
 
@@ -197,17 +212,28 @@ def model_folder(model: str | None) -> str | None:
     return model if model is not None and Path(model).is_dir() else None
 
 
-def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int | None = None,
-                  stride: int | None = None, target_false_alarms: float | None = None, calibrate: bool = False,
-                  save_calibration: bool = False, batch_size: int = 64, projection: bool = True,
-                  tune_score: bool = True, alpha_max: float | None = None):
+def drift_monitor(
+    model: str | None,
+    data,
+    encoder,
+    verbaliser,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    target_false_alarms: float | None = None,
+    calibrate: bool = False,
+    save_calibration: bool = False,
+    batch_size: int = 64,
+    projection: bool = True,
+    tune_score: bool = True,
+    alpha_max: float | None = None,
+):
     """The drift monitor of a model with its calibration: the model's saved one, or made now on the card's
     training split when it has none, when ``calibrate`` asks for it, or when ``window``/``stride`` differ from
     the saved ones (``projection``: fitting the same-user projection first, ``tune_score``: then picking the
     score's form, see `ensure_calibrated`). ``alpha_max`` replaces the config's blend weight (it needs no new
     calibration). Returns ``(monitor, Calibration)``."""
-    from interestbert.encoder.drift import DriftConfig, DriftMonitor
-    from interestbert.encoder.drift import ensure_calibrated
+    from interestbert.encoder.drift import DriftConfig, DriftMonitor, ensure_calibrated
 
     for value, flag in ((window, "--window"), (stride, "--stride")):
         if value is not None:
@@ -226,17 +252,22 @@ def drift_monitor(model: str | None, data, encoder, verbaliser, *, window: int |
             config = dataclasses.replace(config, alpha_max=alpha_max)
     except ValueError as err:
         raise InterestBertError(f"drift options: {err}") from None
-    monitor = DriftMonitor(encoder.encode, config, verbaliser.separator,
-                           projection=None if found is None else found.projection,
-                           item_vectors=None if found is None else found.item_vectors)
+    monitor = DriftMonitor(
+        encoder.encode,
+        config,
+        verbaliser.separator,
+        projection=None if found is None else found.projection,
+        item_vectors=None if found is None else found.item_vectors,
+    )
     monitor.batch_size = batch_size
     reason = None
     if calibrate:
         reason = "asked for by --calibrate"
     elif changed and monitor.calibrated:
         reason = "the model's calibration is for another --window or --stride"
-    calibration = ensure_calibrated(monitor, verbaliser, target_false_alarms, reason=reason, data=data,
-                                    projection=projection, tune_score=tune_score)
+    calibration = ensure_calibrated(
+        monitor, verbaliser, target_false_alarms, reason=reason, data=data, projection=projection, tune_score=tune_score
+    )
     if save_calibration:
         if local is None:
             raise InterestBertError("--save-calibration needs --model to be a local model folder to write into.")

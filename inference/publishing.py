@@ -26,8 +26,10 @@ def training_data(model_dir: str | os.PathLike, card: str | None = None, data_di
     args = folder.training_args() or {}
     card = card or args.get("card")
     if card is None:
-        raise InterestBertError(f"{model_dir} does not record the data card it was trained on; pass --card C and "
-                                "--data-dir D so that the privacy gate can check the files against that data.")
+        raise InterestBertError(
+            f"{model_dir} does not record the data card it was trained on; pass --card C and "
+            "--data-dir D so that the privacy gate can check the files against that data."
+        )
     if data_dir is None and args.get("data_dir"):
         beside = folder.path / args["data_dir"]
         data_dir = str(beside) if beside.is_dir() else None
@@ -35,8 +37,10 @@ def training_data(model_dir: str | os.PathLike, card: str | None = None, data_di
     try:
         data = load_card_data(str(beside_card) if beside_card.exists() else card, data_dir)
     except InterestBertError as err:
-        raise InterestBertError(f"the privacy gate needs the training data ({err}); pass --card and --data-dir "
-                                "of the data the model was trained on.") from None
+        raise InterestBertError(
+            f"the privacy gate needs the training data ({err}); pass --card and --data-dir "
+            "of the data the model was trained on."
+        ) from None
     config = folder.config() or {}
     tokenizer = AutoTokenizer.from_pretrained(str(folder.path))
     return Verbaliser(data, tokenizer, config.get("max_seq_length") or 256), data_dir
@@ -49,8 +53,10 @@ def hub_token(token_env: str | None) -> str | None:
         return None
     token = os.environ.get(token_env)
     if not token:
-        raise InterestBertError(f"--token-env {token_env}: that environment variable is not set; export the token "
-                                "in it, or leave --token-env out to use HF_TOKEN or `hf auth login`.")
+        raise InterestBertError(
+            f"--token-env {token_env}: that environment variable is not set; export the token "
+            "in it, or leave --token-env out to use HF_TOKEN or `hf auth login`."
+        )
     return token
 
 
@@ -66,17 +72,38 @@ def known_tokens(token: str | None) -> list[str]:
     return [t for t in found if t]
 
 
-def publish_model(model_dir: str | os.PathLike, repo_id: str, *, card: str | None = None, data_dir: str | None = None,
-                  private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                  create_pr: bool = False, token_env: str | None = None,
-                  dry_run: str | os.PathLike | None = None) -> Published:
+def publish_model(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    card: str | None = None,
+    data_dir: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token_env: str | None = None,
+    dry_run: str | os.PathLike | None = None,
+) -> Published:
     """What ``interestbert publish`` does (see the module docstring); returns the files and the commit."""
     check_repo_id(repo_id)  # before any data is read
     if not ModelFolder(model_dir).is_model():
-        raise InterestBertError(f"{model_dir} is not an interestbert model folder (no adapter_config.json); pass "
-                                "the --output_dir of `interestbert finetune`.")
+        raise InterestBertError(
+            f"{model_dir} is not an interestbert model folder (no adapter_config.json); pass "
+            "the --output_dir of `interestbert finetune`."
+        )
     token = hub_token(token_env)
     verbaliser, data_dir = training_data(model_dir, card, data_dir)
-    return publish(model_dir, repo_id, verbaliser=verbaliser, data_dir=data_dir, private=private, revision=revision,
-                   commit_message=commit_message, create_pr=create_pr, token=token, dry_run=dry_run,
-                   extra_tokens=known_tokens(token))
+    return publish(
+        model_dir,
+        repo_id,
+        verbaliser=verbaliser,
+        data_dir=data_dir,
+        private=private,
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+        token=token,
+        dry_run=dry_run,
+        extra_tokens=known_tokens(token),
+    )

@@ -34,9 +34,18 @@ class RayHistoryEncoder:
         text_column, output_column: Where the texts are and where the vectors go.
     """
 
-    def __init__(self, model: str | None = None, max_seq_length: int | None = None, precision: str = "auto",
-                 backend: str = "torch", batch_size: int = 32, threads: int | None = 1, device: str | None = None,
-                 text_column: str = "text", output_column: str = "embedding"):
+    def __init__(
+        self,
+        model: str | None = None,
+        max_seq_length: int | None = None,
+        precision: str = "auto",
+        backend: str = "torch",
+        batch_size: int = 32,
+        threads: int | None = 1,
+        device: str | None = None,
+        text_column: str = "text",
+        output_column: str = "embedding",
+    ):
         import torch
 
         from interestbert.encoder.backends import EncodeOptions
@@ -44,8 +53,9 @@ class RayHistoryEncoder:
 
         if threads is not None:
             torch.set_num_threads(int(threads))
-        self.encoder = InterestEncoder.from_pretrained(model or DEFAULT_BASE_MODEL, max_seq_length=max_seq_length,
-                                                       device=device).merge_adapter()
+        self.encoder = InterestEncoder.from_pretrained(
+            model or DEFAULT_BASE_MODEL, max_seq_length=max_seq_length, device=device
+        ).merge_adapter()
         self.options = self.encoder.resolve_options(EncodeOptions(precision, backend, int(batch_size)))
         self.text_column, self.output_column = text_column, output_column
 

@@ -45,13 +45,19 @@ class UserVectors:
     recent_detection: np.ndarray  # (n,) bool: a detection among the last RECENT events
 
 
-def user_vectors(encoder, verbaliser, monitor: DriftMonitor, users: np.ndarray, ends: np.ndarray | None = None,
-                 batch_size: int = 64, show_progress_bar: bool = False) -> UserVectors:
+def user_vectors(
+    encoder,
+    verbaliser,
+    monitor: DriftMonitor,
+    users: np.ndarray,
+    ends: np.ndarray | None = None,
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+) -> UserVectors:
     users = np.asarray(users, dtype=np.int64)
     ends = verbaliser.n_events[users] if ends is None else np.asarray(ends, dtype=np.int64)
     w = monitor.config.window
-    long = encoder.encode_histories(verbaliser, users, ends, batch_size=batch_size,
-                                    show_progress_bar=show_progress_bar)
+    long = encoder.encode_histories(verbaliser, users, ends, batch_size=batch_size, show_progress_bar=show_progress_bar)
     histories = tail_histories(verbaliser, monitor, users, ends)
     short_texts = [monitor.separator.join(e.text for e in h.events[-w:]) for h in histories]
     short = encoder.encode(short_texts, batch_size=batch_size, show_progress_bar=False)
@@ -64,8 +70,9 @@ def tail_histories(verbaliser, monitor: DriftMonitor, users: np.ndarray, ends: n
     return histories_from_verbaliser(verbaliser, users, ends, last=TAIL + 2 * monitor.config.window)
 
 
-def drift_scores(monitor: DriftMonitor, histories: list[History],
-                 show_progress_bar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def drift_scores(
+    monitor: DriftMonitor, histories: list[History], show_progress_bar: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The monitor's score at each history's newest event (NaN where the tail holds too few events) and whether a
     detection fell among its last `RECENT` events (whole histories or `tail_histories`: the same result)."""
     # the drift scan of each tail, cut so that the newest event falls on the stride's grid and is evaluated
@@ -73,12 +80,13 @@ def drift_scores(monitor: DriftMonitor, histories: list[History],
     w = monitor.config.window
     tails = []
     for h in histories:
-        events = h.events[-(TAIL + 2 * w):]
+        events = h.events[-(TAIL + 2 * w) :]
         shift = (len(events) - 1 - first) % stride if len(events) - 1 >= first else 0
         tails.append(History(h.user_id, events[shift:]))
     scans = monitor.scan_many(tails, show_progress_bar=show_progress_bar)
-    score = np.asarray([r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan
-                        for r in scans], dtype=np.float32)
+    score = np.asarray(
+        [r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan for r in scans], dtype=np.float32
+    )
     recent = np.asarray([any(e.index >= r.n_events - RECENT for e in r.events) for r in scans], dtype=bool)
     return score, recent
 
@@ -103,8 +111,7 @@ def blend(vectors: UserVectors, threshold: float, alpha_max: float) -> np.ndarra
 
 def strategies(vectors: UserVectors, threshold: float, alpha_max: float) -> dict[str, np.ndarray]:
     """The interest vectors of the three strategies compared by the benchmark."""
-    return {"long-only": vectors.long, "short-only": vectors.short,
-            "drift-aware": blend(vectors, threshold, alpha_max)}
+    return {"long-only": vectors.long, "short-only": vectors.short, "drift-aware": blend(vectors, threshold, alpha_max)}
 
 
 @dataclass
@@ -120,9 +127,16 @@ class Recommendations:
     scorer: str
 
 
-def recommend_users(encoder, verbaliser, users: np.ndarray, k: int = 10, scorer: str = "auto",
-                    monitor: DriftMonitor | None = None, batch_size: int = 64,
-                    show_progress_bar: bool = False) -> Recommendations:
+def recommend_users(
+    encoder,
+    verbaliser,
+    users: np.ndarray,
+    k: int = 10,
+    scorer: str = "auto",
+    monitor: DriftMonitor | None = None,
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+) -> Recommendations:
     """Top-``k`` unseen items for each of ``users`` (positions in ``verbaliser.users``) at the end of their history.
 
     Args:
@@ -140,14 +154,16 @@ def recommend_users(encoder, verbaliser, users: np.ndarray, k: int = 10, scorer:
         drift, _ = drift_scores(monitor, tail_histories(verbaliser, monitor, users), show_progress_bar)
         alpha = inputs["alpha"] = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
     elif monitor is not None:
-        vectors = user_vectors(encoder, verbaliser, monitor, users, batch_size=batch_size,
-                               show_progress_bar=show_progress_bar)
+        vectors = user_vectors(
+            encoder, verbaliser, monitor, users, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
         inputs["interest"] = blend(vectors, monitor.config.threshold, monitor.config.alpha_max)
         drift = vectors.score
         alpha = short_term_weight(drift, monitor.config.threshold, monitor.config.alpha_max)
     elif isinstance(chosen, InterestScorer):
-        inputs["interest"] = encoder.encode_histories(verbaliser, users, batch_size=batch_size,
-                                                      show_progress_bar=show_progress_bar)
+        inputs["interest"] = encoder.encode_histories(
+            verbaliser, users, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
     items, scores = chosen.topk(users, k, **inputs)
     return Recommendations(users, items, scores, drift, alpha, chosen.name)
 
@@ -160,12 +176,14 @@ def write_recommendations(path: str | os.PathLike, verbaliser, recs: Recommendat
     users, items, scores = recs.users, recs.items, recs.scores
     drift, alpha = recs.drift, recs.short_term_weight
     k = items.shape[1]
-    table = pa.table({
-        "user_id": pa.array(np.repeat([verbaliser.users[u] for u in users.tolist()], k).tolist(), pa.string()),
-        "rank": pa.array(np.tile(np.arange(1, k + 1), len(users)), pa.int16()),
-        "item_id": pa.array([verbaliser.item_ids[i] for i in items.reshape(-1).tolist()], pa.string()),
-        "score": pa.array(scores.reshape(-1), pa.float32()),
-        "drift_score": pa.array(np.repeat(drift, k), pa.float32()),
-        "short_term_weight": pa.array(np.repeat(alpha, k), pa.float32()),
-    })
+    table = pa.table(
+        {
+            "user_id": pa.array(np.repeat([verbaliser.users[u] for u in users.tolist()], k).tolist(), pa.string()),
+            "rank": pa.array(np.tile(np.arange(1, k + 1), len(users)), pa.int16()),
+            "item_id": pa.array([verbaliser.item_ids[i] for i in items.reshape(-1).tolist()], pa.string()),
+            "score": pa.array(scores.reshape(-1), pa.float32()),
+            "drift_score": pa.array(np.repeat(drift, k), pa.float32()),
+            "short_term_weight": pa.array(np.repeat(alpha, k), pa.float32()),
+        }
+    )
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))

@@ -48,8 +48,10 @@ def _tiny_corpus() -> list[str]:
     from interestbert.encoder.cards import synthetic
 
     words = [repr(synthetic._VOCAB), " ".join(synthetic._ACTIONS)]  # the shop's own vocabulary
-    words += ["viewed bought added to cart rated 1/5 2/5 3/5 4/5 5/5 by the of and a",
-              "Toy Story (1995), Animation, Children's, Comedy: rated 4/5"]
+    words += [
+        "viewed bought added to cart rated 1/5 2/5 3/5 4/5 5/5 by the of and a",
+        "Toy Story (1995), Animation, Children's, Comedy: rated 4/5",
+    ]
     return words
 
 
@@ -76,12 +78,24 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     wp = BertWordPieceTokenizer(_tiny_vocab(), lowercase=True)
-    tokenizer = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", sep_token="[SEP]",
-                                  pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=wp._tokenizer,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=512,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 

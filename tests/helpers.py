@@ -12,7 +12,6 @@ import numpy as np
 from interestbert.encoder.drift import DriftMonitor, Event, History
 from interestbert.finetune.args import FinetuneArguments
 
-
 GOOD_CARD = """\
 ---
 pretty_name: tiny test shop
@@ -51,8 +50,9 @@ def write_card(folder: Path, card: str = GOOD_CARD, events: str = EVENTS, items:
     return folder / "card"
 
 
-COLUMNAR_CARD = GOOD_CARD.replace('path: events.tsv\n    separator: "\\t"', "path: events.parquet") \
-                         .replace('path: items.tsv\n    separator: "\\t"', "path: items.jsonl.gz")
+COLUMNAR_CARD = GOOD_CARD.replace('path: events.tsv\n    separator: "\\t"', "path: events.parquet").replace(
+    'path: items.tsv\n    separator: "\\t"', "path: items.jsonl.gz"
+)
 
 
 def columnar_files(folder: Path, events: dict | None = None) -> None:
@@ -61,21 +61,48 @@ def columnar_files(folder: Path, events: dict | None = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    events = events or {"user": ["u1", "u1", "u2", "u1"], "item": ["a", "b", "a", "c"],
-                        "ts": pa.array([30, 10, 20, 20], pa.int64()), "rating": [4.0, 5.0, 3.0, 1.0]}
+    events = events or {
+        "user": ["u1", "u1", "u2", "u1"],
+        "item": ["a", "b", "a", "c"],
+        "ts": pa.array([30, 10, 20, 20], pa.int64()),
+        "rating": [4.0, 5.0, 3.0, 1.0],
+    }
     pq.write_table(pa.table(events), folder / "data" / "events.parquet")
-    rows = [{"id": "a", "name": "Apple", "category": "fruit"}, {"id": "b", "name": "Bread", "category": "bakery"},
-            {"id": "c", "name": "Cheese", "category": "dairy"}]
+    rows = [
+        {"id": "a", "name": "Apple", "category": "fruit"},
+        {"id": "b", "name": "Bread", "category": "bakery"},
+        {"id": "c", "name": "Cheese", "category": "dairy"},
+    ]
     with gzip.open(folder / "data" / "items.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
 
 
-GARDEN = ["watering can", "pruning shears", "seed tray", "garden trowel", "hose reel", "plant labels",
-          "compost bin", "hedge trimmer", "flower pots", "rake"]
+GARDEN = [
+    "watering can",
+    "pruning shears",
+    "seed tray",
+    "garden trowel",
+    "hose reel",
+    "plant labels",
+    "compost bin",
+    "hedge trimmer",
+    "flower pots",
+    "rake",
+]
 
 
-JAZZ = ["jazz vinyl record", "saxophone album", "bebop box set", "jazz piano record", "swing album",
-        "trumpet solo record", "blue note album", "jazz quartet record", "big band album", "cool jazz record"]
+JAZZ = [
+    "jazz vinyl record",
+    "saxophone album",
+    "bebop box set",
+    "jazz piano record",
+    "swing album",
+    "trumpet solo record",
+    "blue note album",
+    "jazz quartet record",
+    "big band album",
+    "cool jazz record",
+]
 
 
 def bag_of_words(texts, **_):
@@ -87,8 +114,9 @@ def bag_of_words(texts, **_):
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def planted(user: str, n_before: int, n_after: int, seed: int, first=GARDEN, then=JAZZ,
-            category=("Gardening", "Jazz")) -> History:
+def planted(
+    user: str, n_before: int, n_after: int, seed: int, first=GARDEN, then=JAZZ, category=("Gardening", "Jazz")
+) -> History:
     rng = np.random.default_rng(seed)
     events = []
     for k in range(n_before + n_after):
@@ -100,12 +128,28 @@ def planted(user: str, n_before: int, n_after: int, seed: int, first=GARDEN, the
 
 
 def tiny_args(tmp_path, tiny_bert, synthetic_dir, **overrides) -> FinetuneArguments:
-    options = dict(card="synthetic-shop", data_dir=str(synthetic_dir), output_dir=str(tmp_path / "out"),
-                   model_name_or_path=str(tiny_bert), max_seq_length=48, max_item_length=24,
-                   max_train_prefixes_per_user=6, per_device_train_batch_size=16, per_device_eval_batch_size=64,
-                   learning_rate=2e-3, head_learning_rate=2e-2, max_steps=12, eval_steps=4, save_steps=6,
-                   max_eval_users=None, early_stopping_patience=None, disable_tqdm=True, seed=7, lora_dropout=0.1,
-                   head_warmup_epochs=0)
+    options = dict(
+        card="synthetic-shop",
+        data_dir=str(synthetic_dir),
+        output_dir=str(tmp_path / "out"),
+        model_name_or_path=str(tiny_bert),
+        max_seq_length=48,
+        max_item_length=24,
+        max_train_prefixes_per_user=6,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        learning_rate=2e-3,
+        head_learning_rate=2e-2,
+        max_steps=12,
+        eval_steps=4,
+        save_steps=6,
+        max_eval_users=None,
+        early_stopping_patience=None,
+        disable_tqdm=True,
+        seed=7,
+        lora_dropout=0.1,
+        head_warmup_epochs=0,
+    )
     options.update(overrides)
     return FinetuneArguments(**options)
 
@@ -126,8 +170,10 @@ def taste_and_noise(texts, **_):
 
 def taste_history(user: str, tastes: list[int], lengths: list[int], seed: int) -> History:
     rng = np.random.default_rng(seed)
-    events = [Event(f"t{taste} n{rng.integers(10**6)}", f"item of taste {taste}", k)
-              for k, taste in enumerate(t for t, n in zip(tastes, lengths) for _ in range(n))]
+    events = [
+        Event(f"t{taste} n{rng.integers(10**6)}", f"item of taste {taste}", k)
+        for k, taste in enumerate(t for t, n in zip(tastes, lengths) for _ in range(n))
+    ]
     return History(user, events)
 
 

@@ -9,10 +9,14 @@ import re
 
 from conftest import REPO
 
-INSTALL_AND_RUN = ('python -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install . '
-                   '&& interestbert quickstart')
-INSTALL_AND_TEST = ('python -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && '
-                    'pip install ".[test]" && python -m pytest -q')
+INSTALL_AND_RUN = (
+    "python -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install . "
+    "&& interestbert quickstart"
+)
+INSTALL_AND_TEST = (
+    "python -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+    'pip install ".[test]" && python -m pytest -q'
+)
 
 
 def readme_first_commands() -> list[str]:
@@ -101,8 +105,9 @@ def wrong_cli_uses(uses: list[str], commands: dict[str, set[str]]) -> list[str]:
 
 def test_the_readme_and_docs_commands_name_real_cli_commands_and_options():
     commands = cli_options()
-    found = {path.relative_to(REPO).as_posix(): cli_uses(path.read_text(encoding="utf-8"))
-             for path in documented_files()}
+    found = {
+        path.relative_to(REPO).as_posix(): cli_uses(path.read_text(encoding="utf-8")) for path in documented_files()
+    }
     assert len(found["README.md"]) >= 10, found["README.md"]  # one example or more per job
     assert len(found["docs/pages/cli.md"]) >= 12, found["docs/pages/cli.md"]  # one row per command and action
     wrong = [f"{name}: {reason}" for name, uses in found.items() for reason in wrong_cli_uses(uses, commands)]
@@ -113,29 +118,62 @@ def test_the_commands_check_can_fail():
     commands = cli_options()
     assert "--data-dir" in commands["encode"] and "--data_dir" in commands["encode"]
     assert "--no-such-option" not in commands["encode"] and "cards validate" in commands
-    uses = cli_uses("run `interestbert encode --card c --no-such-option 1 | head`, then\n```bash\n"
-                    "interestbert serve --port 1 && interestbert cards validate c --data-dir d \\\n"
-                    "    --split test|validation\n```\n")
-    assert uses == ["interestbert serve --port 1",
-                    "interestbert cards validate c --data-dir d      --split test|validation",
-                    "interestbert encode --card c --no-such-option 1"]
+    uses = cli_uses(
+        "run `interestbert encode --card c --no-such-option 1 | head`, then\n```bash\n"
+        "interestbert serve --port 1 && interestbert cards validate c --data-dir d \\\n"
+        "    --split test|validation\n```\n"
+    )
+    assert uses == [
+        "interestbert serve --port 1",
+        "interestbert cards validate c --data-dir d      --split test|validation",
+        "interestbert encode --card c --no-such-option 1",
+    ]
     assert wrong_cli_uses(uses, commands) == [
         "`interestbert serve --port 1`: there is no command `interestbert serve`",
-        ("`interestbert cards validate c --data-dir d      --split test|validation`: `cards validate` has no option "
-         "--split"),
-        "`interestbert encode --card c --no-such-option 1`: `encode` has no option --no-such-option"]
+        (
+            "`interestbert cards validate c --data-dir d      --split test|validation`: `cards validate` has no option "
+            "--split"
+        ),
+        "`interestbert encode --card c --no-such-option 1`: `encode` has no option --no-such-option",
+    ]
 
 
 def test_public_api_of_the_encoder_package():
     import interestbert.encoder as encoder
 
-    assert sorted(encoder.__all__) == sorted([
-        "DEFAULT_BASE_MODEL", "CardData", "DataCard", "DataCardError", "DriftConfig", "DriftEvent", "DriftMonitor",
-        "Event", "History", "InterestBertError", "InterestEncoder", "LoraOptions", "ModelCardData", "ModelFolder",
-        "PopularityScorer", "Scorer", "SequenceHead", "SequenceHeadScorer", "SequenceOptions", "StrategyHead",
-        "StrategyHeadScorer", "TextCosineScorer", "Verbaliser",
-        "available_cards", "histories_from_verbaliser", "load_card", "load_card_data", "register_in_hub_cache",
-        "scorer_for"])
+    assert sorted(encoder.__all__) == sorted(
+        [
+            "DEFAULT_BASE_MODEL",
+            "CardData",
+            "DataCard",
+            "DataCardError",
+            "DriftConfig",
+            "DriftEvent",
+            "DriftMonitor",
+            "Event",
+            "History",
+            "InterestBertError",
+            "InterestEncoder",
+            "LoraOptions",
+            "ModelCardData",
+            "ModelFolder",
+            "PopularityScorer",
+            "Scorer",
+            "SequenceHead",
+            "SequenceHeadScorer",
+            "SequenceOptions",
+            "StrategyHead",
+            "StrategyHeadScorer",
+            "TextCosineScorer",
+            "Verbaliser",
+            "available_cards",
+            "histories_from_verbaliser",
+            "load_card",
+            "load_card_data",
+            "register_in_hub_cache",
+            "scorer_for",
+        ]
+    )
     assert encoder.DEFAULT_BASE_MODEL == "sentence-transformers/all-MiniLM-L6-v2"
     for name in encoder.__all__:
         if name == "DEFAULT_BASE_MODEL":
@@ -192,8 +230,11 @@ def test_encoder_never_imports_finetune_or_inference():
 
 
 def test_inference_takes_no_scoring_from_finetune():
-    scoring = ("interestbert.finetune.evaluate.rank_examples", "interestbert.finetune.metrics",
-               "interestbert.encoder.scoring")  # the last one is allowed: checked below to be what is used
+    scoring = (
+        "interestbert.finetune.evaluate.rank_examples",
+        "interestbert.finetune.metrics",
+        "interestbert.encoder.scoring",
+    )  # the last one is allowed: checked below to be what is used
     for path in sorted((REPO / "inference").rglob("*.py")):
         for line, module in imported_modules(path, package_of(path)):
             assert not forbidden(module, scoring[:2]), f"{path.relative_to(REPO)}:{line} imports {module}"
@@ -204,14 +245,20 @@ def test_inference_takes_no_scoring_from_finetune():
 
 def test_the_import_check_sees_every_form(tmp_path):
     source = tmp_path / "probe.py"
-    source.write_text("import interestbert.finetune.train\nfrom interestbert import inference\n"
-                      "from ..finetune import data\nimport importlib\nimportlib.import_module('interestbert.finetune')\n"
-                      "from . import scoring\n")
+    source.write_text(
+        "import interestbert.finetune.train\nfrom interestbert import inference\n"
+        "from ..finetune import data\nimport importlib\nimportlib.import_module('interestbert.finetune')\n"
+        "from . import scoring\n"
+    )
     modules = [m for _, m in imported_modules(source, "interestbert.encoder")]
     banned = ("interestbert.finetune", "interestbert.inference")
     assert [m for m in modules if forbidden(m, banned)] == [
-        "interestbert.finetune.train", "interestbert.inference", "interestbert.finetune",
-        "interestbert.finetune.data", "interestbert.finetune"]
+        "interestbert.finetune.train",
+        "interestbert.inference",
+        "interestbert.finetune",
+        "interestbert.finetune.data",
+        "interestbert.finetune",
+    ]
     assert "interestbert.encoder.scoring" in modules and not forbidden("interestbert.encoder.scoring", banned)
     # in a sub-package, `..` is `interestbert.encoder` and `...finetune` leaves it
     nested = tmp_path / "nested.py"
@@ -230,8 +277,7 @@ def test_nothing_unpickles_or_trusts_remote_code():
 
 
 # `--option value` pairs of finetune options the README or the docs show as a choice, not as the default
-NOT_DEFAULTS = {("head_warmup_epochs", "0"), ("resume_from_checkpoint", "latest"),
-                ("joint_head_learning_rate", "0")}
+NOT_DEFAULTS = {("head_warmup_epochs", "0"), ("resume_from_checkpoint", "latest"), ("joint_head_learning_rate", "0")}
 
 
 def finetune_values(text: str) -> list[tuple[str, str, object]]:
@@ -241,10 +287,14 @@ def finetune_values(text: str) -> list[tuple[str, str, object]]:
 
     from interestbert.finetune.args import FinetuneArguments
 
-    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneArguments)
-                if f.default is not dataclasses.MISSING}
-    return [(name, value, defaults[name]) for name, value in re.findall(r"`--([a-z_]+) ([^`\s]+)`", text)
-            if name in defaults and (name, value) not in NOT_DEFAULTS and not re.fullmatch(r"[A-Z][A-Z_]*", value)]
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(FinetuneArguments) if f.default is not dataclasses.MISSING
+    }
+    return [
+        (name, value, defaults[name])
+        for name, value in re.findall(r"`--([a-z_]+) ([^`\s]+)`", text)
+        if name in defaults and (name, value) not in NOT_DEFAULTS and not re.fullmatch(r"[A-Z][A-Z_]*", value)
+    ]
 
 
 def _same(value: str, default) -> bool:
@@ -265,8 +315,9 @@ def test_the_finetune_page_gives_the_real_finetune_defaults():
     assert {"learning_rate", "head_learning_rate", "sequence_dim", "interest_horizons", "lora_r"} <= stated, stated
     for path in documented_files():
         found = finetune_values(path.read_text(encoding="utf-8"))
-        wrong = [f"--{name} {value} (default {default!r})" for name, value, default in found
-                 if not _same(value, default)]
+        wrong = [
+            f"--{name} {value} (default {default!r})" for name, value, default in found if not _same(value, default)
+        ]
         assert not wrong, f"{path.relative_to(REPO)} states other values than the defaults: {wrong}"
 
 
@@ -279,9 +330,11 @@ def test_help_answers_without_loading_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom interestbert.inference.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
-            "    pass\nheavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
+    code = (
+        "import sys\nfrom interestbert.inference.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+        "    pass\nheavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: interestbert" in done.stdout
@@ -289,8 +342,12 @@ def test_help_answers_without_loading_torch():
 
 def projection_values(text: str) -> dict[str, int]:
     """The drift projection's settings as the Drift page states them."""
-    patterns = {"dim": r"learned projection \(384 -> (\d+)\)", "lookback": r"the mean of up to (\d+) events before",
-                "negatives": r"than to (\d+) other users' windows", "steps": r"; ([\d,]+) steps, seconds"}
+    patterns = {
+        "dim": r"learned projection \(384 -> (\d+)\)",
+        "lookback": r"the mean of up to (\d+) events before",
+        "negatives": r"than to (\d+) other users' windows",
+        "steps": r"; ([\d,]+) steps, seconds",
+    }
     found = {name: re.search(pattern, text) for name, pattern in patterns.items()}
     return {name: int(m.group(1).replace(",", "")) for name, m in found.items() if m}
 
@@ -302,8 +359,12 @@ def test_the_drift_page_gives_the_real_projection_defaults():
 
     defaults = inspect.signature(DriftMonitor.fit_projection).parameters
     stated = projection_values((DOCS_PAGES / "drift.md").read_text(encoding="utf-8"))
-    assert stated == {"dim": PROJECTION_DIM, "lookback": defaults["lookback"].default,
-                      "negatives": defaults["batch_users"].default - 1, "steps": defaults["steps"].default}
+    assert stated == {
+        "dim": PROJECTION_DIM,
+        "lookback": defaults["lookback"].default,
+        "negatives": defaults["batch_users"].default - 1,
+        "steps": defaults["steps"].default,
+    }
 
 
 def test_the_projection_defaults_check_can_fail():
@@ -332,8 +393,11 @@ def test_the_docs_site_lists_every_page_once():
 
 def markdown_links(text: str) -> list[str]:
     """The targets of ``[text](target)`` links that stay in the repository (no scheme, no bare anchor)."""
-    return [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text)
-            if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+    return [
+        t.split("#")[0]
+        for t in re.findall(r"\]\(([^)\s]+)\)", text)
+        if not re.match(r"[a-z]+:", t) and not t.startswith("#")
+    ]
 
 
 def test_links_of_the_readme_benchmarks_and_changelog_point_at_files():
@@ -357,8 +421,7 @@ def test_every_benchmark_result_is_indexed_with_its_machine_date_and_command():
 
 
 def test_the_changelog_describes_the_version_in_pyproject():
-    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(encoding="utf-8"),
-                        re.MULTILINE)
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(encoding="utf-8"), re.MULTILINE)
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
     newest = re.search(r"^## \[([^\]]+)\]", changelog, re.MULTILINE)
     assert version and newest and newest.group(1) == version.group(1), (newest, version)
@@ -379,7 +442,21 @@ def test_the_documentation_site_builds_strictly(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(DOCS / "mkdocs.yml"),
-                           "-d", str(tmp_path / "site")], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-q",
+            "-f",
+            str(DOCS / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "cards" / "index.html").is_file()

@@ -13,11 +13,39 @@
 from .card import DataCard, available_cards, load_card, resolve_card_path
 from .draft import Draft, draft_card
 from .load import CardData, generate_card_files, load_card_data, load_items, load_switches
-from .schema import (EventsSection, FileSpec, GeneratorSection, IdMapSection, InterestbertBlock, ItemsSection,
-                     SwitchesSection, VerbalisationSection, schema_markdown)
+from .schema import (
+    EventsSection,
+    FileSpec,
+    GeneratorSection,
+    IdMapSection,
+    InterestbertBlock,
+    ItemsSection,
+    SwitchesSection,
+    VerbalisationSection,
+    schema_markdown,
+)
 from .templates import CardTemplate
 
-__all__ = ["CardData", "CardTemplate", "DataCard", "Draft", "EventsSection", "FileSpec", "GeneratorSection",
-           "IdMapSection", "InterestbertBlock", "ItemsSection", "SwitchesSection", "VerbalisationSection",
-           "available_cards", "draft_card", "generate_card_files", "load_card", "load_card_data", "load_items",
-           "load_switches", "resolve_card_path", "schema_markdown"]
+__all__ = [
+    "CardData",
+    "CardTemplate",
+    "DataCard",
+    "Draft",
+    "EventsSection",
+    "FileSpec",
+    "GeneratorSection",
+    "IdMapSection",
+    "InterestbertBlock",
+    "ItemsSection",
+    "SwitchesSection",
+    "VerbalisationSection",
+    "available_cards",
+    "draft_card",
+    "generate_card_files",
+    "load_card",
+    "load_card_data",
+    "load_items",
+    "load_switches",
+    "resolve_card_path",
+    "schema_markdown",
+]

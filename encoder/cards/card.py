@@ -38,11 +38,10 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import DataCardError
 from .files import _one_line
 from .schema import EventsSection, GeneratorSection, IdMapSection, InterestbertBlock, ItemsSection, SwitchesSection
-from ..errors import DataCardError
 from .templates import CardTemplate
-
 
 
 @dataclass(frozen=True)
@@ -139,12 +138,24 @@ def load_card(name_or_path: str | os.PathLike) -> DataCard:
     events, items = block.events, block.items
     action = CardTemplate.compile(events.action, f"{where}: key `interestbert.events.action`", events.fields)
     item_text = CardTemplate.compile(items.text, f"{where}: key `interestbert.items.text`", items.fields)
-    event_text = CardTemplate.compile(block.verbalisation.event, f"{where}: key `interestbert.verbalisation.event`",
-                                      ["item", "action", *items.fields])
-    return DataCard(name=name, path=path, events=events, action=action, items=items, item_text=item_text,
-                    event_text=event_text, separator=block.verbalisation.separator, id_map=items.id_map,
-                    switches=block.switches, generator=block.generator, data_folder=block.data_folder,
-                    metadata=meta)
+    event_text = CardTemplate.compile(
+        block.verbalisation.event, f"{where}: key `interestbert.verbalisation.event`", ["item", "action", *items.fields]
+    )
+    return DataCard(
+        name=name,
+        path=path,
+        events=events,
+        action=action,
+        items=items,
+        item_text=item_text,
+        event_text=event_text,
+        separator=block.verbalisation.separator,
+        id_map=items.id_map,
+        switches=block.switches,
+        generator=block.generator,
+        data_folder=block.data_folder,
+        metadata=meta,
+    )
 
 
 MAX_CARD_BYTES = 4 << 20  # a card README: the front matter and its prose
@@ -158,8 +169,10 @@ def _front_matter(path: Path, where: str) -> object:
     try:
         size = path.stat().st_size
         if size > MAX_CARD_BYTES:
-            raise DataCardError(f"{where}: the card is {size:,} bytes, more than the {MAX_CARD_BYTES >> 20} MiB a card "
-                                "README may have; keep data out of the card and point at it with `path`.")
+            raise DataCardError(
+                f"{where}: the card is {size:,} bytes, more than the {MAX_CARD_BYTES >> 20} MiB a card "
+                "README may have; keep data out of the card and point at it with `path`."
+            )
         raw = path.read_bytes()
     except OSError as err:
         raise DataCardError(f"{where} cannot be read ({_one_line(err)}); check the path and its permissions.") from None
@@ -175,15 +188,18 @@ def _front_matter(path: Path, where: str) -> object:
         raise DataCardError(f"{where}: the YAML front matter is not closed; end it with a `---` line.")
     source = parts[0].lstrip("-\n")
     if len(source) > MAX_FRONT_MATTER_BYTES:
-        raise DataCardError(f"{where}: the YAML front matter has {len(source):,} characters, more than "
-                            f"{MAX_FRONT_MATTER_BYTES >> 10} KiB; shorten it.")
+        raise DataCardError(
+            f"{where}: the YAML front matter has {len(source):,} characters, more than "
+            f"{MAX_FRONT_MATTER_BYTES >> 10} KiB; shorten it."
+        )
     try:
         root = yaml.compose(source, Loader=yaml.SafeLoader)
         _check_yaml_size(root, where)
         return yaml.safe_load(source) or {}
     except yaml.YAMLError as err:
-        raise DataCardError(f"{where}: the YAML front matter does not parse ({_one_line(err)[:300]}); fix its "
-                            "syntax.") from None
+        raise DataCardError(
+            f"{where}: the YAML front matter does not parse ({_one_line(err)[:300]}); fix its syntax."
+        ) from None
     except RecursionError:
         raise DataCardError(f"{where}: the YAML front matter is nested too deeply to read; flatten it.") from None
 
@@ -198,8 +214,10 @@ def _check_yaml_size(root, where: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in open_nodes:
-            raise DataCardError(f"{where}: the YAML front matter holds a node that contains itself (through an alias); "
-                                "remove the alias.")
+            raise DataCardError(
+                f"{where}: the YAML front matter holds a node that contains itself (through an alias); "
+                "remove the alias."
+            )
         open_nodes.add(key)
         total = 1
         if isinstance(node, yaml.SequenceNode):
@@ -209,8 +227,10 @@ def _check_yaml_size(root, where: str) -> None:
         open_nodes.discard(key)
         sizes[key] = total
         if total > MAX_YAML_NODES:
-            raise DataCardError(f"{where}: the YAML front matter expands to more than {MAX_YAML_NODES:,} values (its "
-                                "aliases repeat nodes); write the card without nested aliases.")
+            raise DataCardError(
+                f"{where}: the YAML front matter expands to more than {MAX_YAML_NODES:,} values (its "
+                "aliases repeat nodes); write the card without nested aliases."
+            )
         return total
 
     if root is not None:

@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..errors import DataCardError
 
 SAMPLE_BYTES = 256 << 10
@@ -80,11 +79,16 @@ def sniff(path: str | os.PathLike) -> FileGuess:
     if not path.is_file():
         raise DataCardError(f"cards init: file {path} does not exist; pass the events and items files.")
     gz = path.suffix == ".gz"
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
         head = f.read(SAMPLE_BYTES)
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-    kind = "parquet" if head.startswith(b"PAR1") or (suffixes and suffixes[-1] in (".parquet", ".pq")) else \
-        "jsonl" if suffixes and suffixes[-1] in (".jsonl", ".ndjson") else "csv"
+    kind = (
+        "parquet"
+        if head.startswith(b"PAR1") or (suffixes and suffixes[-1] in (".parquet", ".pq"))
+        else "jsonl"
+        if suffixes and suffixes[-1] in (".jsonl", ".ndjson")
+        else "csv"
+    )
     guess = FileGuess(path=path, format=kind, compression="gzip" if gz else "none")
     if kind == "parquet":
         import pyarrow.parquet as pq
@@ -94,7 +98,7 @@ def sniff(path: str | os.PathLike) -> FileGuess:
         guess.rows = [[str(v) for v in row.values()] for row in batch.to_pylist()] if batch is not None else []
         return guess
     text = _decode(head, guess)
-    lines = [line for line in text.splitlines()[:SAMPLE_ROWS + 1] if line.strip()]
+    lines = [line for line in text.splitlines()[: SAMPLE_ROWS + 1] if line.strip()]
     if len(head) == SAMPLE_BYTES and len(lines) > 1:
         lines = lines[:-1]  # the last one may be cut
     if not lines:
@@ -105,8 +109,9 @@ def sniff(path: str | os.PathLike) -> FileGuess:
             try:
                 records.append(json.loads(line))
             except ValueError:
-                raise DataCardError(f"cards init: file {path} line {i} is not JSON; a .jsonl file holds one JSON "
-                                    "object per line.") from None
+                raise DataCardError(
+                    f"cards init: file {path} line {i} is not JSON; a .jsonl file holds one JSON object per line."
+                ) from None
         guess.names = list(dict.fromkeys(k for r in records if isinstance(r, dict) for k in r))
         guess.rows = [[str(r.get(n, "")) for n in guess.names] for r in records if isinstance(r, dict)]
         return guess
@@ -170,8 +175,9 @@ def _has_header(rows: list[list[str]]) -> bool:
         if below and all(_is_number(v) for v in below):
             return True
     known = "|".join([*ROLE_NAMES.values(), TITLE_NAMES, TEXT_NAMES, r"^id$|_id\b|^id_|^key$"])
-    return all(re.fullmatch(r"[A-Za-z_][\w .:\-]*", v.strip()) for v in rows[0]) and \
-        any(re.search(known, v.strip(), re.I) for v in rows[0])
+    return all(re.fullmatch(r"[A-Za-z_][\w .:\-]*", v.strip()) for v in rows[0]) and any(
+        re.search(known, v.strip(), re.I) for v in rows[0]
+    )
 
 
 def _integers(values: list[str]) -> list[float] | None:
@@ -199,8 +205,15 @@ def guess_event_columns(events: FileGuess) -> dict[str, str]:
                 break
     free = [n for n in events.names if n not in roles.values()]
     if "rating" not in roles:  # few distinct numbers within 0..10; the fewest of all such columns
-        scale = [n for n in free if (v := events.column(n)) and all(_is_number(x) for x in v) and len(set(v)) <= 11
-                 and 0 <= min(map(float, v)) and max(map(float, v)) <= 10]
+        scale = [
+            n
+            for n in free
+            if (v := events.column(n))
+            and all(_is_number(x) for x in v)
+            and len(set(v)) <= 11
+            and 0 <= min(map(float, v))
+            and max(map(float, v)) <= 10
+        ]
         if scale:
             roles["rating"] = min(scale, key=lambda n: len(set(events.column(n))))
     free = [n for n in events.names if n not in roles.values()]
@@ -209,8 +222,10 @@ def guess_event_columns(events: FileGuess) -> dict[str, str]:
             roles[role] = free.pop(0)
     missing = [r for r in ("user_id", "item_id", "timestamp") if r not in roles]
     if missing:
-        raise DataCardError(f"cards init: no column of {events.path} looks like {' or '.join(missing)} (it has "
-                            f"{events.names[:12]}); name them in a header line, or write the card by hand.")
+        raise DataCardError(
+            f"cards init: no column of {events.path} looks like {' or '.join(missing)} (it has "
+            f"{events.names[:12]}); name them in a header line, or write the card by hand."
+        )
     return {k: roles[k] for k in ("user_id", "item_id", "timestamp", "rating") if k in roles}
 
 
@@ -247,13 +262,19 @@ class Draft:
 
     def summary(self) -> list[str]:
         cols = ", ".join(f"{k} <- {v}" for k, v in self.event_columns.items())
-        return [f"  events  {self.events.path.name}: {self.events.describe()}; {cols}",
-                f"  items   {self.items.path.name}: {self.items.describe()}; item_id <- {self.item_id}, text from "
-                f"{', '.join(self.item_text) or 'the id only'}"]
+        return [
+            f"  events  {self.events.path.name}: {self.events.describe()}; {cols}",
+            f"  items   {self.items.path.name}: {self.items.describe()}; item_id <- {self.item_id}, text from "
+            f"{', '.join(self.item_text) or 'the id only'}",
+        ]
 
 
-def draft_card(events_path: str | os.PathLike, items_path: str | os.PathLike, name: str,
-               id_map_path: str | os.PathLike | None = None) -> Draft:
+def draft_card(
+    events_path: str | os.PathLike,
+    items_path: str | os.PathLike,
+    name: str,
+    id_map_path: str | os.PathLike | None = None,
+) -> Draft:
     """Drafts a card for the files (paths relative to their common folder, the ``--data-dir``); ``id_map_path``
     is a file of two columns that maps the events' item ids to the items file's."""
     events, items = sniff(events_path), sniff(items_path)
@@ -268,8 +289,11 @@ def draft_card(events_path: str | os.PathLike, items_path: str | os.PathLike, na
         map_columns = {"item_id": by_overlap[0], "key": next(n for n in id_map.names if n != by_overlap[0])}
         event_items = id_map.column(map_columns["key"])
     item_id, text_fields = guess_item_columns(items, event_items)
-    fields = {"user_id": event_columns["user_id"], "item_id": event_columns["item_id"],
-              "timestamp": event_columns["timestamp"]}
+    fields = {
+        "user_id": event_columns["user_id"],
+        "item_id": event_columns["item_id"],
+        "timestamp": event_columns["timestamp"],
+    }
     action = "interacted"
     if "rating" in event_columns:
         fields["rating"] = event_columns["rating"]
@@ -277,20 +301,30 @@ def draft_card(events_path: str | os.PathLike, items_path: str | os.PathLike, na
         top = 5 if ratings is None or max(ratings) <= 5 else 10
         action = f"rated {{{{ rating | int }}}}/{top}" if ratings is not None else "rated {{ rating }}"
     item_fields = {"item_id": item_id, **{_field(n): n for n in text_fields}}
-    text = " ".join([f"{{{{ {_field(text_fields[0])} }}}}" if text_fields else "item {{ item_id }}"] +
-                    ([f"({', '.join(f'{{{{ {_field(n)} }}}}' for n in text_fields[1:])})"] if text_fields[1:] else []))
-    block = {"events": {**_file_keys(events, data_dir), "columns": fields, "action": action},
-             "items": {**_file_keys(items, data_dir), "columns": item_fields, "text": text,
-                       **({"id_map": {**_file_keys(id_map, data_dir), "columns": map_columns}} if id_map else {})},
-             "verbalisation": {"event": "{{ item }}: {{ action }}", "separator": "\n"}}
+    text = " ".join(
+        [f"{{{{ {_field(text_fields[0])} }}}}" if text_fields else "item {{ item_id }}"]
+        + ([f"({', '.join(f'{{{{ {_field(n)} }}}}' for n in text_fields[1:])})"] if text_fields[1:] else [])
+    )
+    block = {
+        "events": {**_file_keys(events, data_dir), "columns": fields, "action": action},
+        "items": {
+            **_file_keys(items, data_dir),
+            "columns": item_fields,
+            "text": text,
+            **({"id_map": {**_file_keys(id_map, data_dir), "columns": map_columns}} if id_map else {}),
+        },
+        "verbalisation": {"event": "{{ item }}: {{ action }}", "separator": "\n"},
+    }
     if not text_fields:
         block["items"]["columns"]["label"] = item_id
         block["items"]["text"] = "item {{ label }}"
     front = _yaml({"pretty_name": name, "license": "unknown", "interestbert": block})
-    readme = (f"---\n{front}---\n# {name}\n\nDrafted by `interestbert cards init` from {events.path.name} and "
-              f"{items.path.name}: check every guess (columns, separator, header, encoding, the templates) and set "
-              "`license`, then run `interestbert cards validate` on this folder with `--data-dir` the folder of the "
-              "files.\n")
+    readme = (
+        f"---\n{front}---\n# {name}\n\nDrafted by `interestbert cards init` from {events.path.name} and "
+        f"{items.path.name}: check every guess (columns, separator, header, encoding, the templates) and set "
+        "`license`, then run `interestbert cards validate` on this folder with `--data-dir` the folder of the "
+        "files.\n"
+    )
     return Draft(readme, events, items, event_columns, item_id, text_fields, data_dir)
 
 

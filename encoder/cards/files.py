@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import FileSpec
 from ..errors import DataCardError, excerpt
+from .schema import FileSpec
 
 
 def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
-
 
 
 @dataclass
@@ -38,11 +37,14 @@ def _safe_path(data_dir: Path, relative: str, where: str) -> Path:
     root = data_dir.resolve()
     target = (root / rel).resolve()
     if rel.is_absolute() or not target.is_relative_to(root):
-        raise DataCardError(f"{where}: path `{relative}` leaves the data directory {root}; card paths must be "
-                            "relative and stay inside --data-dir.")
+        raise DataCardError(
+            f"{where}: path `{relative}` leaves the data directory {root}; card paths must be "
+            "relative and stay inside --data-dir."
+        )
     if not target.is_file():
-        raise DataCardError(f"{where}: file `{relative}` does not exist in {root}; check --data-dir or the card's "
-                            "`path`.")
+        raise DataCardError(
+            f"{where}: file `{relative}` does not exist in {root}; check --data-dir or the card's `path`."
+        )
     return target
 
 
@@ -80,8 +82,9 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
         text = raw.decode(encoding)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise DataCardError(f"{loc} line {line} is not valid {spec.encoding}; set the card's `encoding` "
-                            "(for example latin-1).") from None
+        raise DataCardError(
+            f"{loc} line {line} is not valid {spec.encoding}; set the card's `encoding` (for example latin-1)."
+        ) from None
     rows = _split_rows(text, spec, loc)
     header: tuple[str, ...]
     if spec.header:
@@ -97,10 +100,18 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
     index = {}
     for name, col in spec.columns.items():
         if col not in header:
-            hint = (f" (it starts with a UTF-8 byte-order mark, read as {spec.encoding} characters: set the card's "
-                    "`encoding: utf-8`)") if bom and encoding != "utf-8-sig" else ""
-            raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
-                                f"{excerpt(list(header))}{hint}.")
+            hint = (
+                (
+                    f" (it starts with a UTF-8 byte-order mark, read as {spec.encoding} characters: set the card's "
+                    "`encoding: utf-8`)"
+                )
+                if bom and encoding != "utf-8-sig"
+                else ""
+            )
+            raise DataCardError(
+                f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
+                f"{excerpt(list(header))}{hint}."
+            )
         index[name] = header.index(col)
     width = len(header)
     cols: dict[str, list[str]] = {name: [] for name in index}
@@ -111,10 +122,18 @@ def read_table(spec: FileSpec, data_dir: Path, where: str) -> Table:
             if len(row) == 0 or row == [""]:
                 continue  # blank line
             end = rows.last_line
-            spans = (f" (the row runs on to line {end}: a quote `\"` opened on line {lineno} is not closed there; "
-                     "balance it or set `quoting: none`)") if end > lineno else ""
-            raise DataCardError(f"{loc} line {lineno}: expected {width} fields separated by {excerpt(spec.separator)}, "
-                                f"found {len(row)}{spans}; fix the line or the card's `separator`/`names`.")
+            spans = (
+                (
+                    f' (the row runs on to line {end}: a quote `"` opened on line {lineno} is not closed there; '
+                    "balance it or set `quoting: none`)"
+                )
+                if end > lineno
+                else ""
+            )
+            raise DataCardError(
+                f"{loc} line {lineno}: expected {width} fields separated by {excerpt(spec.separator)}, "
+                f"found {len(row)}{spans}; fix the line or the card's `separator`/`names`."
+            )
         for append, i in appenders:
             append(row[i])
         lines.append(lineno)
@@ -141,21 +160,27 @@ def _read_columnar(spec: FileSpec, path: Path, kind: str, gz: bool, where: str, 
             else:
                 table = pj.read_json(path)
     except (OSError, pa.ArrowInvalid) as err:
-        raise DataCardError(f"{loc} cannot be read as {'Parquet' if kind == 'parquet' else 'JSON Lines'} "
-                            f"({_one_line(err)[:300]}); check the file and the card's `format`.") from None
+        raise DataCardError(
+            f"{loc} cannot be read as {'Parquet' if kind == 'parquet' else 'JSON Lines'} "
+            f"({_one_line(err)[:300]}); check the file and the card's `format`."
+        ) from None
     cols: dict[str, list[str]] = {}
     for name, col in spec.columns.items():
         if col not in table.column_names:
-            raise DataCardError(f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
-                                f"{excerpt(table.column_names)}.")
+            raise DataCardError(
+                f"{where}: column `{col}` (for `{name}`) not found in {spec.path}; the file has "
+                f"{excerpt(table.column_names)}."
+            )
         values = table.column(col)
         if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
             values = pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64())
         try:
             values = pc.cast(values, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataCardError(f"{where}: column `{col}` of {spec.path} holds {values.type}, which is not text, "
-                                "a number or a time; map another column.") from None
+            raise DataCardError(
+                f"{where}: column `{col}` of {spec.path} holds {values.type}, which is not text, "
+                "a number or a time; map another column."
+            ) from None
         if values.null_count:
             row = pc.index(pc.is_null(values), True).as_py() + 1
             raise DataCardError(f"{loc} line {row}: `{name}` (column `{col}`) is missing; fill it or drop the row.")
@@ -171,8 +196,9 @@ class _Rows:
         self.loc, self.last_line = loc, 0
         if len(spec.separator) == 1:
             quoting = csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL
-            self.reader = csv.reader(io.StringIO(text, newline=""), delimiter=spec.separator, quoting=quoting,
-                                     strict=True)
+            self.reader = csv.reader(
+                io.StringIO(text, newline=""), delimiter=spec.separator, quoting=quoting, strict=True
+            )
         else:
             self.reader = None
             self.lines = enumerate(text.splitlines(), 1)
@@ -191,8 +217,11 @@ class _Rows:
             row = next(self.reader)
         except csv.Error as err:
             end = self.reader.line_num
-            where = (f"line {start}: a quote `\"` opened there is not closed as CSV expects ({err}, on line {end})"
-                     if end > start else f"line {end}: {err}")
+            where = (
+                f'line {start}: a quote `"` opened there is not closed as CSV expects ({err}, on line {end})'
+                if end > start
+                else f"line {end}: {err}"
+            )
             raise DataCardError(f"{self.loc} {where}; fix the quoting or set `quoting: none`.") from None
         self.last_line = self.reader.line_num
         return start, row
@@ -220,12 +249,16 @@ def int_column(values: list[str], table: Table, name: str, where: str) -> np.nda
         except ValueError:
             f = None
         if f is None or not np.isfinite(f) or f != np.floor(f):
-            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {excerpt(v)}, not an "
-                                "integer (unix seconds); fix the line or map another column.")
+            raise DataCardError(
+                f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {excerpt(v)}, not an "
+                "integer (unix seconds); fix the line or map another column."
+            )
         if abs(f) > MAX_INTEGER:
-            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {excerpt(v)}, outside "
-                                f"the range of integers read exactly (+-{MAX_INTEGER:,}: unix seconds or "
-                                "milliseconds); fix the line or map another column.")
+            raise DataCardError(
+                f"{where}: file {table.path} line {table.lines[i]}: `{name}` is {excerpt(v)}, outside "
+                f"the range of integers read exactly (+-{MAX_INTEGER:,}: unix seconds or "
+                "milliseconds); fix the line or map another column."
+            )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -240,6 +273,8 @@ def check_finite(table: Table, names, where: str) -> None:
         bad = np.flatnonzero(~np.isfinite(floats))
         if len(bad):
             i = int(bad[0])
-            raise DataCardError(f"{where}: file {table.path} line {table.lines[i]}: `{name}` is "
-                                f"{excerpt(table.columns[name][i])} in a column of numbers; write a finite number or "
-                                "drop the line.")
+            raise DataCardError(
+                f"{where}: file {table.path} line {table.lines[i]}: `{name}` is "
+                f"{excerpt(table.columns[name][i])} in a column of numbers; write a finite number or "
+                "drop the line."
+            )

@@ -56,15 +56,17 @@ def load_card_data(card: DataCard | str | os.PathLike, data_dir: str | os.PathLi
         card = load_card(card)
     if data_dir is None:
         if card.generator is None:
-            raise DataCardError(f"{card.where}: --data-dir is required; point it at the folder holding "
-                                f"{card.events.path}.")
+            raise DataCardError(
+                f"{card.where}: --data-dir is required; point it at the folder holding {card.events.path}."
+            )
         with tempfile.TemporaryDirectory(prefix=f"interestbert-{card.name}-") as tmp:
             generate_card_files(card, tmp)
             return _load(card, Path(tmp))
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataCardError(f"{card.where}: --data-dir {data_dir} is not a folder; pass the folder that holds "
-                            f"{card.events.path}.")
+        raise DataCardError(
+            f"{card.where}: --data-dir {data_dir} is not a folder; pass the folder that holds {card.events.path}."
+        )
     return _load(card, data_dir)
 
 
@@ -89,8 +91,10 @@ def load_items(card: DataCard, data_dir: Path):
     seen: dict[str, int] = {}
     for i, item in enumerate(item_ids):
         if item in seen:
-            raise DataCardError(f"{where}: file {it.path} line {it.lines[i]}: item `{item}` appears again (first on "
-                                f"line {it.lines[seen[item]]}); item ids must be unique.")
+            raise DataCardError(
+                f"{where}: file {it.path} line {it.lines[i]}: item `{item}` appears again (first on "
+                f"line {it.lines[seen[item]]}); item ids must be unique."
+            )
         seen[item] = i
     fields = {k: v for k, v in it.columns.items() if k != "item_id"}
     check_finite(it, fields, where)
@@ -134,20 +138,25 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
         mapping = dict(zip(mp.columns["item_id"], mp.columns["key"]))
         missing = next((i for i, x in enumerate(event_items) if x not in mapping), None)
         if missing is not None:
-            raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing]}` is "
-                                f"not in {mp.path}; complete the id map or drop the event.")
+            raise DataCardError(
+                f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing]}` is "
+                f"not in {mp.path}; complete the id map or drop the event."
+            )
         event_items = [mapping[x] for x in event_items]
     missing = next((i for i, x in enumerate(event_items) if x not in seen), None)
     if missing is not None:
         n_missing = sum(x not in seen for x in event_items)
-        raise DataCardError(f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing][:80]}` "
-                            f"is not in the catalogue {it_path} (nor are those of {n_missing:,} of the {len(ev):,} "
-                            f"events, {100 * n_missing / len(ev):.0f} %); add them there, map them with `id_map`, or "
-                            "drop the events.")
+        raise DataCardError(
+            f"{where}: file {ev.path} line {ev.lines[missing]}: item `{event_items[missing][:80]}` "
+            f"is not in the catalogue {it_path} (nor are those of {n_missing:,} of the {len(ev):,} "
+            f"events, {100 * n_missing / len(ev):.0f} %); add them there, map them with `id_map`, or "
+            "drop the events."
+        )
     for i, u in enumerate(ev.columns["user_id"]):
         if not u.strip():
-            raise DataCardError(f"{where}: file {ev.path} line {ev.lines[i]}: `user_id` is empty; fill it or drop "
-                                "the line.")
+            raise DataCardError(
+                f"{where}: file {ev.path} line {ev.lines[i]}: `user_id` is empty; fill it or drop the line."
+            )
     timestamps = int_column(ev.columns["timestamp"], ev, "timestamp", where)
     event_fields = {k: v for k, v in ev.columns.items() if k not in ("user_id", "item_id", "timestamp")}
     check_finite(ev, event_fields, where)
@@ -164,8 +173,14 @@ def _load(card: DataCard, data_dir: Path) -> CardData:
             "timestamp": timestamps[order],
             "action": np.asarray(actions, dtype=object)[order].tolist(),
         },
-        features=datasets.Features({"user_id": datasets.Value("string"), "item_id": datasets.Value("string"),
-                                    "timestamp": datasets.Value("int64"), "action": datasets.Value("string")}),
+        features=datasets.Features(
+            {
+                "user_id": datasets.Value("string"),
+                "item_id": datasets.Value("string"),
+                "timestamp": datasets.Value("int64"),
+                "action": datasets.Value("string"),
+            }
+        ),
     )
     switches = load_switches(card, data_dir)
 

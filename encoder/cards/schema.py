@@ -47,52 +47,66 @@ class FileSpec(Section):
     REQUIRED_COLUMNS: ClassVar[tuple[str, ...]] = ()
 
     path: str = _help("The file, relative to --data-dir (it may not leave it); `.gz` is read compressed.")
-    format: str = _help("`infer` (Parquet for `.parquet`/`.pq`, JSON Lines for `.jsonl`/`.ndjson`, optionally "
-                        "`.gz`; else delimited text), `csv` (any delimited text), `parquet` or `jsonl`. "
-                        "`separator`, `header`, `names`, `encoding` and `quoting` apply to delimited text only; in "
-                        "Parquet and JSON Lines a row's number is reported as its line.", "infer",
-                        choices=("infer", "csv", "parquet", "jsonl"))
-    columns: dict[str, str] = _help("Our field names -> the file's column names; every field beside the ids and "
-                                    "the timestamp is a field the templates may read.")
+    format: str = _help(
+        "`infer` (Parquet for `.parquet`/`.pq`, JSON Lines for `.jsonl`/`.ndjson`, optionally "
+        "`.gz`; else delimited text), `csv` (any delimited text), `parquet` or `jsonl`. "
+        "`separator`, `header`, `names`, `encoding` and `quoting` apply to delimited text only; in "
+        "Parquet and JSON Lines a row's number is reported as its line.",
+        "infer",
+        choices=("infer", "csv", "parquet", "jsonl"),
+    )
+    columns: dict[str, str] = _help(
+        "Our field names -> the file's column names; every field beside the ids and "
+        "the timestamp is a field the templates may read."
+    )
     separator: str = _help("Field separator, any string; one character follows CSV quoting rules.", ",")
     header: bool = _help("Whether the first line holds the column names.", True)
     names: tuple[str, ...] | None = _help("The column names of a file without a header line.", None)
     encoding: str = _help("Text encoding (utf-8, latin-1, ...).", "utf-8")
-    compression: str = _help("`infer` (gzip for `.gz`), `gzip` or `none`.", "infer",
-                             choices=("infer", "gzip", "none"))
-    quoting: str = _help("`minimal` (CSV quotes) or `none` (quotes are plain characters).", "minimal",
-                         choices=("minimal", "none"))
+    compression: str = _help("`infer` (gzip for `.gz`), `gzip` or `none`.", "infer", choices=("infer", "gzip", "none"))
+    quoting: str = _help(
+        "`minimal` (CSV quotes) or `none` (quotes are plain characters).", "minimal", choices=("minimal", "none")
+    )
     where: InitVar[str] = ""
 
     def __post_init__(self, where: str) -> None:
         key, columns = self.KEY, self.columns
         if not isinstance(columns, dict) or not columns:
-            raise DataCardError(f"{where}: key `{key}.columns` must map field names to file columns, got "
-                                f"{excerpt(columns)}.")
+            raise DataCardError(
+                f"{where}: key `{key}.columns` must map field names to file columns, got {excerpt(columns)}."
+            )
         for col in self.REQUIRED_COLUMNS:
             if col not in columns:
-                raise DataCardError(f"{where}: key `{key}.columns.{col}` is missing; name the file column that holds "
-                                    "it.")
+                raise DataCardError(
+                    f"{where}: key `{key}.columns.{col}` is missing; name the file column that holds it."
+                )
         for name in columns:
             if not str(name).isidentifier() or str(name).startswith("_"):
-                raise DataCardError(f"{where}: key `{key}.columns.{name}`: field names must be identifiers that do "
-                                    "not start with an underscore; rename it.")
+                raise DataCardError(
+                    f"{where}: key `{key}.columns.{name}`: field names must be identifiers that do "
+                    "not start with an underscore; rename it."
+                )
         self._set("columns", {str(k): str(v) for k, v in columns.items()})
         if self.names is not None:
             if not isinstance(self.names, (list, tuple)) or not self.names:
-                raise DataCardError(f"{where}: key `{key}.names` must be a list of column names, got "
-                                    f"{excerpt(self.names)}.")
+                raise DataCardError(
+                    f"{where}: key `{key}.names` must be a list of column names, got {excerpt(self.names)}."
+                )
             self._set("names", tuple(str(n) for n in self.names))
         if self.header is False and self.names is None:
-            raise DataCardError(f"{where}: key `{key}.names` is missing; a file without a header line needs its "
-                                "column names listed under `names`.")
+            raise DataCardError(
+                f"{where}: key `{key}.names` is missing; a file without a header line needs its "
+                "column names listed under `names`."
+            )
         if not isinstance(self.separator, str) or not self.separator:
             raise DataCardError(f"{where}: key `{key}.separator` must be a non-empty string.")
         try:
             "".encode(self.encoding)
         except LookupError:
-            raise DataCardError(f"{where}: key `{key}.encoding` is {excerpt(self.encoding)}, which Python does not "
-                                "know; use utf-8, latin-1, ascii, ...") from None
+            raise DataCardError(
+                f"{where}: key `{key}.encoding` is {excerpt(self.encoding)}, which Python does not "
+                "know; use utf-8, latin-1, ascii, ..."
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,8 +116,9 @@ class EventsSection(FileSpec):
     KEY: ClassVar[str] = "interestbert.events"
     REQUIRED_COLUMNS: ClassVar[tuple[str, ...]] = ("user_id", "item_id", "timestamp")
 
-    action: str = _help("Template phrasing an event's action from its fields, e.g. `rated {{ rating | int }}/5`.",
-                        "interacted")
+    action: str = _help(
+        "Template phrasing an event's action from its fields, e.g. `rated {{ rating | int }}/5`.", "interacted"
+    )
 
     def __post_init__(self, where: str) -> None:
         super().__post_init__(where)
@@ -135,8 +150,9 @@ class ItemsSection(FileSpec):
     REQUIRED_COLUMNS: ClassVar[tuple[str, ...]] = ("item_id",)
 
     text: str = _help("Template rendering an item's text from its fields, e.g. `{{ title }} ({{ genres }})`.")
-    id_map: IdMapSection | None = _help("A file section mapping event item ids (column `item_id`) to items-file ids "
-                                        "(column `key`).", None)
+    id_map: IdMapSection | None = _help(
+        "A file section mapping event item ids (column `item_id`) to items-file ids (column `key`).", None
+    )
 
     def __post_init__(self, where: str) -> None:
         super().__post_init__(where)
@@ -169,8 +185,10 @@ class VerbalisationSection(Section):
 
     def __post_init__(self, where: str) -> None:
         if not isinstance(self.separator, str) or not self.separator:
-            raise DataCardError(f"{where}: key `interestbert.verbalisation.separator` must be a non-empty string, "
-                                f"got {excerpt(self.separator)}.")
+            raise DataCardError(
+                f"{where}: key `interestbert.verbalisation.separator` must be a non-empty string, "
+                f"got {excerpt(self.separator)}."
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,8 +207,11 @@ class GeneratorSection(Section):
 
     def options(self) -> dict:
         """The generator's options the card sets (those left out take the generator's defaults)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "name" and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "name" and getattr(self, f.name) is not None
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,8 +226,11 @@ class InterestbertBlock(Section):
     switches: SwitchesSection | None = _help("True interest switches, when the data has them.", None)
     generator: GeneratorSection | None = _help("A built-in generator of the files.", None)
     format_version: int = _help("The card format's version.", 1)
-    data_folder: str | None = _help("The folder the data is usually unpacked into (e.g. `ml-100k`): where tests and "
-                                    "benchmarks look for it under a root of datasets.", None)
+    data_folder: str | None = _help(
+        "The folder the data is usually unpacked into (e.g. `ml-100k`): where tests and "
+        "benchmarks look for it under a root of datasets.",
+        None,
+    )
     where: InitVar[str] = ""
 
     def __post_init__(self, where: str) -> None:
@@ -217,15 +241,33 @@ class InterestbertBlock(Section):
                 self._set(name, cls.parse(value, where))
 
 
-_SECTION_OF = {"events": EventsSection, "items": ItemsSection, "verbalisation": VerbalisationSection,
-               "switches": SwitchesSection, "generator": GeneratorSection}
-SECTIONS = {cls.KEY: cls for cls in (InterestbertBlock, EventsSection, ItemsSection, IdMapSection,
-                                     VerbalisationSection, SwitchesSection, GeneratorSection)}
+_SECTION_OF = {
+    "events": EventsSection,
+    "items": ItemsSection,
+    "verbalisation": VerbalisationSection,
+    "switches": SwitchesSection,
+    "generator": GeneratorSection,
+}
+SECTIONS = {
+    cls.KEY: cls
+    for cls in (
+        InterestbertBlock,
+        EventsSection,
+        ItemsSection,
+        IdMapSection,
+        VerbalisationSection,
+        SwitchesSection,
+        GeneratorSection,
+    )
+}
 
 
 def required(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
 
 
 def check_section(value: object, key: str, where: str) -> dict:
@@ -243,8 +285,10 @@ def check_section(value: object, key: str, where: str) -> dict:
     for k in required(cls):
         if k not in value:
             meaning = fields[k].metadata["help"].rstrip(".")
-            raise DataCardError(f"{where}: key `{key}.{k}` is missing; add it ({meaning[0].lower()}{meaning[1:]}; "
-                                "the shipped cards have examples).")
+            raise DataCardError(
+                f"{where}: key `{key}.{k}` is missing; add it ({meaning[0].lower()}{meaning[1:]}; "
+                "the shipped cards have examples)."
+            )
     for k, v in value.items():
         _check_type(v, fields[k].type, f"{key}.{k}", where)
         choices = fields[k].metadata.get("choices")
@@ -253,10 +297,21 @@ def check_section(value: object, key: str, where: str) -> dict:
     return dict(value)
 
 
-_TYPES = {"str": (str, "a string"), "bool": (bool, "true or false"), "int": (int, "an integer"),
-          "dict": (dict, "a mapping"), "tuple": (list, "a list")}
-_SECTION_TYPES = {"EventsSection", "ItemsSection", "IdMapSection", "VerbalisationSection", "SwitchesSection",
-                  "GeneratorSection"}  # a nested section: a mapping in the YAML
+_TYPES = {
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "int": (int, "an integer"),
+    "dict": (dict, "a mapping"),
+    "tuple": (list, "a list"),
+}
+_SECTION_TYPES = {
+    "EventsSection",
+    "ItemsSection",
+    "IdMapSection",
+    "VerbalisationSection",
+    "SwitchesSection",
+    "GeneratorSection",
+}  # a nested section: a mapping in the YAML
 
 
 def _check_type(value: object, annotation: str, key: str, where: str) -> None:
@@ -267,12 +322,14 @@ def _check_type(value: object, annotation: str, key: str, where: str) -> None:
     name = annotation.split("|")[0].split("[")[0].strip()
     expected, words = _TYPES["dict" if name in _SECTION_TYPES else name]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise DataCardError(f"{where}: key `{key}` must be {words}, got {type(value).__name__} {excerpt(value)}; "
-                            "fix its value.")
+        raise DataCardError(
+            f"{where}: key `{key}` must be {words}, got {type(value).__name__} {excerpt(value)}; fix its value."
+        )
 
 
 def schema_markdown() -> str:
     """The README's table of every card key: section, key, required or default, meaning."""
+
     def cell(text: str) -> str:
         return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
 

@@ -19,6 +19,7 @@ Files (UTF-8 CSV with a header line):
 
 The same seed always gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,39 +36,99 @@ DEFAULT_SEED = 0
 
 # category: (adjectives, nouns, brands, typical price). Nouns double as sub-lines.
 _VOCAB = {
-    "Gardening": ("Ergonomic,Heavy-duty,Stainless,Compact,Organic,Weatherproof,Telescopic,Bamboo", "pruning shears,trowel,watering can,seed tray,hose reel,garden kneeler,compost bin,plant labels,hedge trimmer,raised bed", "GreenThumb,RootWise,Bloomfield,SoilCraft,Verdant,Hedgehog Tools", 25.0),
-    "Thriller Books": ("Gripping,Dark,Twisty,Bestselling,Chilling,Signed,Hardcover,Paperback", "spy novel,detective mystery,legal thriller,psychological thriller,heist story,crime saga,police procedural,conspiracy thriller,cold-case mystery,techno-thriller", "Nightshade Press,Blackwood,Cipher Books,Raven House,Redline,Midnight Ink", 15.0),
-    "Running": ("Lightweight,Breathable,Reflective,Cushioned,Seamless,Waterproof,Trail-ready,Carbon-plated", "running shoes,race socks,hydration vest,GPS watch,split shorts,compression tights,headlamp,energy gel pack,running cap,foam roller", "Stride,Pacer,Velocita,Trailhawk,Kilometer,Fleetfoot", 60.0),
-    "Coffee": ("Single-origin,Dark-roast,Hand-ground,Fair-trade,Barista-grade,Decaf,Washed,Honey-processed", "espresso beans,pour-over kettle,burr grinder,French press,moka pot,milk frother,AeroPress filters,cold-brew jar,tamper,cupping spoons", "Crema Co,BeanVault,Roastery 9,Morning Ritual,Kaldi,Percolate", 20.0),
-    "Baking": ("Non-stick,Silicone,Professional,Enamelled,Heavy-gauge,Marble,Cast-iron,Artisan", "loaf tin,piping bag set,stand mixer,rolling pin,proofing basket,cake turntable,pastry cutter,baking sheet,sourdough starter,bench scraper", "FlourPower,Crumb & Co,Oven Lovin,Proofed,Whisk Works,Golden Crust", 25.0),
-    "Camping": ("Ultralight,Insulated,Waterproof,Four-season,Packable,Rugged,Windproof,Solar-powered", "dome tent,sleeping bag,camp stove,trekking poles,bivy sack,camping lantern,dry bag,sleeping pad,camp chair,water filter", "Basecamp,TrailNest,Summit Gear,Pinecone,Wildway,Ridgeline", 70.0),
-    "Photography": ("Full-frame,Weather-sealed,Prime,Carbon-fibre,Mirrorless,Fast,Vintage,Stabilised", "camera body,50mm lens,tripod,camera strap,ND filter,flash unit,memory card,lens hood,camera bag,remote shutter", "Aperture,Lumina,ShutterCraft,Focal Point,Exposure Lab,Prism Optics", 150.0),
-    "Board Games": ("Cooperative,Strategic,Deluxe,Family,Two-player,Legacy,Tabletop,Collector's", "deck-builder,dungeon crawler,worker-placement game,trivia game,party game,chess set,card game,war game,puzzle game,dice game", "Meeple House,Rolling Dice,Tabletop Titans,Gamewright,Cardboard Castle,Pawnshop Games", 35.0),
-    "Skincare": ("Hydrating,Fragrance-free,Vitamin C,Soothing,Exfoliating,Overnight,Mineral,Hyaluronic", "face serum,day cream,cleansing balm,sheet mask,eye cream,toner,sunscreen SPF 50,lip balm,face oil,clay mask", "Dewdrop,Glow Theory,PureSkin,Petal & Pine,Aura Labs,Calm Botanics", 22.0),
-    "Jazz Records": ("Remastered,Live,Vintage,180g,First-press,Deluxe,Limited,Mono", "bebop LP,big-band album,cool-jazz LP,swing compilation,hard-bop record,bossa nova LP,fusion album,piano-trio LP,vocal-jazz album,free-jazz record", "Blue Tone,Vinyl Vault,Smoky Room,Bluebird,Night Owl,Brass Monkey", 28.0),
-    "Yoga": ("Eco,Non-slip,Extra-thick,Cork,Travel,Organic-cotton,Premium,Foldable", "yoga mat,yoga block,stretch strap,bolster,meditation cushion,yoga wheel,mat bag,yoga towel,balance pad,eye pillow", "Lotus Flow,Namaste,ZenPath,Sattva,Breathwork,Asana Lab", 30.0),
-    "Cycling": ("Aero,Carbon,Tubeless,Clip-in,Gravel,Lightweight,Reflective,Puncture-proof", "road helmet,bike lights,saddle,cycling jersey,bike pump,chain lube,bar tape,bike lock,cycling gloves,bottle cage", "Spokesman,Velo Works,Cadence,Freewheel,Chainline,Peloton Parts", 45.0),
+    "Gardening": (
+        "Ergonomic,Heavy-duty,Stainless,Compact,Organic,Weatherproof,Telescopic,Bamboo",
+        "pruning shears,trowel,watering can,seed tray,hose reel,garden kneeler,compost bin,plant labels,hedge trimmer,raised bed",
+        "GreenThumb,RootWise,Bloomfield,SoilCraft,Verdant,Hedgehog Tools",
+        25.0,
+    ),
+    "Thriller Books": (
+        "Gripping,Dark,Twisty,Bestselling,Chilling,Signed,Hardcover,Paperback",
+        "spy novel,detective mystery,legal thriller,psychological thriller,heist story,crime saga,police procedural,conspiracy thriller,cold-case mystery,techno-thriller",
+        "Nightshade Press,Blackwood,Cipher Books,Raven House,Redline,Midnight Ink",
+        15.0,
+    ),
+    "Running": (
+        "Lightweight,Breathable,Reflective,Cushioned,Seamless,Waterproof,Trail-ready,Carbon-plated",
+        "running shoes,race socks,hydration vest,GPS watch,split shorts,compression tights,headlamp,energy gel pack,running cap,foam roller",
+        "Stride,Pacer,Velocita,Trailhawk,Kilometer,Fleetfoot",
+        60.0,
+    ),
+    "Coffee": (
+        "Single-origin,Dark-roast,Hand-ground,Fair-trade,Barista-grade,Decaf,Washed,Honey-processed",
+        "espresso beans,pour-over kettle,burr grinder,French press,moka pot,milk frother,AeroPress filters,cold-brew jar,tamper,cupping spoons",
+        "Crema Co,BeanVault,Roastery 9,Morning Ritual,Kaldi,Percolate",
+        20.0,
+    ),
+    "Baking": (
+        "Non-stick,Silicone,Professional,Enamelled,Heavy-gauge,Marble,Cast-iron,Artisan",
+        "loaf tin,piping bag set,stand mixer,rolling pin,proofing basket,cake turntable,pastry cutter,baking sheet,sourdough starter,bench scraper",
+        "FlourPower,Crumb & Co,Oven Lovin,Proofed,Whisk Works,Golden Crust",
+        25.0,
+    ),
+    "Camping": (
+        "Ultralight,Insulated,Waterproof,Four-season,Packable,Rugged,Windproof,Solar-powered",
+        "dome tent,sleeping bag,camp stove,trekking poles,bivy sack,camping lantern,dry bag,sleeping pad,camp chair,water filter",
+        "Basecamp,TrailNest,Summit Gear,Pinecone,Wildway,Ridgeline",
+        70.0,
+    ),
+    "Photography": (
+        "Full-frame,Weather-sealed,Prime,Carbon-fibre,Mirrorless,Fast,Vintage,Stabilised",
+        "camera body,50mm lens,tripod,camera strap,ND filter,flash unit,memory card,lens hood,camera bag,remote shutter",
+        "Aperture,Lumina,ShutterCraft,Focal Point,Exposure Lab,Prism Optics",
+        150.0,
+    ),
+    "Board Games": (
+        "Cooperative,Strategic,Deluxe,Family,Two-player,Legacy,Tabletop,Collector's",
+        "deck-builder,dungeon crawler,worker-placement game,trivia game,party game,chess set,card game,war game,puzzle game,dice game",
+        "Meeple House,Rolling Dice,Tabletop Titans,Gamewright,Cardboard Castle,Pawnshop Games",
+        35.0,
+    ),
+    "Skincare": (
+        "Hydrating,Fragrance-free,Vitamin C,Soothing,Exfoliating,Overnight,Mineral,Hyaluronic",
+        "face serum,day cream,cleansing balm,sheet mask,eye cream,toner,sunscreen SPF 50,lip balm,face oil,clay mask",
+        "Dewdrop,Glow Theory,PureSkin,Petal & Pine,Aura Labs,Calm Botanics",
+        22.0,
+    ),
+    "Jazz Records": (
+        "Remastered,Live,Vintage,180g,First-press,Deluxe,Limited,Mono",
+        "bebop LP,big-band album,cool-jazz LP,swing compilation,hard-bop record,bossa nova LP,fusion album,piano-trio LP,vocal-jazz album,free-jazz record",
+        "Blue Tone,Vinyl Vault,Smoky Room,Bluebird,Night Owl,Brass Monkey",
+        28.0,
+    ),
+    "Yoga": (
+        "Eco,Non-slip,Extra-thick,Cork,Travel,Organic-cotton,Premium,Foldable",
+        "yoga mat,yoga block,stretch strap,bolster,meditation cushion,yoga wheel,mat bag,yoga towel,balance pad,eye pillow",
+        "Lotus Flow,Namaste,ZenPath,Sattva,Breathwork,Asana Lab",
+        30.0,
+    ),
+    "Cycling": (
+        "Aero,Carbon,Tubeless,Clip-in,Gravel,Lightweight,Reflective,Puncture-proof",
+        "road helmet,bike lights,saddle,cycling jersey,bike pump,chain lube,bar tape,bike lock,cycling gloves,bottle cage",
+        "Spokesman,Velo Works,Cadence,Freewheel,Chainline,Peloton Parts",
+        45.0,
+    ),
 }
 _ACTIONS = ["viewed", "added to cart", "bought", "rated 1/5", "rated 2/5", "rated 3/5", "rated 4/5", "rated 5/5"]
 _ACTION_P = [0.55, 0.13, 0.22, 0.005, 0.005, 0.015, 0.03, 0.045]  # ratings skew high
-_MIN_SEGMENT = 8       # shortest segment, so every switch has context on both sides
+_MIN_SEGMENT = 8  # shortest segment, so every switch has context on both sides
 _CONTROL_SHARE = 0.15  # users who never switch
-_NOISE = 0.15          # share of background-category events
-_STICKY = 0.5          # chance to stay on the previous pick's sub-line
-_ZIPF = 1.0            # popularity exponent within a category
+_NOISE = 0.15  # share of background-category events
+_STICKY = 0.5  # chance to stay on the previous pick's sub-line
+_ZIPF = 1.0  # popularity exponent within a category
 _YEAR_2024 = (1704067200, 1735689600)  # [2024-01-01, 2025-01-01) UTC
-_GAP_MEAN = (3 * 3600, 3 * 86400)      # per-user mean gap: 3 hours .. 3 days
+_GAP_MEAN = (3 * 3600, 3 * 86400)  # per-user mean gap: 3 hours .. 3 days
 
 
 @dataclass
 class _Catalog:
     """Items plus the per-category lookups the user model samples from."""
 
-    rows: list            # items.csv rows, by item index
+    rows: list  # items.csv rows, by item index
     item_cat: np.ndarray  # category index of each item
     item_sub: np.ndarray  # sub-line of each item within its category
-    item_w: np.ndarray    # Zipf popularity weight within its category
-    members: list         # per category: item indices, most popular first
+    item_w: np.ndarray  # Zipf popularity weight within its category
+    members: list  # per category: item indices, most popular first
 
 
 def _check_int(name: str, value, minimum: int, why: str = "") -> None:
@@ -182,8 +243,15 @@ def _write_csv(path: str, header: list, rows: list) -> None:
     atomic_write(path, write)
 
 
-def generate(output_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, n_users: int = 2000, n_items: int = 1500,
-             min_events: int = 20, max_events: int = 120) -> dict:
+def generate(
+    output_dir: str | os.PathLike,
+    *,
+    seed: int = DEFAULT_SEED,
+    n_users: int = 2000,
+    n_items: int = 1500,
+    min_events: int = 20,
+    max_events: int = 120,
+) -> dict:
     """Write ``events.csv``, ``items.csv`` and ``switches.csv`` into `output_dir`.
 
     Args:
@@ -206,7 +274,10 @@ def generate(output_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, n_users
     _check_int("min_events", min_events, 2 * _MIN_SEGMENT + 4, f" (two segments of {_MIN_SEGMENT}+ events)")
     _check_int("max_events", max_events, min_events, " (`min_events`)")
     if max_events > n_items:
-        raise ValueError(f"`max_events` should be at most `n_items` ({n_items}) since users never repeat an item, got {max_events!r}.")
+        raise ValueError(
+            f"`max_events` should be at most `n_items` ({n_items}) since users never repeat an item, "
+            f"got {max_events!r}."
+        )
     rng = np.random.default_rng(seed)
     cat = _build_catalog(rng, n_items)
     width = max(4, len(str(n_users - 1)))
@@ -216,21 +287,31 @@ def generate(output_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, n_users
     counts = {}
 
     def write(events_tmp: Path, switches_tmp: Path) -> None:  # rows go to disk as they are made: memory stays flat
-        with open(events_tmp, "w", encoding="utf-8", newline="") as fe, \
-                open(switches_tmp, "w", encoding="utf-8", newline="") as fs:
+        with (
+            open(events_tmp, "w", encoding="utf-8", newline="") as fe,
+            open(switches_tmp, "w", encoding="utf-8", newline="") as fs,
+        ):
             events, switches = _Rows(fe, _EVENTS_HEADER), _Rows(fs, _SWITCHES_HEADER)
             for u, n_events in enumerate(rng.integers(min_events, max_events + 1, size=n_users)):
                 _user(rng, cat, f"U{u:0{width}d}", int(n_events), events, switches)
             counts.update(events=events.n, switches=switches.n)
 
-    atomic_write(os.path.join(out, "switches.csv"), lambda switches_tmp: atomic_write(
-        os.path.join(out, "events.csv"), lambda events_tmp: write(events_tmp, switches_tmp)))
+    atomic_write(
+        os.path.join(out, "switches.csv"),
+        lambda switches_tmp: atomic_write(
+            os.path.join(out, "events.csv"), lambda events_tmp: write(events_tmp, switches_tmp)
+        ),
+    )
     return {"users": n_users, "items": n_items, **counts}
 
 
 def main(argv=None) -> int:
-    """Command line: ``python -m interestbert.encoder.cards.synthetic OUT_DIR [--seed S] [--n-users N] [--n-items M]``."""
-    parser = argparse.ArgumentParser(prog="python -m interestbert.encoder.cards.synthetic", description="Write the synthetic-shop dataset (items, events, true switches).")
+    """Command line: ``python -m interestbert.encoder.cards.synthetic OUT_DIR [--seed S] [--n-users N]
+    [--n-items M]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m interestbert.encoder.cards.synthetic",
+        description="Write the synthetic-shop dataset (items, events, true switches).",
+    )
     parser.add_argument("output_dir", help="folder for items.csv, events.csv and switches.csv")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--n-users", type=int, default=2000)

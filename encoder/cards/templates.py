@@ -82,8 +82,11 @@ def _number(value: object, default: object, kind: type):
         return kind(value)
     if isinstance(value, (int, float)) or isinstance(value, str):
         try:
-            number = int(value) if kind is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit() \
+            number = (
+                int(value)
+                if kind is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit()
                 else float(value)
+            )
         except ValueError:
             number = None
         if isinstance(number, int):
@@ -92,8 +95,10 @@ def _number(value: object, default: object, kind: type):
             return kind(number)
     if default is not _MISSING:
         return default
-    raise _Refused(f"the `{kind.__name__}` filter got {excerpt(value)}, which is not a finite number",
-                   f"fix the value, or give the filter a default for it, e.g. `{kind.__name__}(0)`")
+    raise _Refused(
+        f"the `{kind.__name__}` filter got {excerpt(value)}, which is not a finite number",
+        f"fix the value, or give the filter a default for it, e.g. `{kind.__name__}(0)`",
+    )
 
 
 def _int_filter(value, default=_MISSING, base=10):
@@ -207,7 +212,11 @@ for _name in ("lipsum", "namespace"):  # a card has no use for them; a namespace
     _ENV.globals.pop(_name, None)
 _ENV.globals.update(_ib_loop=_loop, _ib_concat=_concat)
 _ENV.filters.update(
-    int=_int_filter, float=_float_filter, join=_join, replace=_replace, format=_format,
+    int=_int_filter,
+    float=_float_filter,
+    join=_join,
+    replace=_replace,
+    format=_format,
     center=_bounded("center", 0, names=("width",)),
     indent=_bounded("indent", 0, names=("width",)),
     wordwrap=_bounded("wordwrap", 0, names=("width",)),
@@ -237,13 +246,15 @@ class CardTemplate:
         if not isinstance(source, str) or not source.strip():
             raise DataCardError(f"{where} must be a non-empty template string, got {excerpt(source)}.")
         if len(source) > MAX_TEMPLATE:
-            raise DataCardError(f"{where}: the template has {len(source):,} characters, more than {MAX_TEMPLATE:,}; "
-                                "shorten it.")
+            raise DataCardError(
+                f"{where}: the template has {len(source):,} characters, more than {MAX_TEMPLATE:,}; shorten it."
+            )
         try:
             tree = _ENV.parse(source)
         except TemplateError as err:
-            raise DataCardError(f"{where}: the template does not parse ({excerpt(str(err), 200)}); fix its Jinja2 "
-                                "syntax.") from None
+            raise DataCardError(
+                f"{where}: the template does not parse ({excerpt(str(err), 200)}); fix its Jinja2 syntax."
+            ) from None
         except RecursionError:
             raise DataCardError(f"{where}: the template is nested too deeply; simplify it.") from None
         for node in tree.find_all((nodes.Getattr, nodes.Name, nodes.Getitem)):
@@ -279,11 +290,14 @@ class CardTemplate:
         except _Refused as err:
             raise DataCardError(f"{self.where}{at}: the template stopped: {err.reason}; {err.fix}.") from None
         except (TemplateError, ArithmeticError, ValueError, TypeError, IndexError, KeyError) as err:
-            raise DataCardError(f"{self.where}{at}: the template failed on {excerpt(dict(values))} "
-                                f"({excerpt(str(err), 200)}); fix the template.") from None
+            raise DataCardError(
+                f"{self.where}{at}: the template failed on {excerpt(dict(values))} "
+                f"({excerpt(str(err), 200)}); fix the template."
+            ) from None
         except (MemoryError, RecursionError):
-            raise DataCardError(f"{self.where}{at}: the template ran out of memory or depth on "
-                                f"{excerpt(dict(values))}; simplify it.") from None
+            raise DataCardError(
+                f"{self.where}{at}: the template ran out of memory or depth on {excerpt(dict(values))}; simplify it."
+            ) from None
 
     def render_table(self, columns: Mapping[str, list[str]], n_rows: int, table=None) -> list[str]:
         """Renders once per row of ``columns`` (lists of ``n_rows`` values), but only once per distinct combination

@@ -16,8 +16,10 @@ import numpy as np
 WINDOW_VECTORS = ("text", "mean")
 _WORD = re.compile(r"[^\W\d_][\w'&-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
 _ACTION_PUNCTUATION = " \t\n:;,.-|()[]"
-_STOP = frozenset("""a an and are as at be by for from in into is it its of on or the to with without your you
-                     this that these those new set pack vol edition de la le les el""".split())
+_STOP = frozenset(
+    """a an and are as at be by for from in into is it its of on or the to with without your you
+                     this that these those new set pack vol edition de la le les el""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ class DriftConfig:
         if self.reference_windows is not None and self.reference_windows < 1:
             raise ValueError(f"`reference_windows` should be at least 1 (or None), got {self.reference_windows}.")
         if self.window_vector not in WINDOW_VECTORS:
-            raise ValueError(f"`window_vector` should be one of {', '.join(WINDOW_VECTORS)}, got "
-                             f"{self.window_vector!r}.")
+            raise ValueError(
+                f"`window_vector` should be one of {', '.join(WINDOW_VECTORS)}, got {self.window_vector!r}."
+            )
         if not 0 <= self.alpha_max <= 1:
             raise ValueError(f"`alpha_max` should be in [0, 1], got {self.alpha_max}.")
 
@@ -120,8 +123,10 @@ def explain(before: Sequence[str], after: Sequence[str], n: int = 3) -> tuple[tu
     """The ``n`` terms whose share of items fell most from ``before`` to ``after``, and the ``n`` that rose most."""
     count_before = Counter(t for text in before for t in terms(text))
     count_after = Counter(t for text in after for t in terms(text))
-    delta = {t: count_after[t] / max(len(after), 1) - count_before[t] / max(len(before), 1)
-             for t in count_before.keys() | count_after.keys()}
+    delta = {
+        t: count_after[t] / max(len(after), 1) - count_before[t] / max(len(before), 1)
+        for t in count_before.keys() | count_after.keys()
+    }
     fell = sorted((t for t in delta if delta[t] < 0), key=lambda t: (delta[t], t))[:n]
     rose = sorted((t for t in delta if delta[t] > 0), key=lambda t: (-delta[t], t))[:n]
     return tuple(fell), tuple(rose)
@@ -140,8 +145,9 @@ def sort_events(events: Sequence[Event]) -> tuple[list[Event], tuple[int, int]]:
     return ordered, (reordered, tied)
 
 
-def histories_from_verbaliser(verbaliser, users: Sequence[int] | None = None,
-                              ends: Sequence[int] | None = None, last: int | None = None) -> list[History]:
+def histories_from_verbaliser(
+    verbaliser, users: Sequence[int] | None = None, ends: Sequence[int] | None = None, last: int | None = None
+) -> list[History]:
     """`History` objects for users of a `Verbaliser` (positions in ``verbaliser.users``; default all), each cut to
     its first ``ends[i]`` events when given (e.g. the training part of a leave-one-out split), and then to its
     newest ``last`` events when given (the events are in time order per user)."""
@@ -153,7 +159,13 @@ def histories_from_verbaliser(verbaliser, users: Sequence[int] | None = None,
             hi = lo + int(ends[k])
         if last is not None:
             lo = max(lo, hi - int(last))
-        events = [Event(verbaliser.pieces[verbaliser.event_piece[j]], verbaliser.item_texts[verbaliser.event_items[j]],
-                        int(verbaliser.timestamps[j])) for j in range(lo, hi)]
+        events = [
+            Event(
+                verbaliser.pieces[verbaliser.event_piece[j]],
+                verbaliser.item_texts[verbaliser.event_items[j]],
+                int(verbaliser.timestamps[j]),
+            )
+            for j in range(lo, hi)
+        ]
         out.append(History(verbaliser.users[u], events))
     return out

@@ -52,8 +52,20 @@ MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~1.6 GB
 class _UserState:
     """The small per-user state of the streaming monitor (also driven by `scan`)."""
 
-    __slots__ = ("recent", "n", "last_ts", "pending", "ref_sum", "ref_count", "reordered", "tied", "last_score",
-                 "dist_n", "dist_mean", "ref_windows")
+    __slots__ = (
+        "recent",
+        "n",
+        "last_ts",
+        "pending",
+        "ref_sum",
+        "ref_count",
+        "reordered",
+        "tied",
+        "last_score",
+        "dist_n",
+        "dist_mean",
+        "ref_windows",
+    )
 
     def __init__(self, window: int, reference_windows: int | None = None):
         self.recent: deque[Event] = deque(maxlen=2 * window)  # texts of the newest 2 windows
@@ -93,17 +105,26 @@ class DriftMonitor:
         41 moved from yoga, mat to running, shoes
     """
 
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], config: DriftConfig | None = None,
-                 separator: str = "\n", batch_size: int = 64, max_users: int | None = MAX_STREAM_USERS,
-                 projection: np.ndarray | None = None, item_vectors: dict[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        encode: Callable[[list[str]], np.ndarray],
+        config: DriftConfig | None = None,
+        separator: str = "\n",
+        batch_size: int = 64,
+        max_users: int | None = MAX_STREAM_USERS,
+        projection: np.ndarray | None = None,
+        item_vectors: dict[str, np.ndarray] | None = None,
+    ):
         self.encode_fn = encode
         self.set_projection(projection, item_vectors, clear=False)
         try:
             params = inspect.signature(encode).parameters
         except (TypeError, ValueError):  # some builtins have no signature
             params = {}
-        self._plain_encode = not ({"batch_size", "show_progress_bar"} <= params.keys()
-                                  or any(p.kind is p.VAR_KEYWORD for p in params.values()))
+        self._plain_encode = not (
+            {"batch_size", "show_progress_bar"} <= params.keys()
+            or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        )
         self.config = config or DriftConfig()
         self.separator = separator
         self.batch_size = batch_size
@@ -132,20 +153,25 @@ class DriftMonitor:
             try:
                 config = DriftConfig(**saved)
             except (ValueError, TypeError) as err:
-                raise InterestBertError(f"{folder.drift_file()}: not a drift calibration ({err}); delete it and "
-                                        "calibrate again.") from None
+                raise InterestBertError(
+                    f"{folder.drift_file()}: not a drift calibration ({err}); delete it and calibrate again."
+                ) from None
         projection = item_vectors = None
         if config.projection is not None:
             if not tensors or "projection" not in tensors:
-                raise InterestBertError(f"{folder.drift_file()} records a projection but its folder holds no "
-                                        "model.safetensors with it; fit the projection and calibrate again.")
+                raise InterestBertError(
+                    f"{folder.drift_file()} records a projection but its folder holds no "
+                    "model.safetensors with it; fit the projection and calibrate again."
+                )
             projection = tensors["projection"].float().numpy()
             if items:
                 table = tensors.get("item_vectors")
                 if table is None or tuple(table.shape) != (len(items), projection.shape[1]):
-                    raise InterestBertError(f"{folder.drift_file()} lists {len(items)} items with vectors but its "
-                                            "model.safetensors holds no item_vectors of that shape; fit the "
-                                            "projection and calibrate again.")
+                    raise InterestBertError(
+                        f"{folder.drift_file()} lists {len(items)} items with vectors but its "
+                        "model.safetensors holds no item_vectors of that shape; fit the "
+                        "projection and calibrate again."
+                    )
                 item_vectors = dict(zip(items, table.float().numpy()))
         return cls(encode, replace(config, **overrides), separator, projection=projection, item_vectors=item_vectors)
 
@@ -178,8 +204,10 @@ class DriftMonitor:
         threshold = self._threshold()
         plans = [self._plan(h) for h in histories]
         blocks = self._window_vectors(plans, show_progress_bar)
-        return [self._replay(h.user_id, events, block, threshold, stats)
-                for h, (events, stats, _), block in zip(histories, plans, blocks)]
+        return [
+            self._replay(h.user_id, events, block, threshold, stats)
+            for h, (events, stats, _), block in zip(histories, plans, blocks)
+        ]
 
     def eval_positions(self, n_events: int) -> range:
         """Event indices after which the monitor embeds the newest window: every ``stride``-th event once a window
@@ -199,14 +227,15 @@ class DriftMonitor:
         w, positions = self.config.window, self.eval_positions(len(events))
         if self.config.window_vector == "mean":
             return events, stats, [e.text for e in events] if len(positions) else []
-        return events, stats, [self.separator.join(e.text for e in events[i - w + 1: i + 1]) for i in positions]
+        return events, stats, [self.separator.join(e.text for e in events[i - w + 1 : i + 1]) for i in positions]
 
     def _window_vectors(self, plans: list, show_progress_bar: bool) -> list[np.ndarray]:
         """Per plan, one unit vector per evaluation position; every distinct text of all plans encoded once."""
         texts = [text for _, _, plan_texts in plans for text in plan_texts]
         unique = list(dict.fromkeys(texts))
-        encoded = self._vectors(unique, (e for events, _, plan_texts in plans if plan_texts for e in events),
-                                show_progress_bar)
+        encoded = self._vectors(
+            unique, (e for events, _, plan_texts in plans if plan_texts for e in events), show_progress_bar
+        )
         if unique:
             index = {text: k for k, text in enumerate(unique)}
             encoded = encoded[[index[text] for text in texts]]
@@ -225,8 +254,15 @@ class DriftMonitor:
         means = windows.sum(axis=-1, dtype=np.float64)
         return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
-    def _replay(self, user_id: str, events: list[Event], vectors: np.ndarray, threshold: float,
-                stats: tuple[int, int], explain_events: bool = True) -> ScanResult:
+    def _replay(
+        self,
+        user_id: str,
+        events: list[Event],
+        vectors: np.ndarray,
+        threshold: float,
+        stats: tuple[int, int],
+        explain_events: bool = True,
+    ) -> ScanResult:
         state = _UserState(self.config.window, self.config.reference_windows)
         positions = list(self.eval_positions(len(events)))
         scores = np.full(len(positions), np.nan, dtype=np.float32)
@@ -242,8 +278,16 @@ class DriftMonitor:
                     detections.append(detection)
                 k += 1
         stamps = np.asarray([events[i].timestamp for i in positions], dtype=np.int64)
-        return ScanResult(user_id, np.asarray(positions, dtype=np.int64), stamps, scores, detections, len(events),
-                          reordered=stats[0], tied=stats[1])
+        return ScanResult(
+            user_id,
+            np.asarray(positions, dtype=np.int64),
+            stamps,
+            scores,
+            detections,
+            len(events),
+            reordered=stats[0],
+            tied=stats[1],
+        )
 
     # ------------------------------------------------------------------------------------------- streaming
 
@@ -292,8 +336,13 @@ class DriftMonitor:
         """Users followed, users evicted (the ``max_users`` limit), and the followed users' events, of which those
         that arrived out of time order or with a tied timestamp."""
         states = self._states.values()
-        return {"users": len(self._states), "evicted": self.evicted, "events": sum(s.n for s in states),
-                "reordered": sum(s.reordered for s in states), "tied": sum(s.tied for s in states)}
+        return {
+            "users": len(self._states),
+            "evicted": self.evicted,
+            "events": sum(s.n for s in states),
+            "reordered": sum(s.reordered for s in states),
+            "tied": sum(s.tied for s in states),
+        }
 
     def reset(self, user_id: str | None = None) -> None:
         """Forgets one user's streaming state, or everyone's."""
@@ -304,9 +353,14 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------------------------------ calibration
 
-    def calibrate(self, histories: Sequence[History], target_false_alarms_per_1000_events: float,
-                  change_points: dict[str, Iterable[int]] | None = None, margin: int = 10,
-                  show_progress_bar: bool = False) -> dict:
+    def calibrate(
+        self,
+        histories: Sequence[History],
+        target_false_alarms_per_1000_events: float,
+        change_points: dict[str, Iterable[int]] | None = None,
+        margin: int = 10,
+        show_progress_bar: bool = False,
+    ) -> dict:
         """Sets the threshold so that alarms on ``histories`` stay at or under the target rate per 1,000 events.
 
         Without ``change_points`` every alarm counts as a false one (use histories you believe have no injected
@@ -315,13 +369,24 @@ class DriftMonitor:
         counted. Returns the calibration record, which is also kept in ``config.calibration`` and saved with
         `save_pretrained`.
         """
-        return tuning.calibrate(self, histories, target_false_alarms_per_1000_events, change_points, margin,
-                                show_progress_bar)
+        return tuning.calibrate(
+            self, histories, target_false_alarms_per_1000_events, change_points, margin, show_progress_bar
+        )
 
-    def fit_projection(self, histories: Sequence[History], dim: int | None = None, steps: int = 2000,
-                       batch_users: int = 256, lookback: int = PROJECTION_LOOKBACK, temperature: float = 0.1,
-                       lr: float = 1e-3, action_weight: float = ACTION_WEIGHT, item_weight: float = 0.0, seed: int = 0,
-                       show_progress_bar: bool = False) -> dict:
+    def fit_projection(
+        self,
+        histories: Sequence[History],
+        dim: int | None = None,
+        steps: int = 2000,
+        batch_users: int = 256,
+        lookback: int = PROJECTION_LOOKBACK,
+        temperature: float = 0.1,
+        lr: float = 1e-3,
+        action_weight: float = ACTION_WEIGHT,
+        item_weight: float = 0.0,
+        seed: int = 0,
+        show_progress_bar: bool = False,
+    ) -> dict:
         """Learns the projection that the monitor applies to event vectors, ``(encoder dim, dim)`` (``dim`` by
         default `PROJECTION_DIM`, or the encoder's if smaller), with a contrastive "same user?" objective
         (`interestbert.encoder.drift.projection.fit_projection`).
@@ -344,11 +409,29 @@ class DriftMonitor:
         it was fitted to); a calibration made before is cleared. Returns the fit's record (also kept in
         ``config.projection``).
         """
-        return tuning.fit_projection(self, histories, dim, steps, batch_users, lookback, temperature, lr,
-                                     action_weight, item_weight, seed, show_progress_bar)
+        return tuning.fit_projection(
+            self,
+            histories,
+            dim,
+            steps,
+            batch_users,
+            lookback,
+            temperature,
+            lr,
+            action_weight,
+            item_weight,
+            seed,
+            show_progress_bar,
+        )
 
-    def tune_score(self, histories: Sequence[History], target_false_alarms_per_1000_events: float,
-                   streams: int = TUNE_STREAMS, seed: int = 0, show_progress_bar: bool = False) -> dict:
+    def tune_score(
+        self,
+        histories: Sequence[History],
+        target_false_alarms_per_1000_events: float,
+        streams: int = TUNE_STREAMS,
+        seed: int = 0,
+        show_progress_bar: bool = False,
+    ) -> dict:
         """Picks the form of the score for this domain: ``centre`` and ``reference_windows`` among `SCORE_FORMS`.
 
         Splices ``histories`` into renewal streams (segments of different users, each from a random point of their
@@ -357,22 +440,39 @@ class DriftMonitor:
         most splices (an alarm within ``2 * window`` events). Pass users the monitor will not be calibrated on, nor
         the ones its projection was fitted on (`split_for_tuning` says why). A calibration made before is cleared.
         Returns the record (also kept in ``config.score_tuning``)."""
-        return tuning.tune_score(self, histories, target_false_alarms_per_1000_events, streams, seed,
-                                 show_progress_bar)
+        return tuning.tune_score(self, histories, target_false_alarms_per_1000_events, streams, seed, show_progress_bar)
 
-    def fit_and_tune(self, fit_on: Sequence[History], tune_on: Sequence[History],
-                     target_false_alarms_per_1000_events: float, steps: int = 2000, streams: int = TUNE_STREAMS,
-                     item_weight: float = 0.0, seed: int = 0, show_progress_bar: bool = False) -> tuple[dict, dict]:
+    def fit_and_tune(
+        self,
+        fit_on: Sequence[History],
+        tune_on: Sequence[History],
+        target_false_alarms_per_1000_events: float,
+        steps: int = 2000,
+        streams: int = TUNE_STREAMS,
+        item_weight: float = 0.0,
+        seed: int = 0,
+        show_progress_bar: bool = False,
+    ) -> tuple[dict, dict]:
         """`fit_projection` on ``fit_on`` then `tune_score` on ``tune_on`` (disjoint users: `split_for_tuning`).
         With ``item_weight`` > 0, twice: with the items' own vectors and without, keeping the items only when the
         best form finds more of the splices with them by more than one standard error of that recall.
         Returns both records (the tuning's with the comparison under ``"item_vectors"``); if the tuning fails, the
         projection fitted first stays and the error propagates."""
-        return tuning.fit_and_tune(self, fit_on, tune_on, target_false_alarms_per_1000_events, steps, streams,
-                                   item_weight, seed, show_progress_bar)
+        return tuning.fit_and_tune(
+            self,
+            fit_on,
+            tune_on,
+            target_false_alarms_per_1000_events,
+            steps,
+            streams,
+            item_weight,
+            seed,
+            show_progress_bar,
+        )
 
-    def set_projection(self, projection: np.ndarray | None, item_vectors: dict[str, np.ndarray] | None = None,
-                       clear: bool = True) -> None:
+    def set_projection(
+        self, projection: np.ndarray | None, item_vectors: dict[str, np.ndarray] | None = None, clear: bool = True
+    ) -> None:
         """Replaces the projection and the items' vectors (None: the vectors as encoded); the streaming states and
         the memo of event vectors, made under the old one, are dropped, and ``config.projection`` is cleared when it
         is None."""
@@ -383,8 +483,10 @@ class DriftMonitor:
         if self.item_vectors:
             self._item_matrix = np.ascontiguousarray(np.stack(list(self.item_vectors.values())), dtype=np.float32)
             if self._item_matrix.shape != (len(self._item_index), self.projection.shape[1]):
-                raise ValueError(f"item vectors of shape {self._item_matrix.shape[1:]} do not match the projection's "
-                                 f"output ({self.projection.shape[1]},).")
+                raise ValueError(
+                    f"item vectors of shape {self._item_matrix.shape[1:]} do not match the projection's "
+                    f"output ({self.projection.shape[1]},)."
+                )
         if not clear:
             return
         if projection is None:
@@ -396,8 +498,10 @@ class DriftMonitor:
 
     def _threshold(self) -> float:
         if self.config.threshold is None:
-            raise InterestBertError("this drift monitor is not calibrated: call calibrate(histories, "
-                                    "target_false_alarms_per_1000_events) or load a model saved with a calibration.")
+            raise InterestBertError(
+                "this drift monitor is not calibrated: call calibrate(histories, "
+                "target_false_alarms_per_1000_events) or load a model saved with a calibration."
+            )
         return self.config.threshold
 
     @contextmanager
@@ -461,7 +565,8 @@ class DriftMonitor:
                 f"the drift projection reads {self.projection.shape[0]} numbers per event but gets "
                 f"{vectors.shape[1]} ({vectors.shape[1] - actions} from the encoder, {actions} action features): it "
                 "was fitted with another encoder; fit the projection and calibrate again (interestbert drift "
-                "--calibrate).")
+                "--calibrate)."
+            )
         out = np.einsum("nd,dk->nk", vectors.astype(np.float32), self.projection, optimize=False)
         if items is not None:
             rows = np.fromiter((self._item_index.get(i, -1) for i in items), np.int64, len(items))
@@ -482,8 +587,15 @@ class DriftMonitor:
             self._memo.popitem(last=False)
         return np.stack([self._memo[t] for t in texts])
 
-    def _step(self, user_id: str, state: _UserState, event: Event, vector: np.ndarray, threshold: float,
-              explain_events: bool = True) -> tuple[float, DriftEvent | None]:
+    def _step(
+        self,
+        user_id: str,
+        state: _UserState,
+        event: Event,
+        vector: np.ndarray,
+        threshold: float,
+        explain_events: bool = True,
+    ) -> tuple[float, DriftEvent | None]:
         """One evaluation at the newest event: compare, maybe detect, then update the segment's reference."""
         i, w = state.n - 1, self.config.window
         while state.pending and state.pending[0][0] <= i - w:  # no longer overlaps the newest window
@@ -522,7 +634,7 @@ class DriftMonitor:
 def _split(vectors: np.ndarray, plans: list) -> list[np.ndarray]:
     """The rows of ``vectors`` (all plans' window texts, in order) cut back into one block per plan."""
     ends = np.cumsum([len(texts) for _, _, texts in plans], dtype=np.int64)
-    return [vectors[end - len(texts): end] for (_, _, texts), end in zip(plans, ends.tolist())]
+    return [vectors[end - len(texts) : end] for (_, _, texts), end in zip(plans, ends.tolist())]
 
 
 def _first_eval(window: int, stride: int) -> int:

@@ -54,11 +54,23 @@ def shared_items(items: Sequence[Sequence[str]]) -> list[str]:
     return sorted(i for i, n in sharing.items() if n >= MIN_ITEM_USERS)
 
 
-def fit_projection(table: np.ndarray, rows: Sequence[np.ndarray], window: int, dim: int, *,
-                   text_items: np.ndarray | None = None, n_items: int = 0, steps: int = 2000,
-                   batch_users: int = 256, lookback: int = PROJECTION_LOOKBACK, temperature: float = 0.1,
-                   lr: float = 1e-3, item_weight: float = 0.0, seed: int = 0,
-                   show_progress_bar: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+def fit_projection(
+    table: np.ndarray,
+    rows: Sequence[np.ndarray],
+    window: int,
+    dim: int,
+    *,
+    text_items: np.ndarray | None = None,
+    n_items: int = 0,
+    steps: int = 2000,
+    batch_users: int = 256,
+    lookback: int = PROJECTION_LOOKBACK,
+    temperature: float = 0.1,
+    lr: float = 1e-3,
+    item_weight: float = 0.0,
+    seed: int = 0,
+    show_progress_bar: bool = False,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fits the projection on arrays.
 
     Each step samples ``batch_users`` users and a point ``t`` in each; the mean of the ``lookback`` events before
@@ -110,8 +122,8 @@ def fit_projection(table: np.ndarray, rows: Sequence[np.ndarray], window: int, d
         for u in rng.choice(len(rows), batch, replace=False).tolist():
             r = rows[u]
             t = int(rng.integers(min(2 * window, len(r) - window), len(r) - window + 1))
-            before.append(r[max(0, t - lookback): t])
-            after.append(r[t: t + window])
+            before.append(r[max(0, t - lookback) : t])
+            after.append(r[t : t + window])
         a, b = window_means(before), window_means(after)
         logits = a @ b.T / temperature  # (batch, batch)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -119,6 +131,10 @@ def fit_projection(table: np.ndarray, rows: Sequence[np.ndarray], window: int, d
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    record = {"batch_users": batch, "first_loss": round(float(np.mean(losses[:50])), 4),
-              "last_loss": round(float(np.mean(losses[-50:])), 4), "chance_loss": round(math.log(batch), 4)}
+    record = {
+        "batch_users": batch,
+        "first_loss": round(float(np.mean(losses[:50])), 4),
+        "last_loss": round(float(np.mean(losses[-50:])), 4),
+        "chance_loss": round(math.log(batch), 4),
+    }
     return weight.detach().numpy(), (item_weight * own.detach()[1:]).numpy(), record

@@ -103,26 +103,33 @@ def js_divergence(a: Counter, b: Counter) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def change_magnitude(events: Sequence[Event], t: int, window: int,
-                     categories: Callable[[Event], Iterable[str]] | None) -> float:
+def change_magnitude(
+    events: Sequence[Event], t: int, window: int, categories: Callable[[Event], Iterable[str]] | None
+) -> float:
     """The JS divergence of the category mix of the ``window`` events before ``t`` and from ``t`` on."""
     if categories is None:
         return float("nan")
-    before = Counter(c for e in events[max(0, t - window):t] for c in categories(e))
-    after = Counter(c for e in events[t:t + window] for c in categories(e))
+    before = Counter(c for e in events[max(0, t - window) : t] for c in categories(e))
+    after = Counter(c for e in events[t : t + window] for c in categories(e))
     return js_divergence(before, after)
 
 
-def renewal_streams(users: Sequence[History], n: int, design: StreamDesign, seed: int = 0,
-                    categories: Callable[[Event], Iterable[str]] | None = None) -> tuple[list[Stream], list[Stream]]:
+def renewal_streams(
+    users: Sequence[History],
+    n: int,
+    design: StreamDesign,
+    seed: int = 0,
+    categories: Callable[[Event], Iterable[str]] | None = None,
+) -> tuple[list[Stream], list[Stream]]:
     """``n`` spliced streams and ``n`` controls from one pool of users (see the module's docstring).
 
     Every segment of a stream comes from a different user, at a uniform offset among those that fit; a segment
     longer than any remaining user's history is cut to the longest that fits. A control takes T events of the
     first segment's user when they have that many, else of a random user of the pool who has."""
     if len(users) < 2:
-        raise ValueError(f"renewal streams need at least 2 users with {design.min_user_events}+ events, "
-                         f"got {len(users)}")
+        raise ValueError(
+            f"renewal streams need at least 2 users with {design.min_user_events}+ events, got {len(users)}"
+        )
     rng = np.random.default_rng([seed, 23])
     lengths_of = np.array([len(h.events) for h in users])
     lo, hi = design.length
@@ -141,11 +148,10 @@ def renewal_streams(users: Sequence[History], n: int, design: StreamDesign, seed
             offset = int(rng.integers(0, lengths_of[u] - length + 1))
             if events:
                 changes.append(len(events))
-            events += shifted(users[u].events[offset:offset + length], events[-1].timestamp if events else None)
+            events += shifted(users[u].events[offset : offset + length], events[-1].timestamp if events else None)
             segments.append((users[u].user_id, offset, length))
         magnitudes = [change_magnitude(events, t, design.magnitude_window, categories) for t in changes]
-        spliced.append(Stream(f"s{s}:" + "+".join(seg[0] for seg in segments), events, changes, segments,
-                              magnitudes))
+        spliced.append(Stream(f"s{s}:" + "+".join(seg[0] for seg in segments), events, changes, segments, magnitudes))
         total = int(rng.integers(lo, hi + 1))
         first = next(i for i, h in enumerate(users) if h.user_id == segments[0][0])
         if lengths_of[first] < total:
@@ -153,8 +159,13 @@ def renewal_streams(users: Sequence[History], n: int, design: StreamDesign, seed
             first = int(fits[rng.integers(len(fits))]) if len(fits) else int(np.argmax(lengths_of))
             total = min(total, int(lengths_of[first]))
         offset = int(rng.integers(0, lengths_of[first] - total + 1))
-        controls.append(Stream(f"c{s}:{users[first].user_id}", list(users[first].events[offset:offset + total]),
-                               segments=[(users[first].user_id, offset, total)]))
+        controls.append(
+            Stream(
+                f"c{s}:{users[first].user_id}",
+                list(users[first].events[offset : offset + total]),
+                segments=[(users[first].user_id, offset, total)],
+            )
+        )
     return spliced, controls
 
 
@@ -166,8 +177,9 @@ def scored_events(stream: Stream, design: StreamDesign) -> int:
     return max(0, len(stream.events) - design.warmup)
 
 
-def match_alarms(alarms: Sequence[int], changes: Sequence[int], margin: int, warmup: int,
-                 early: int = 0) -> tuple[list, int]:
+def match_alarms(
+    alarms: Sequence[int], changes: Sequence[int], margin: int, warmup: int, early: int = 0
+) -> tuple[list, int]:
     """For each change, the delay of the first alarm within ``[t - early, t + margin]`` (None when missed; an
     alarm detects one change at most; ``early`` > 0 only for offline detectors, which may place a change before
     it), and the number of other scored alarms (false positives)."""
@@ -192,15 +204,23 @@ class StreamOutcome:
     control_events: int  # scored events of a control stream
 
 
-def outcomes(alarms: Mapping[str, Sequence[int]], streams: Sequence[Stream], design: StreamDesign,
-             early: int = 0) -> list[StreamOutcome]:
+def outcomes(
+    alarms: Mapping[str, Sequence[int]], streams: Sequence[Stream], design: StreamDesign, early: int = 0
+) -> list[StreamOutcome]:
     """Per stream (spliced and controls alike) what ``alarms`` (``{stream_id: [event index, ...]}``) achieve;
     ``early`` as in `match_alarms`."""
     out = []
     for s in streams:
         delays, other = match_alarms(alarms.get(s.stream_id, ()), s.changes, design.margin, design.warmup, early)
-        out.append(StreamOutcome(delays, list(s.magnitudes), 0 if s.control else other, other if s.control else 0,
-                                 scored_events(s, design) if s.control else 0))
+        out.append(
+            StreamOutcome(
+                delays,
+                list(s.magnitudes),
+                0 if s.control else other,
+                other if s.control else 0,
+                scored_events(s, design) if s.control else 0,
+            )
+        )
     return out
 
 
@@ -214,16 +234,24 @@ def summarise(results: Sequence[StreamOutcome], by_magnitude: bool = True) -> di
     recall = hits / len(delays) if delays else float("nan")
     precision = hits / (hits + false_pos) if hits + false_pos else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    out = {"changes": len(delays), "hits": hits, "recall": recall, "precision": precision, "f1": f1,
-           "false_alarms_per_1000": 1000 * sum(r.false_alarms for r in results) / max(control_events, 1),
-           "control_events": control_events,
-           "median_delay": float(np.median([d for d in delays if d is not None])) if hits else float("nan")}
+    out = {
+        "changes": len(delays),
+        "hits": hits,
+        "recall": recall,
+        "precision": precision,
+        "f1": f1,
+        "false_alarms_per_1000": 1000 * sum(r.false_alarms for r in results) / max(control_events, 1),
+        "control_events": control_events,
+        "median_delay": float(np.median([d for d in delays if d is not None])) if hits else float("nan"),
+    }
     mags = np.array([m for r in results for m in r.magnitudes], dtype=float)
     if by_magnitude and len(mags) and not np.isnan(mags).all():
         found = np.array([d is not None for d in delays])
         band = np.digitize(mags, magnitude_terciles(mags))  # 0 low, 1 middle, 2 high (NaN: 3, left out)
-        out["recall_by_magnitude"] = {name: float(found[band == k].mean()) if (band == k).any() else float("nan")
-                                      for k, name in enumerate(("low", "middle", "high"))}
+        out["recall_by_magnitude"] = {
+            name: float(found[band == k].mean()) if (band == k).any() else float("nan")
+            for k, name in enumerate(("low", "middle", "high"))
+        }
     return out
 
 
@@ -234,7 +262,8 @@ def magnitude_terciles(magnitudes: Iterable[float]) -> list[float]:
     return np.quantile(mags, [1 / 3, 2 / 3]).tolist() if len(mags) else [math.nan, math.nan]
 
 
-def score_alarms(alarms: Mapping[str, Sequence[int]], streams: Sequence[Stream], design: StreamDesign,
-                 early: int = 0) -> dict:
+def score_alarms(
+    alarms: Mapping[str, Sequence[int]], streams: Sequence[Stream], design: StreamDesign, early: int = 0
+) -> dict:
     """`summarise` of `outcomes`: how ``alarms`` do on ``streams`` (spliced and controls)."""
     return summarise(outcomes(alarms, streams, design, early))

@@ -16,11 +16,18 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import InterestBertError
+from . import projection
 from . import streams as de
 from .events import History, ScanResult, sort_events
-from . import projection
-from .projection import (ACTION_WEIGHT, MIN_PROJECTION_USERS, PROJECTION_DIM, PROJECTION_LOOKBACK, shared_actions,
-                         shared_items, with_actions)
+from .projection import (
+    ACTION_WEIGHT,
+    MIN_PROJECTION_USERS,
+    PROJECTION_DIM,
+    PROJECTION_LOOKBACK,
+    shared_actions,
+    shared_items,
+    with_actions,
+)
 
 # the forms of the score `tune_score` tries, (centre, reference_windows), the default first (it wins ties)
 SCORE_FORMS = ((True, 5), (True, 10), (True, None), (False, 5), (False, 10), (False, None))
@@ -44,8 +51,9 @@ def splice_design(lengths: Sequence[int], window: int) -> de.StreamDesign:
     of the median history, kept between 2 and 5 windows (as the drift benchmark's P1 and P2 designs), plus a
     geometric part with twice that mean; streams of 5 to 15 segment minimums; hits within ``2 * window`` events."""
     segment = int(np.clip(np.median(lengths) // 4 if len(lengths) else 0, 2 * window, 5 * window))
-    return de.StreamDesign((5 * segment, 15 * segment), segment, 2.0 * segment, warmup=segment, margin=2 * window,
-                           min_user_events=segment)
+    return de.StreamDesign(
+        (5 * segment, 15 * segment), segment, 2.0 * segment, warmup=segment, margin=2 * window, min_user_events=segment
+    )
 
 
 def count_false_alarms(alarms: Sequence[int], truth: Sequence[int], margin: int) -> int:
@@ -61,9 +69,14 @@ def count_false_alarms(alarms: Sequence[int], truth: Sequence[int], margin: int)
     return false
 
 
-def calibrate(monitor, histories: Sequence[History], target_false_alarms_per_1000_events: float,
-              change_points: dict[str, Iterable[int]] | None = None, margin: int = 10,
-              show_progress_bar: bool = False) -> dict:
+def calibrate(
+    monitor,
+    histories: Sequence[History],
+    target_false_alarms_per_1000_events: float,
+    change_points: dict[str, Iterable[int]] | None = None,
+    margin: int = 10,
+    show_progress_bar: bool = False,
+) -> dict:
     """Sets ``monitor``'s threshold to keep its alarms at the target rate (see `DriftMonitor.calibrate`)."""
     target = float(target_false_alarms_per_1000_events)
     if not target > 0:
@@ -72,19 +85,25 @@ def calibrate(monitor, histories: Sequence[History], target_false_alarms_per_100
     n_events = sum(len(events) for events, _, _ in plans)
     needed = math.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / target)
     if n_events < needed:
-        raise InterestBertError(f"calibration set too small: {n_events:,} events in {len(plans):,} histories, "
-                                f"but a rate of {target:g} false alarms per 1,000 events needs at least "
-                                f"{needed:,} events; pass more histories or a higher target.")
+        raise InterestBertError(
+            f"calibration set too small: {n_events:,} events in {len(plans):,} histories, "
+            f"but a rate of {target:g} false alarms per 1,000 events needs at least "
+            f"{needed:,} events; pass more histories or a higher target."
+        )
     blocks = monitor._window_vectors(plans, show_progress_bar)
     truth = {u: sorted(int(p) for p in points) for u, points in (change_points or {}).items()}
 
     def replay_all(threshold: float) -> list[ScanResult]:
-        return [monitor._replay(h.user_id, events, block, threshold, stats, explain_events=False)
-                for h, (events, stats, _), block in zip(histories, plans, blocks)]
+        return [
+            monitor._replay(h.user_id, events, block, threshold, stats, explain_events=False)
+            for h, (events, stats, _), block in zip(histories, plans, blocks)
+        ]
 
     def false_rate(threshold: float) -> float:
-        false = sum(count_false_alarms([e.index for e in r.events], truth.get(r.user_id, []), margin)
-                    for r in replay_all(threshold))
+        false = sum(
+            count_false_alarms([e.index for e in r.events], truth.get(r.user_id, []), margin)
+            for r in replay_all(threshold)
+        )
         return 1000 * false / n_events
 
     # the rate falls as the threshold rises (a reset after each alarm makes it only roughly monotone, so
@@ -101,24 +120,40 @@ def calibrate(monitor, histories: Sequence[History], target_false_alarms_per_100
             lo = mid
     achieved = false_rate(best)
     monitor.config.threshold = float(best)
-    monitor.config.calibration = {"target_false_alarms_per_1000_events": target,
-                               "achieved_false_alarms_per_1000_events": round(achieved, 4),
-                               "histories": len(plans), "events": n_events,
-                               "with_change_points": change_points is not None, "margin": margin}
+    monitor.config.calibration = {
+        "target_false_alarms_per_1000_events": target,
+        "achieved_false_alarms_per_1000_events": round(achieved, 4),
+        "histories": len(plans),
+        "events": n_events,
+        "with_change_points": change_points is not None,
+        "margin": margin,
+    }
     return dict(monitor.config.calibration, threshold=monitor.config.threshold)
 
 
-def fit_projection(monitor, histories: Sequence[History], dim: int | None = None, steps: int = 2000,
-                   batch_users: int = 256, lookback: int = PROJECTION_LOOKBACK, temperature: float = 0.1,
-                   lr: float = 1e-3, action_weight: float = ACTION_WEIGHT, item_weight: float = 0.0, seed: int = 0,
-                   show_progress_bar: bool = False) -> dict:
+def fit_projection(
+    monitor,
+    histories: Sequence[History],
+    dim: int | None = None,
+    steps: int = 2000,
+    batch_users: int = 256,
+    lookback: int = PROJECTION_LOOKBACK,
+    temperature: float = 0.1,
+    lr: float = 1e-3,
+    action_weight: float = ACTION_WEIGHT,
+    item_weight: float = 0.0,
+    seed: int = 0,
+    show_progress_bar: bool = False,
+) -> dict:
     """Fits and sets ``monitor``'s projection on ``histories`` (see `DriftMonitor.fit_projection`): the event texts
     encoded once, their actions and items found, then the array-level fit of `projection.fit_projection`."""
     w = monitor.config.window
     usable = [sort_events(h.events)[0] for h in histories if len(h.events) >= w + 2]
     if len(usable) < 2 * MIN_PROJECTION_USERS:
-        raise InterestBertError(f"fitting the drift projection needs at least {2 * MIN_PROJECTION_USERS} "
-                                f"histories of {w + 2} events or more, got {len(usable)}; pass more users.")
+        raise InterestBertError(
+            f"fitting the drift projection needs at least {2 * MIN_PROJECTION_USERS} "
+            f"histories of {w + 2} events or more, got {len(usable)}; pass more users."
+        )
     texts = list(dict.fromkeys(e.text for events in usable for e in events))
     index = {t: k for k, t in enumerate(texts)}
     vectors = monitor._encode(texts, show_progress_bar)
@@ -144,21 +179,50 @@ def fit_projection(monitor, histories: Sequence[History], dim: int | None = None
     text_items = np.fromiter((item_index.get(item_of[t], 0) for t in texts), np.int64, len(texts))
     rows = [np.fromiter((index[e.text] for e in events), np.int64, len(events)) for events in usable]
     weight, item_vectors, fit = projection.fit_projection(
-        vectors, rows, w, dim, text_items=text_items, n_items=len(items), steps=steps, batch_users=batch_users,
-        lookback=lookback, temperature=temperature, lr=lr, item_weight=item_weight, seed=seed,
-        show_progress_bar=show_progress_bar)
+        vectors,
+        rows,
+        w,
+        dim,
+        text_items=text_items,
+        n_items=len(items),
+        steps=steps,
+        batch_users=batch_users,
+        lookback=lookback,
+        temperature=temperature,
+        lr=lr,
+        item_weight=item_weight,
+        seed=seed,
+        show_progress_bar=show_progress_bar,
+    )
     monitor.set_projection(weight, dict(zip(items, item_vectors)))
-    record = {"dim": dim, "steps": steps, "users": len(usable), "event_texts": len(texts),
-              "batch_users": fit["batch_users"], "lookback": lookback, "temperature": temperature,
-              "actions": vocab, "action_weight": float(action_weight) if vocab else 0.0,
-              "items": len(items), "item_weight": float(item_weight) if items else 0.0,
-              "first_loss": fit["first_loss"], "last_loss": fit["last_loss"], "chance_loss": fit["chance_loss"]}
+    record = {
+        "dim": dim,
+        "steps": steps,
+        "users": len(usable),
+        "event_texts": len(texts),
+        "batch_users": fit["batch_users"],
+        "lookback": lookback,
+        "temperature": temperature,
+        "actions": vocab,
+        "action_weight": float(action_weight) if vocab else 0.0,
+        "items": len(items),
+        "item_weight": float(item_weight) if items else 0.0,
+        "first_loss": fit["first_loss"],
+        "last_loss": fit["last_loss"],
+        "chance_loss": fit["chance_loss"],
+    }
     monitor.config = replace(monitor.config, projection=record, threshold=None, calibration={})
     return record
 
 
-def tune_score(monitor, histories: Sequence[History], target_false_alarms_per_1000_events: float,
-               streams: int = TUNE_STREAMS, seed: int = 0, show_progress_bar: bool = False) -> dict:
+def tune_score(
+    monitor,
+    histories: Sequence[History],
+    target_false_alarms_per_1000_events: float,
+    streams: int = TUNE_STREAMS,
+    seed: int = 0,
+    show_progress_bar: bool = False,
+) -> dict:
     """Picks ``monitor``'s score form (see `DriftMonitor.tune_score`) and sets it; returns the record."""
     if monitor.config.window_vector != "mean":
         raise ValueError("tune_score needs window_vector='mean' (each event text encoded once for every form).")
@@ -167,8 +231,10 @@ def tune_score(monitor, histories: Sequence[History], target_false_alarms_per_10
     design = splice_design([len(h.events) for h in sorted_histories], monitor.config.window)
     pool = [h for h in sorted_histories if len(h.events) >= design.min_user_events]
     if len(pool) < 2 * MIN_PROJECTION_USERS:
-        raise InterestBertError(f"tuning the drift score needs at least {2 * MIN_PROJECTION_USERS} histories of "
-                                f"{design.min_user_events} events or more, got {len(pool)}; pass more users.")
+        raise InterestBertError(
+            f"tuning the drift score needs at least {2 * MIN_PROJECTION_USERS} histories of "
+            f"{design.min_user_events} events or more, got {len(pool)}; pass more users."
+        )
     spliced, controls = de.renewal_streams(pool, streams, design, seed)
     texts = list(dict.fromkeys(e.text for s in spliced + controls for e in s.events))
     table = dict(zip(texts, monitor._encode(texts, show_progress_bar)))  # raw vectors: each trial projects them
@@ -179,32 +245,53 @@ def tune_score(monitor, histories: Sequence[History], target_false_alarms_per_10
     recall = {}
     for centre, k in SCORE_FORMS:
         config = replace(monitor.config, centre=centre, reference_windows=k, threshold=None, calibration={})
-        trial = type(monitor)(lookup, config, monitor.separator, projection=monitor.projection,
-                              item_vectors=monitor.item_vectors)
+        trial = type(monitor)(
+            lookup, config, monitor.separator, projection=monitor.projection, item_vectors=monitor.item_vectors
+        )
         trial.calibrate([c.history() for c in controls], target)
         alarms = {r.user_id: [e.index for e in r.events] for r in trial.scan_many([s.history() for s in spliced])}
         recall[(centre, k)] = de.score_alarms(alarms, spliced, design)["recall"]
     centre, k = max(recall, key=recall.get)  # the first of equals: the default form when it ties
-    record = {"centre": centre, "reference_windows": k, "target_false_alarms_per_1000_events": target,
-              "streams": len(spliced), "users": len(pool), "events": sum(len(s.events) for s in spliced),
-              "changes": sum(len(s.changes) for s in spliced),
-              "design": {"length": list(design.length), "min_segment": design.min_segment,
-                         "extra_mean": design.extra_mean, "margin": design.margin},
-              "recall": {f"centre={c}, reference_windows={r}": round(v, 4) for (c, r), v in recall.items()}}
-    monitor.config = replace(monitor.config, centre=centre, reference_windows=k, threshold=None, calibration={},
-                             score_tuning=record)
+    record = {
+        "centre": centre,
+        "reference_windows": k,
+        "target_false_alarms_per_1000_events": target,
+        "streams": len(spliced),
+        "users": len(pool),
+        "events": sum(len(s.events) for s in spliced),
+        "changes": sum(len(s.changes) for s in spliced),
+        "design": {
+            "length": list(design.length),
+            "min_segment": design.min_segment,
+            "extra_mean": design.extra_mean,
+            "margin": design.margin,
+        },
+        "recall": {f"centre={c}, reference_windows={r}": round(v, 4) for (c, r), v in recall.items()},
+    }
+    monitor.config = replace(
+        monitor.config, centre=centre, reference_windows=k, threshold=None, calibration={}, score_tuning=record
+    )
     monitor.reset()
     return record
 
 
-def fit_and_tune(monitor, fit_on: Sequence[History], tune_on: Sequence[History],
-                 target_false_alarms_per_1000_events: float, steps: int = 2000, streams: int = TUNE_STREAMS,
-                 item_weight: float = 0.0, seed: int = 0, show_progress_bar: bool = False) -> tuple[dict, dict]:
+def fit_and_tune(
+    monitor,
+    fit_on: Sequence[History],
+    tune_on: Sequence[History],
+    target_false_alarms_per_1000_events: float,
+    steps: int = 2000,
+    streams: int = TUNE_STREAMS,
+    item_weight: float = 0.0,
+    seed: int = 0,
+    show_progress_bar: bool = False,
+) -> tuple[dict, dict]:
     """`DriftMonitor.fit_projection` on ``fit_on`` then `tune_score` on ``tune_on``; with ``item_weight`` > 0 twice,
     keeping the items' own vectors only when the best form finds more splices with them by more than one standard
     error of that recall (see `DriftMonitor.fit_and_tune`)."""
-    fit = monitor.fit_projection(fit_on, steps=steps, item_weight=item_weight, seed=seed,
-                                 show_progress_bar=show_progress_bar)
+    fit = monitor.fit_projection(
+        fit_on, steps=steps, item_weight=item_weight, seed=seed, show_progress_bar=show_progress_bar
+    )
     tuned = tune_score(monitor, tune_on, target_false_alarms_per_1000_events, streams, seed, show_progress_bar)
     if not fit["items"]:
         return fit, tuned
@@ -216,7 +303,11 @@ def fit_and_tune(monitor, fit_on: Sequence[History], tune_on: Sequence[History],
     if recall - plain > error:
         fit, tuned, projection, items, monitor.config = with_items
         monitor.set_projection(projection, items)
-    verdict = {"recall_with_items": recall, "recall_without": plain, "standard_error": round(error, 4),
-               "kept": recall - plain > error}
+    verdict = {
+        "recall_with_items": recall,
+        "recall_without": plain,
+        "standard_error": round(error, 4),
+        "kept": recall - plain > error,
+    }
     monitor.config = replace(monitor.config, score_tuning={**tuned, "item_vectors": verdict})
     return fit, monitor.config.score_tuning

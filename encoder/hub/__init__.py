@@ -9,5 +9,17 @@ from .folder import ModelFolder, SavedPart, read_part, write_part
 from .model_card import ModelCardData
 from .publish import DATA_CARD, Published, check_repo_id, privacy_check, publish, publish_card, stage
 
-__all__ = ["DATA_CARD", "ModelCardData", "ModelFolder", "Published", "SavedPart", "check_repo_id", "privacy_check",
-           "publish", "publish_card", "read_part", "stage", "write_part"]
+__all__ = [
+    "DATA_CARD",
+    "ModelCardData",
+    "ModelFolder",
+    "Published",
+    "SavedPart",
+    "check_repo_id",
+    "privacy_check",
+    "publish",
+    "publish_card",
+    "read_part",
+    "stage",
+    "write_part",
+]

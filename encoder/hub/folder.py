@@ -23,8 +23,16 @@ import os
 import shutil
 from pathlib import Path
 
-from ..files import (atomic_folder, atomic_write_json, atomic_write_text, fsync_path, fsync_tree,
-                    remove_stale_temporaries, save_safetensors, temporary_sibling)
+from ..files import (
+    atomic_folder,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_path,
+    fsync_tree,
+    remove_stale_temporaries,
+    save_safetensors,
+    temporary_sibling,
+)
 
 SUBFOLDER = "interestbert"
 CONFIG = "config.json"
@@ -183,28 +191,51 @@ class ModelFolder:
         args = self.training_args() or {}
         results = self.results() or {}
         drift = self.load_drift()
-        parts = [label for key, label in (("strategy_head", "a strategy head over the catalogue"),
-                                          ("sequence_head", "a sequence head")) if config.get(key)]
+        parts = [
+            label
+            for key, label in (
+                ("strategy_head", "a strategy head over the catalogue"),
+                ("sequence_head", "a sequence head"),
+            )
+            if config.get(key)
+        ]
         if drift and drift.get("threshold") is not None:
             parts.append("a calibrated drift monitor")
         rows = {label: results[key] for key, label in RESULT_ROWS.items() if isinstance(results.get(key), dict)}
         training = {k: v for k, v in args.items() if k not in ("output_dir", "overwrite_output_dir", "disable_tqdm")}
         summary = ""
         if results:
-            summary = (f"{results.get('global_step', '?')} steps, best validation step {results.get('best_step')}, "
-                       f"{results.get('train_runtime_s', '?')} s on {results.get('hardware', 'unknown hardware')}")
-        horizons = ", ".join(f"{'all' if n is None else n} events: {w:g}" for n, w in config.get("interest_horizons",
-                                                                                                 [[None, 1.0]]))
+            summary = (
+                f"{results.get('global_step', '?')} steps, best validation step {results.get('best_step')}, "
+                f"{results.get('train_runtime_s', '?')} s on {results.get('hardware', 'unknown hardware')}"
+            )
+        horizons = ", ".join(
+            f"{'all' if n is None else n} events: {w:g}" for n, w in config.get("interest_horizons", [[None, 1.0]])
+        )
         return ModelCardData(
-            model_id=model_id or self.path.name, base_model=config.get("base_model", "unknown"),
-            lora=config.get("lora", {"r": "?", "lora_alpha": "?"}), embedding_dim=config.get("embedding_dim", 0),
-            max_seq_length=config.get("max_seq_length", 0), horizons=horizons, parts=parts,
-            dataset=results.get("card") or args.get("card"), dataset_id=results.get("dataset_id"),
-            training=training, training_summary=summary, results=rows,
-            test_users=(results.get("test") or {}).get("n"), tie_share=results.get("test_tie_share"),
-            drift=None if not drift or drift.get("threshold") is None else {
+            model_id=model_id or self.path.name,
+            base_model=config.get("base_model", "unknown"),
+            lora=config.get("lora", {"r": "?", "lora_alpha": "?"}),
+            embedding_dim=config.get("embedding_dim", 0),
+            max_seq_length=config.get("max_seq_length", 0),
+            horizons=horizons,
+            parts=parts,
+            dataset=results.get("card") or args.get("card"),
+            dataset_id=results.get("dataset_id"),
+            training=training,
+            training_summary=summary,
+            results=rows,
+            test_users=(results.get("test") or {}).get("n"),
+            tie_share=results.get("test_tie_share"),
+            drift=None
+            if not drift or drift.get("threshold") is None
+            else {
                 "target": (drift.get("calibration") or {}).get("target_false_alarms_per_1000_events", "?"),
-                "window": drift.get("window"), "stride": drift.get("stride"), "threshold": drift["threshold"]})
+                "window": drift.get("window"),
+                "stride": drift.get("stride"),
+                "threshold": drift["threshold"],
+            },
+        )
 
     def write_card(self, model_id: str | None = None) -> Path | None:
         """Renders ``README.md`` from the folder's contents (nothing before the encoder is saved)."""

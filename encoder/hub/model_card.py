@@ -1,5 +1,6 @@
 """The generated model card (``README.md`` of a saved model), in the manner of sentence-transformers'
-``model_card.py``: a dataclass of what is known about the model and a Jinja template (``model_card.md`` beside this file).
+``model_card.py``: a dataclass of what is known about the model and a Jinja template (``model_card.md`` beside
+this file).
 
 `ModelFolder` renders it from what the folder holds (``interestbert/config.json``, ``training_args.json``,
 ``all_results.json``, the drift calibration), so the card is always the folder's own description: never the base
@@ -14,14 +15,28 @@ from pathlib import Path
 
 import yaml
 
-PROTOCOL = ("leave-one-out in time (each user's last event is the test target, the second-last the validation "
-            "target), full ranking over every item of the catalogue, the items the user has already seen excluded "
-            "(the target itself is kept)")
-TAGS = ["sentence-transformers", "feature-extraction", "peft", "lora", "recommendation", "user-modeling",
-        "interest-drift", "interestbert"]
+PROTOCOL = (
+    "leave-one-out in time (each user's last event is the test target, the second-last the validation "
+    "target), full ranking over every item of the catalogue, the items the user has already seen excluded "
+    "(the target itself is kept)"
+)
+TAGS = [
+    "sentence-transformers",
+    "feature-extraction",
+    "peft",
+    "lora",
+    "recommendation",
+    "user-modeling",
+    "interest-drift",
+    "interestbert",
+]
 # all_results.json key -> the row's name in the card (each is a full-ranking evaluation of the test split)
-RESULT_ROWS = {"sequence_test": "sequence head", "test": "strategy head", "zero_shot_test": "base model, zero-shot",
-               "popularity_test": "popularity"}
+RESULT_ROWS = {
+    "sequence_test": "sequence head",
+    "test": "strategy head",
+    "zero_shot_test": "base model, zero-shot",
+    "popularity_test": "popularity",
+}
 BASELINES = ("base model, zero-shot", "popularity")  # beside the model's rows in the body, not in model-index
 METRICS = (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"))
 
@@ -55,18 +70,36 @@ class ModelCardData:
         return f"interestbert: {self.base_model} + LoRA" + (f" on {self.dataset}" if self.dataset else "")
 
     def front_matter(self) -> dict:
-        meta = {"library_name": "sentence-transformers", "base_model": self.base_model,
-                "base_model_relation": "adapter", "license": self.license, "tags": list(TAGS),
-                "pipeline_tag": "feature-extraction"}
+        meta = {
+            "library_name": "sentence-transformers",
+            "base_model": self.base_model,
+            "base_model_relation": "adapter",
+            "license": self.license,
+            "tags": list(TAGS),
+            "pipeline_tag": "feature-extraction",
+        }
         if self.dataset_id:
             meta["datasets"] = [self.dataset_id]
         results = {name: m for name, m in self.results.items() if name not in BASELINES}
         if results and self.dataset:
-            meta["model-index"] = [{"name": self.model_id, "results": [{
-                "task": {"type": "recommendation", "name": f"next-item recommendation ({name}, full ranking)"},
-                "dataset": {"type": self.dataset_id or self.dataset, "name": self.dataset, "split": "test"},
-                "metrics": [{"type": key, "name": label, "value": round(float(m[key]), 6)} for key, label in METRICS],
-            } for name, m in results.items()]}]
+            meta["model-index"] = [
+                {
+                    "name": self.model_id,
+                    "results": [
+                        {
+                            "task": {
+                                "type": "recommendation",
+                                "name": f"next-item recommendation ({name}, full ranking)",
+                            },
+                            "dataset": {"type": self.dataset_id or self.dataset, "name": self.dataset, "split": "test"},
+                            "metrics": [
+                                {"type": key, "name": label, "value": round(float(m[key]), 6)} for key, label in METRICS
+                            ],
+                        }
+                        for name, m in results.items()
+                    ],
+                }
+            ]
         return meta
 
     def render(self) -> str:
@@ -74,4 +107,6 @@ class ModelCardData:
 
         env = Environment(keep_trailing_newline=True, autoescape=False)  # noqa: S701 - Markdown, not HTML
         text = yaml.safe_dump(self.front_matter(), sort_keys=False, allow_unicode=True)
-        return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(card=self, front_matter=text, protocol=PROTOCOL)
+        return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
+            card=self, front_matter=text, protocol=PROTOCOL
+        )

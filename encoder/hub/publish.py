@@ -32,8 +32,10 @@ from .folder import CARD, ModelFolder
 DATA_CARD = "interestbert/data_card/README.md"
 SKIPPED = ("checkpoints",)  # optimizer states and RNG of a run: the trainer's, not the model's
 TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
-LOCAL_PATH = re.compile(r"(?<![\w.:/-])(?:/(?:home|Users|root|tmp|mnt|private|var/folders|work)/[^\s\"'<>|]+"
-                        r"|[A-Za-z]:\\[^\s\"'<>|]+|[^\s\"']*site-packages[^\s\"']*)")
+LOCAL_PATH = re.compile(
+    r"(?<![\w.:/-])(?:/(?:home|Users|root|tmp|mnt|private|var/folders|work)/[^\s\"'<>|]+"
+    r"|[A-Za-z]:\\[^\s\"'<>|]+|[^\s\"']*site-packages[^\s\"']*)"
+)
 MIN_ID_LENGTH = 4  # shorter user ids ("1", "943") cannot be told from numbers and words; see `privacy_check`
 
 
@@ -49,28 +51,37 @@ class Published:
 
 def check_repo_id(repo_id: str) -> None:
     if not REPO_ID.match(repo_id):
-        raise InterestBertError(f"--repo-id {repo_id!r} is not a Hub repo id; write it as ORG/NAME (letters, digits, "
-                                "'-', '_', '.').")
+        raise InterestBertError(
+            f"--repo-id {repo_id!r} is not a Hub repo id; write it as ORG/NAME (letters, digits, '-', '_', '.')."
+        )
 
 
 def stage(model_dir: str | os.PathLike, out: str | os.PathLike, repo_id: str, data_card: Path | None) -> list[str]:
     """Copies what would be uploaded into ``out`` (which must be empty or absent); returns the files, sorted."""
     folder = ModelFolder(model_dir)
     if not folder.is_model() or folder.config() is None:
-        raise InterestBertError(f"{model_dir} is not an interestbert model folder (no adapter_config.json or "
-                                "interestbert/config.json); pass the --output_dir of `interestbert finetune`.")
+        raise InterestBertError(
+            f"{model_dir} is not an interestbert model folder (no adapter_config.json or "
+            "interestbert/config.json); pass the --output_dir of `interestbert finetune`."
+        )
     base = folder.config().get("base_model", "")
     if os.path.isabs(base) or os.path.isdir(base):
-        raise InterestBertError(f"{model_dir} is built on the local folder {base}, which nobody else can load; "
-                                "fine-tune from the base model's Hub id to publish.")
+        raise InterestBertError(
+            f"{model_dir} is built on the local folder {base}, which nobody else can load; "
+            "fine-tune from the base model's Hub id to publish."
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InterestBertError(f"--dry-run {out} is not empty; pass an empty or new folder.")
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(folder.path.rglob("*")):
         rel = path.relative_to(folder.path)
-        if not path.is_file() or rel.parts[0] in SKIPPED or any(p.startswith(".") for p in rel.parts) \
-                or rel.as_posix() == CARD:
+        if (
+            not path.is_file()
+            or rel.parts[0] in SKIPPED
+            or any(p.startswith(".") for p in rel.parts)
+            or rel.as_posix() == CARD
+        ):
             continue
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, out / rel)
@@ -83,8 +94,14 @@ def stage(model_dir: str | os.PathLike, out: str | os.PathLike, repo_id: str, da
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
 
 
-def privacy_check(folder: str | os.PathLike, user_ids: Iterable[str] = (), event_texts: Iterable[str] = (),
-                  local_paths: Iterable[str] = (), tokens: Iterable[str] = (), base_files: Path | None = None) -> None:
+def privacy_check(
+    folder: str | os.PathLike,
+    user_ids: Iterable[str] = (),
+    event_texts: Iterable[str] = (),
+    local_paths: Iterable[str] = (),
+    tokens: Iterable[str] = (),
+    base_files: Path | None = None,
+) -> None:
     """Refuses (`InterestBertError`, naming the file and what was found) a staged folder that holds a user id of
     the training data, an event's verbalised text, an absolute local path or a token.
 
@@ -112,21 +129,26 @@ def privacy_check(folder: str | os.PathLike, user_ids: Iterable[str] = (), event
             continue
         text = _readable_text(path)
         if any(secret in text for secret in secrets) or TOKEN.search(text):
-            raise InterestBertError(f"{rel} holds an access token; remove it from the model folder before "
-                                    "publishing.")
+            raise InterestBertError(f"{rel} holds an access token; remove it from the model folder before publishing.")
         found = next((p for p in paths if p in text), None) or (m.group(0) if (m := LOCAL_PATH.search(text)) else None)
         if found:
-            raise InterestBertError(f"{rel} holds the absolute local path {found!r}; save the model again with this "
-                                    "version (it records names, not paths), or remove the path.")
+            raise InterestBertError(
+                f"{rel} holds the absolute local path {found!r}; save the model again with this "
+                "version (it records names, not paths), or remove the path."
+            )
         if words is not None:
             user = next((w for w in words.findall(text) if w in ids), None)
             if user:
-                raise InterestBertError(f"{rel} holds the user id {user!r} of the training data; a published model "
-                                        "may not carry anyone's identity: remove it.")
+                raise InterestBertError(
+                    f"{rel} holds the user id {user!r} of the training data; a published model "
+                    "may not carry anyone's identity: remove it."
+                )
         event = next((e for e in events if e in text), None)
         if event:
-            raise InterestBertError(f"{rel} holds the verbalised event {event[:60]!r} of the training data; a "
-                                    "published model may not carry anyone's behaviour: remove it.")
+            raise InterestBertError(
+                f"{rel} holds the verbalised event {event[:60]!r} of the training data; a "
+                "published model may not carry anyone's behaviour: remove it."
+            )
 
 
 def _readable_text(path: Path) -> str:
@@ -135,7 +157,7 @@ def _readable_text(path: Path) -> str:
     data = path.read_bytes()
     if path.suffix == ".safetensors" and len(data) >= 8:
         (size,) = struct.unpack("<Q", data[:8])
-        return data[8: 8 + size].decode("utf-8", "replace")
+        return data[8 : 8 + size].decode("utf-8", "replace")
     return data.decode("utf-8", "replace")
 
 
@@ -145,10 +167,20 @@ def _same_file(path: Path, other: Path) -> bool:
     return hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(other.read_bytes()).digest()
 
 
-def publish(model_dir: str | os.PathLike, repo_id: str, *, verbaliser=None, data_dir: str | None = None,
-            private: bool = False, revision: str | None = None, commit_message: str | None = None,
-            create_pr: bool = False, token: str | None = None, dry_run: str | os.PathLike | None = None,
-            extra_tokens: Iterable[str] = ()) -> Published:
+def publish(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    verbaliser=None,
+    data_dir: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    dry_run: str | os.PathLike | None = None,
+    extra_tokens: Iterable[str] = (),
+) -> Published:
     """Stages ``model_dir``, runs the privacy gate against the training data and uploads it as one commit to
     ``repo_id``, or writes it to ``dry_run``.
 
@@ -164,17 +196,29 @@ def publish(model_dir: str | os.PathLike, repo_id: str, *, verbaliser=None, data
     check_repo_id(repo_id)
     with _staging(dry_run) as staging:
         files = stage(model_dir, staging, repo_id, None if verbaliser is None else verbaliser.card.path)
-        privacy_check(staging, **_private_values(verbaliser), local_paths=_local_paths(model_dir, data_dir),
-                      tokens=[token or "", *extra_tokens], base_files=_base_folder(model_dir))
+        privacy_check(
+            staging,
+            **_private_values(verbaliser),
+            local_paths=_local_paths(model_dir, data_dir),
+            tokens=[token or "", *extra_tokens],
+            base_files=_base_folder(model_dir),
+        )
         if dry_run is not None:
             return Published(files, folder=staging)
         url, commit = _upload(staging, repo_id, private, revision, commit_message, create_pr, token)
         return Published(files, url=url, commit=commit)
 
 
-def publish_card(card, repo_id: str, *, private: bool = False, commit_message: str | None = None,
-                 token: str | None = None, dry_run: str | os.PathLike | None = None,
-                 extra_tokens: Iterable[str] = ()) -> Published:
+def publish_card(
+    card,
+    repo_id: str,
+    *,
+    private: bool = False,
+    commit_message: str | None = None,
+    token: str | None = None,
+    dry_run: str | os.PathLike | None = None,
+    extra_tokens: Iterable[str] = (),
+) -> Published:
     """A data card (`DataCard`) as the ``README.md`` of the dataset repo ``repo_id`` (no data files), after the
     gate's path and token checks; ``load_card(repo_id)`` reads it back. With ``dry_run``, written there only."""
     check_repo_id(repo_id)
@@ -183,8 +227,16 @@ def publish_card(card, repo_id: str, *, private: bool = False, commit_message: s
         privacy_check(staging, local_paths=_local_paths(card.path.parent, None), tokens=[token or "", *extra_tokens])
         if dry_run is not None:
             return Published([CARD], folder=staging)
-        url, commit = _upload(staging, repo_id, private, None, commit_message or f"Upload data card {card.name}",
-                              False, token, repo_type="dataset")
+        url, commit = _upload(
+            staging,
+            repo_id,
+            private,
+            None,
+            commit_message or f"Upload data card {card.name}",
+            False,
+            token,
+            repo_type="dataset",
+        )
         return Published([CARD], url=url, commit=commit)
 
 
@@ -228,8 +280,16 @@ def _local_paths(model_dir, data_dir) -> list[str]:
     return [p for p in paths if p not in ("/", "")]
 
 
-def _upload(folder: Path, repo_id: str, private: bool, revision: str | None, commit_message: str | None,
-            create_pr: bool, token: str | None, repo_type: str = "model") -> tuple[str, str]:
+def _upload(
+    folder: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    commit_message: str | None,
+    create_pr: bool,
+    token: str | None,
+    repo_type: str = "model",
+) -> tuple[str, str]:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -238,19 +298,30 @@ def _upload(folder: Path, repo_id: str, private: bool, revision: str | None, com
         repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
         if revision is not None and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
-                                 repo_type=repo_type, commit_message=commit_message or f"Upload interestbert {repo_type}")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            create_pr=create_pr,
+            repo_type=repo_type,
+            commit_message=commit_message or f"Upload interestbert {repo_type}",
+        )
     except OfflineModeIsEnabled:
-        raise InterestBertError("the Hub cannot be reached: HF_HUB_OFFLINE is set; unset it to publish, or pass "
-                                "--dry-run OUT to write the files only.") from None
+        raise InterestBertError(
+            "the Hub cannot be reached: HF_HUB_OFFLINE is set; unset it to publish, or pass "
+            "--dry-run OUT to write the files only."
+        ) from None
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", None)
-        fix = {401: "the token is missing or invalid: pass --token-env VAR, set HF_TOKEN or run `hf auth login`",
-               403: f"the token may not write to {repo_id}: use a repo of your own or a token with write access",
-               404: f"{repo_id} or its revision was not found: check the id and --revision"}.get(
-                   status, "check the repo id, the token and the network")
+        fix = {
+            401: "the token is missing or invalid: pass --token-env VAR, set HF_TOKEN or run `hf auth login`",
+            403: f"the token may not write to {repo_id}: use a repo of your own or a token with write access",
+            404: f"{repo_id} or its revision was not found: check the id and --revision",
+        }.get(status, "check the repo id, the token and the network")
         raise InterestBertError(f"the Hub refused the upload to {repo_id} (HTTP {status}); {fix}.") from None
     except OSError as err:  # no network, DNS, proxy
-        raise InterestBertError(f"the Hub cannot be reached ({type(err).__name__}); check the network, or pass "
-                                "--dry-run OUT to write the files only.") from None
+        raise InterestBertError(
+            f"the Hub cannot be reached ({type(err).__name__}); check the network, or pass "
+            "--dry-run OUT to write the files only."
+        ) from None
     return str(getattr(repo, "url", f"https://huggingface.co/{repo_id}")), str(info.oid)

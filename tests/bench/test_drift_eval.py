@@ -7,19 +7,37 @@ import sys
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from conftest import REPO
+from scipy import stats
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks import each other by file name
 
 from drift_eval import (  # noqa: E402
-    DESIGNS, Stream, StreamDesign, best_content_free, bootstrap,
-                                             calibrate_threshold, downstream_queries, event_scores, fixed_alarms,
-                                             forward_fill, headroom_interval, headroom_recovered, js_divergence,
-                                             ndcg_at, next_item_ranks, outcomes, periodic_alarms, random_alarms,
-                                             renewal_streams, score_alarms, segment_lengths, split_users,
-                                             threshold_alarms)
+    DESIGNS,
+    Stream,
+    StreamDesign,
+    best_content_free,
+    bootstrap,
+    calibrate_threshold,
+    downstream_queries,
+    event_scores,
+    fixed_alarms,
+    forward_fill,
+    headroom_interval,
+    headroom_recovered,
+    js_divergence,
+    ndcg_at,
+    next_item_ranks,
+    outcomes,
+    periodic_alarms,
+    random_alarms,
+    renewal_streams,
+    score_alarms,
+    segment_lengths,
+    split_users,
+    threshold_alarms,
+)
+
 from interestbert.encoder.drift.events import Event, History
 
 P1 = DESIGNS["movielens-1m"]
@@ -35,8 +53,9 @@ def users(n: int = 240, seed: int = 0, lo: int = 100, hi: int = 500) -> list[His
         favourite = u % 6
         cats = np.where(rng.random(length) < 0.8, favourite, rng.integers(0, 6, length))
         stamps = np.cumsum(rng.integers(1, 1000, length)) + 10**9
-        out.append(History(f"u{u}", [Event(f"u{u}:{i}", f"c{c} item", int(t))
-                                     for i, (c, t) in enumerate(zip(cats, stamps))]))
+        out.append(
+            History(f"u{u}", [Event(f"u{u}:{i}", f"c{c} item", int(t)) for i, (c, t) in enumerate(zip(cats, stamps))])
+        )
     return out
 
 
@@ -72,10 +91,10 @@ def test_a_spliced_stream_is_other_users_events_at_random_offsets():
         assert all(b > a for a, b in zip(stamps, stamps[1:]))  # each segment continues the one before
         at = 0
         for u, offset, n in s.segments:
-            source = by_id[u].events[offset:offset + n]
-            assert [e.text for e in s.events[at:at + n]] == [e.text for e in source]
+            source = by_id[u].events[offset : offset + n]
+            assert [e.text for e in s.events[at : at + n]] == [e.text for e in source]
             gaps = np.diff([e.timestamp for e in source])
-            assert np.diff(stamps[at:at + n]).tolist() == gaps.tolist()  # spacing kept
+            assert np.diff(stamps[at : at + n]).tolist() == gaps.tolist()  # spacing kept
             offsets.append(offset / max(1, len(by_id[u].events) - n))
             at += n
         starts += s.changes
@@ -96,7 +115,7 @@ def test_magnitude_is_high_across_favourites_and_low_within():
     spliced, _ = renewal_streams(users(), 80, P1, seed=1, categories=category)
     differ, same = [], []
     for s in spliced:
-        for k, t in enumerate(s.changes):
+        for k in range(len(s.changes)):
             a, b = s.segments[k][0], s.segments[k + 1][0]
             (same if int(a[1:]) % 6 == int(b[1:]) % 6 else differ).append(s.magnitudes[k])
     assert np.mean(differ) > 3 * np.mean(same)
@@ -119,7 +138,10 @@ def test_the_scorer_counts_hits_margins_and_false_alarms():
     design = StreamDesign((100, 100), 20, 40, warmup=20, margin=8, min_user_events=1)
     s, c = stream([30, 60]), stream([], sid="c")
     cases = {  # alarms on s -> (hits, false positives)
-        (30,): (1, 0), (38,): (1, 0), (39,): (0, 1), (29,): (0, 1),  # the margin's edges: [t, t + M]
+        (30,): (1, 0),
+        (38,): (1, 0),
+        (39,): (0, 1),
+        (29,): (0, 1),  # the margin's edges: [t, t + M]
         (31, 33): (1, 1),  # one hit per change
         (10, 30, 62): (2, 0),  # before the warm-up: not scored
         (): (0, 0),
@@ -154,8 +176,10 @@ def test_a_continuous_score_is_thresholded_with_a_refractory_period_and_calibrat
 def test_event_scores_and_bootstrap():
     design = StreamDesign((100, 100), 20, 40, warmup=20, margin=8, min_user_events=1)
     streams = [stream([30 + k, 70], sid=f"s{k}") for k in range(20)] + [stream([], sid=f"c{k}") for k in range(20)]
-    perfect = {s.stream_id: np.isin(np.arange(100), [i for t in s.changes for i in range(t, t + 9)]).astype(float)
-               for s in streams}
+    perfect = {
+        s.stream_id: np.isin(np.arange(100), [i for t in s.changes for i in range(t, t + 9)]).astype(float)
+        for s in streams
+    }
     assert event_scores(perfect, streams, design)["auc"] == 1.0
     position = {s.stream_id: np.arange(100, dtype=float) for s in streams}
     assert event_scores(position, streams, design)["auc"] == pytest.approx(0.5, abs=0.1)
@@ -207,13 +231,16 @@ def test_next_item_ranks_exclude_earlier_items_keep_the_target_and_break_ties_by
     row_of = {"a": 0, "b": 1, "c": 2, "d": 3}
     items = np.eye(4, dtype=np.float32)
     stream = item_stream(["a", "c", "b", "a", "d"], [1])
-    interest = np.array([[0.9, 0.5, 0.8, 0.1],   # query (t=1, j=1): event 2 ("b") after "a", "c" (excluded)
-                         [0.9, 0.5, 0.8, 0.1],   # query (t=1, j=2): event 3 ("a"), seen before: kept, rank 0
-                         [0.3, 0.3, 0.3, 0.3]])  # query (t=1, j=3): event 4 ("d"), a tie with nothing left
+    interest = np.array(
+        [
+            [0.9, 0.5, 0.8, 0.1],  # query (t=1, j=1): event 2 ("b") after "a", "c" (excluded)
+            [0.9, 0.5, 0.8, 0.1],  # query (t=1, j=2): event 3 ("a"), seen before: kept, rank 0
+            [0.3, 0.3, 0.3, 0.3],
+        ]
+    )  # query (t=1, j=3): event 4 ("d"), a tie with nothing left
     ranks = next_item_ranks(interest, items, [stream], [(0, 1, 1), (0, 1, 2), (0, 1, 3)], row_of)
     assert ranks.tolist() == [0, 0, 0]
-    tie = next_item_ranks(np.full((1, 4), 0.5, np.float32), items, [item_stream(["a", "d"], [1])], [(0, 1, 0)],
-                          row_of)
+    tie = next_item_ranks(np.full((1, 4), 0.5, np.float32), items, [item_stream(["a", "d"], [1])], [(0, 1, 0)], row_of)
     assert tie.tolist() == [2]  # "d" ties "b" and "c" (rows 1, 2 before it); "a" was seen
     np.testing.assert_allclose(ndcg_at(np.array([0, 1, 9, 10])), [1, 1 / np.log2(3), 1 / np.log2(11), 0])
 

@@ -13,8 +13,12 @@ from interestbert.encoder import backends
 from interestbert.encoder.backends import resolve_precision
 from interestbert.inference.cli import main
 
-TEXTS = ["viewed: bamboo watering can", "bought: pruning shears\nviewed: watering can\nrated 4/5: gardening gloves",
-         "added to cart: toy story", "viewed: a b c d e f g h i j k l m n o p"] * 3
+TEXTS = [
+    "viewed: bamboo watering can",
+    "bought: pruning shears\nviewed: watering can\nrated 4/5: gardening gloves",
+    "added to cart: toy story",
+    "viewed: a b c d e f g h i j k l m n o p",
+] * 3
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +46,26 @@ def test_encode_command_records_what_auto_picked(tiny_bert, synthetic_dir, tmp_p
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_bf16)
     out = tmp_path / "emb"
-    assert main(["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-                 "--max-seq-length", "40", "--limit-users", "4", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--card",
+                "synthetic-shop",
+                "--data-dir",
+                str(synthetic_dir),
+                "--model",
+                str(tiny_bert),
+                "--max-seq-length",
+                "40",
+                "--limit-users",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     expected = "bf16" if has_bf16 else "fp32"
     assert json.loads((out / "_manifest.json").read_text())["precision"] == expected
     assert f"precision {expected} (auto: " in capsys.readouterr().err
@@ -65,6 +87,7 @@ def test_own_loop_equals_sentence_transformers_and_bf16_is_close(tiny_encoder):
 def test_bf16_runs_a_bf16_copy_of_the_merged_model_that_follows_the_weights(tiny_encoder):
     """bf16 is weights and activations in bf16 (a merged copy), not autocast over the fp32 model; the encoder
     itself stays fp32, and a change of its weights (a training step) rebuilds the copy."""
+
     def set_adapter(seed):
         with torch.no_grad():
             for name, p in tiny_encoder.model.named_parameters():
@@ -127,8 +150,19 @@ def test_fingerprint_ignores_a_fresh_adapter_and_sees_a_trained_one(tiny_bert, t
 def test_encode_command_with_openvino_records_it(tiny_bert, synthetic_dir, tmp_path, capsys):
     from interestbert.inference.encode import read_embeddings
 
-    args = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-            "--max-seq-length", "40", "--limit-users", "16"]
+    args = [
+        "encode",
+        "--card",
+        "synthetic-shop",
+        "--data-dir",
+        str(synthetic_dir),
+        "--model",
+        str(tiny_bert),
+        "--max-seq-length",
+        "40",
+        "--limit-users",
+        "16",
+    ]
     assert main([*args, "--output", str(tmp_path / "ov"), "--backend", "openvino", "--precision", "fp32"]) == 0
     assert "fp32, openvino" in capsys.readouterr().out
     assert main([*args, "--output", str(tmp_path / "pt"), "--precision", "fp32"]) == 0

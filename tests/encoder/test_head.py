@@ -16,8 +16,9 @@ def test_head_scores_topk_save_load_and_cold_start(tmp_path):
     head = StrategyHead([f"i{i}" for i in range(6)], emb, popularity=[5, 0, 0, 0, 0, 100], init_scale=10)
     interest = torch.as_tensor(emb[[1]])
     logits = head(interest)
-    np.testing.assert_allclose(logits.detach().numpy(), 10 * interest.numpy() @ emb.T + head.bias.detach().numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        logits.detach().numpy(), 10 * interest.numpy() @ emb.T + head.bias.detach().numpy(), rtol=1e-5
+    )
     assert head.bias[5] > head.bias[0] > head.bias[1]  # log popularity
     top = head.topk(interest, k=3, exclude=[[1]])
     assert 1 not in top.indices[0].tolist() and len(top.indices[0]) == 3

@@ -12,9 +12,11 @@ import torch
 from interestbert.encoder import DEFAULT_BASE_MODEL, InterestEncoder, LoraOptions
 from interestbert.encoder.packaged import register_base_model, register_in_hub_cache, resolve_model_path
 
-TEXTS = ["bought: Ergonomic pruning shears by GreenThumb (Gardening)\nviewed: Bamboo watering can",
-         "rated 5/5: Toy Story (1995), Animation, Children's, Comedy",
-         "viewed: Ultralight dome tent by Basecamp (Camping)"]
+TEXTS = [
+    "bought: Ergonomic pruning shears by GreenThumb (Gardening)\nviewed: Bamboo watering can",
+    "rated 5/5: Toy Story (1995), Animation, Children's, Comedy",
+    "viewed: Ultralight dome tent by Basecamp (Camping)",
+]
 
 
 def peft_route(base: str, folder, texts) -> np.ndarray:
@@ -132,8 +134,9 @@ def test_save_overwrites_an_existing_model_folder(tiny_encoder, tmp_path):
     with torch.no_grad():
         next(p for n, p in tiny_encoder.model.named_parameters() if "lora_B" in n).add_(1.0)
     tiny_encoder.save_pretrained(folder)
-    np.testing.assert_allclose(InterestEncoder.from_pretrained(folder).encode(TEXTS), tiny_encoder.encode(TEXTS),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        InterestEncoder.from_pretrained(folder).encode(TEXTS), tiny_encoder.encode(TEXTS), atol=1e-5
+    )
     assert (folder / "interestbert" / "head.json").is_file()
 
 
@@ -183,8 +186,7 @@ def test_real_model_round_trip_names_the_base_by_hub_id(tmp_path, monkeypatch):
     register_base_model(folder)
     np.testing.assert_allclose(SentenceTransformer(str(folder)).encode(TEXTS), expected, atol=1e-5)
     np.testing.assert_allclose(InterestEncoder.from_pretrained(folder).encode(TEXTS), expected, atol=1e-5)
-    np.testing.assert_allclose(peft_route(resolve_model_path(DEFAULT_BASE_MODEL), folder, TEXTS), expected,
-                               atol=1e-5)
+    np.testing.assert_allclose(peft_route(resolve_model_path(DEFAULT_BASE_MODEL), folder, TEXTS), expected, atol=1e-5)
 
 
 def test_register_in_hub_cache_is_idempotent_and_leaves_real_downloads_alone():
@@ -201,15 +203,22 @@ def test_interest_horizons_parse_and_validate():
     assert parse_horizons("1:2, 4:1, all:1") == ((1, 0.5), (4, 0.25), (None, 0.25))
     assert parse_horizons([[1, 0.5], [None, 0.5]]) == ((1, 0.5), (None, 0.5))
     assert parse_horizons(format_horizons(parse_horizons("1:0.5,4:0.3,all:0.2"))) == parse_horizons(
-        "1:0.5,4:0.3,all:0.2")
-    for bad, match in [("1:x", "EVENTS:WEIGHT"), ("0:1", ">= 1"), ("1:0", "positive"), ("1:1,1:2", "repeat"),
-                       ("", "at least one")]:
+        "1:0.5,4:0.3,all:0.2"
+    )
+    for bad, match in [
+        ("1:x", "EVENTS:WEIGHT"),
+        ("0:1", ">= 1"),
+        ("1:0", "positive"),
+        ("1:1,1:2", "repeat"),
+        ("", "at least one"),
+    ]:
         with pytest.raises(ValueError, match=match):
             parse_horizons(bad)
 
 
-def test_encode_histories_is_the_weighted_sum_of_horizon_texts_and_survives_saving(tiny_encoder, synthetic_data,
-                                                                                   tmp_path):
+def test_encode_histories_is_the_weighted_sum_of_horizon_texts_and_survives_saving(
+    tiny_encoder, synthetic_data, tmp_path
+):
     from interestbert.encoder import InterestEncoder, Verbaliser
 
     verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 48)

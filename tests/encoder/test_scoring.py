@@ -13,8 +13,16 @@ import torch
 
 from interestbert.encoder import scoring
 from interestbert.encoder.head import StrategyHead
-from interestbert.encoder.scoring import (PopularityScorer, SequenceHeadScorer, StrategyHeadScorer, TextCosineScorer,
-                                          mask_seen, scorer_for, seen_rows, target_ranks)
+from interestbert.encoder.scoring import (
+    PopularityScorer,
+    SequenceHeadScorer,
+    StrategyHeadScorer,
+    TextCosineScorer,
+    mask_seen,
+    scorer_for,
+    seen_rows,
+    target_ranks,
+)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "evaluation-0.1.0.json"
 
@@ -23,10 +31,13 @@ def toy_verbaliser(histories: list[list[int]], n_items: int):
     """What a scorer reads of a `Verbaliser`: the catalogue and each user's event items, oldest first."""
     lengths = [len(h) for h in histories]
     return types.SimpleNamespace(
-        item_ids=[f"i{k}" for k in range(n_items)], item_texts=[f"item {k}" for k in range(n_items)],
-        users=[f"u{k}" for k in range(len(histories))], n_events=np.asarray(lengths, np.int64),
+        item_ids=[f"i{k}" for k in range(n_items)],
+        item_texts=[f"item {k}" for k in range(n_items)],
+        users=[f"u{k}" for k in range(len(histories))],
+        n_events=np.asarray(lengths, np.int64),
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        event_items=np.asarray([i for h in histories for i in h], np.int64))
+        event_items=np.asarray([i for h in histories for i in h], np.int64),
+    )
 
 
 def reference_rank(scores: np.ndarray, target: int, seen: set[int]) -> int:
@@ -109,8 +120,12 @@ def test_scorer_for_picks_the_models_best_head_and_refuses_missing_ones():
     verbaliser = toy_verbaliser([[0, 1]], n_items=2)
     head = StrategyHead(verbaliser.item_ids, np.eye(2, 4, dtype=np.float32))
     sequence = types.SimpleNamespace(name="a sequence head")
-    encoder = types.SimpleNamespace(head=head, sequence_head=sequence, device="cpu",
-                                    encode=lambda texts, **_: np.eye(len(texts), 4, dtype=np.float32))
+    encoder = types.SimpleNamespace(
+        head=head,
+        sequence_head=sequence,
+        device="cpu",
+        encode=lambda texts, **_: np.eye(len(texts), 4, dtype=np.float32),
+    )
     assert type(scorer_for(encoder, verbaliser)) is SequenceHeadScorer
     assert type(scorer_for(encoder, verbaliser, "strategy")) is StrategyHeadScorer
     assert type(scorer_for(encoder, verbaliser, "text")) is TextCosineScorer
@@ -146,13 +161,18 @@ def golden_inputs(folder):
     rng = np.random.default_rng(0)
     n = len(verbaliser.item_ids)
     unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    head = StrategyHead(verbaliser.item_ids, unit(rng.normal(size=(n, 16))), popularity=split.popularity["train"],
-                        init_scale=5.0)
+    head = StrategyHead(
+        verbaliser.item_ids, unit(rng.normal(size=(n, 16))), popularity=split.popularity["train"], init_scale=5.0
+    )
     interest = unit(rng.normal(size=(len(split.test), 16)))
     item_vectors = unit(rng.normal(size=(n, 16)))
     torch.manual_seed(0)
-    sequence = SequenceHead(verbaliser.item_ids, item_vectors, split.popularity["train"],
-                            SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=5))
+    sequence = SequenceHead(
+        verbaliser.item_ids,
+        item_vectors,
+        split.popularity["train"],
+        SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=5),
+    )
     with torch.no_grad():
         sequence.item.normal_(0, 0.5)
     return verbaliser, split, head, sequence.eval(), interest, item_vectors
@@ -164,10 +184,12 @@ def test_the_same_ranks_and_metrics_as_interestbert_0_1_0(tmp_path):
     golden = json.loads(GOLDEN.read_text())
     verbaliser, split, head, sequence, interest, item_vectors = golden_inputs(tmp_path)
     test = split.test
-    scorers = {"strategy": (StrategyHeadScorer(head, verbaliser), {"interest": interest}),
-               "text": (TextCosineScorer(verbaliser, item_vectors=item_vectors), {"interest": interest}),
-               "sequence": (SequenceHeadScorer(sequence, verbaliser), {}),
-               "popularity": (popularity_scorer(verbaliser, split, "test"), {})}
+    scorers = {
+        "strategy": (StrategyHeadScorer(head, verbaliser), {"interest": interest}),
+        "text": (TextCosineScorer(verbaliser, item_vectors=item_vectors), {"interest": interest}),
+        "sequence": (SequenceHeadScorer(sequence, verbaliser), {}),
+        "popularity": (popularity_scorer(verbaliser, split, "test"), {}),
+    }
     assert set(scorers) == set(golden)
     for name, (scorer, inputs) in scorers.items():
         assert scorer.rank_examples(test, **inputs).tolist() == golden[name]["ranks"], name

@@ -19,8 +19,12 @@ SMALL = SequenceOptions(dim=16, layers=1, heads=2, dropout=0.0, max_events=6)
 def small_head(n_items: int = 5, seed: int = 0, **options) -> SequenceHead:
     torch.manual_seed(seed)
     vectors = np.random.default_rng(seed).normal(size=(n_items, 8)).astype(np.float32)
-    head = SequenceHead([f"i{k}" for k in range(n_items)], vectors, popularity=np.arange(n_items),
-                        options=SequenceOptions(**{**SMALL.__dict__, **options}))
+    head = SequenceHead(
+        [f"i{k}" for k in range(n_items)],
+        vectors,
+        popularity=np.arange(n_items),
+        options=SequenceOptions(**{**SMALL.__dict__, **options}),
+    )
     with torch.no_grad():  # a trained-looking head: non-zero learned item vectors
         head.item.normal_(0, 0.5)
     return head.eval()
@@ -54,8 +58,9 @@ def test_save_load_round_trip_and_cold_start_rows(tmp_path):
     torch.testing.assert_close(loaded.scores(histories), before)
     with pytest.raises(ValueError, match="longer than the head's max_events"):
         loaded.scores(torch.zeros(1, 7, dtype=torch.long))
-    assert loaded.item_ids == head.item_ids and json.loads((tmp_path / "config.json").read_text())["options"][
-        "dim"] == 16
+    assert (
+        loaded.item_ids == head.item_ids and json.loads((tmp_path / "config.json").read_text())["options"]["dim"] == 16
+    )
 
     text = np.random.default_rng(1).normal(size=(2, 8)).astype(np.float32)
     loaded.add_items(["new1", "new2"], text)
@@ -72,13 +77,17 @@ def test_save_load_round_trip_and_cold_start_rows(tmp_path):
 
 def test_the_text_prior_is_the_recency_weighted_text_similarity_scaled_down_by_training_count(tmp_path):
     texts = np.array([[2, 0], [0, 1], [1, 1], [-1, 0]], dtype=np.float32)  # cosines: 0-2 and 1-2 0.707, 0-3 -1
-    head = SequenceHead(["a", "b", "c", "d"], texts, popularity=[0, 10, 30, 0],
-                        options=SequenceOptions(dim=4, layers=1, heads=1, max_events=4)).eval()
+    head = SequenceHead(
+        ["a", "b", "c", "d"],
+        texts,
+        popularity=[0, 10, 30, 0],
+        options=SequenceOptions(dim=4, layers=1, heads=1, max_events=4),
+    ).eval()
     off = head.scores(torch.tensor([[-1, 3, 0, 1]]))
     head.text_prior = TextPrior(weight=2.0, half_count=10.0, last=2, decay=0.5, power=1.0)  # reads items 0, 1 only
     similarity = head.text_similarity(torch.tensor([[-1, 3, 0, 1], [-1, -1, -1, -1]]))
     # newest (item 1) weight 1, item 0 weight 0.5; the negative cosine to item 3 is clipped to 0
-    expected = np.array([0.5 * 1, 1, 1.5 * 0.5 ** 0.5, 0]) / 1.5
+    expected = np.array([0.5 * 1, 1, 1.5 * 0.5**0.5, 0]) / 1.5
     np.testing.assert_allclose(similarity[0].numpy(), expected, rtol=1e-5)
     assert torch.all(similarity[1] == 0)  # an empty history: no prior
     on = head.scores(torch.tensor([[-1, 3, 0, 1]]))
@@ -123,49 +132,69 @@ def cyclic_card(tmp_path_factory):
 
 
 def test_training_pairs_hold_each_next_event(cyclic_card, tiny_bert):
+    from transformers import AutoTokenizer
+
     from interestbert.encoder import load_card_data
     from interestbert.encoder.verbalise import Verbaliser
     from interestbert.finetune.data import leave_one_out
-    from transformers import AutoTokenizer
 
     card, data_dir = cyclic_card
     verbaliser = Verbaliser(load_card_data(str(card), data_dir), AutoTokenizer.from_pretrained(str(tiny_bert)), 64)
     split = leave_one_out(verbaliser)
     inputs, targets = training_sequences(verbaliser, split, max_events=8)
     u, n = int(split.validation.users[0]), int(split.validation.ends[0])
-    events = verbaliser.event_items[verbaliser.offsets[u]: verbaliser.offsets[u] + n]  # the training events
+    events = verbaliser.event_items[verbaliser.offsets[u] : verbaliser.offsets[u] + n]  # the training events
     kept_in, kept_tg = inputs[0][inputs[0] >= 0].tolist(), targets[0][targets[0] >= 0].tolist()
     assert kept_in == events[:-1][-8:].tolist() and kept_tg == events[1:][-8:].tolist()
     assert len(inputs) == len(split.validation)
 
 
 def test_sequence_head_learns_the_order_of_a_history(cyclic_card, tiny_bert):
+    from transformers import AutoTokenizer
+
     from interestbert.encoder import load_card_data
+    from interestbert.encoder.scoring import SequenceHeadScorer
     from interestbert.encoder.verbalise import Verbaliser
     from interestbert.finetune.data import leave_one_out
-    from interestbert.encoder.scoring import SequenceHeadScorer
     from interestbert.finetune.evaluate import evaluate, popularity_scorer
-    from transformers import AutoTokenizer
 
     card, data_dir = cyclic_card
     verbaliser = Verbaliser(load_card_data(str(card), data_dir), AutoTokenizer.from_pretrained(str(tiny_bert)), 64)
     split = leave_one_out(verbaliser)
     vectors = np.random.default_rng(0).normal(size=(len(verbaliser.item_ids), 8)).astype(np.float32)
     options = SequenceOptions(dim=32, layers=1, heads=2, dropout=0.0, max_events=10)
-    head, summary = train_sequence_head(verbaliser, split, vectors, options,
-                                        SequenceTraining(epochs=60, learning_rate=1e-2, batch_size=32, patience=60),
-                                        show_progress_bar=False, print_fn=lambda *_: None)
+    head, summary = train_sequence_head(
+        verbaliser,
+        split,
+        vectors,
+        options,
+        SequenceTraining(epochs=60, learning_rate=1e-2, batch_size=32, patience=60),
+        show_progress_bar=False,
+        print_fn=lambda *_: None,
+    )
     test = evaluate(SequenceHeadScorer(head, verbaliser), split.test)
     popularity = evaluate(popularity_scorer(verbaliser, split, "test"), split.test)
     assert summary["log"][-1]["loss"] < summary["log"][0]["loss"] - 0.5
     assert test["ndcg@10"] > 0.8 > popularity["ndcg@10"] + 0.3, (test, popularity)
     # the same seed gives the same head
-    again, _ = train_sequence_head(verbaliser, split, vectors, options,
-                                   SequenceTraining(epochs=3, learning_rate=1e-2, batch_size=32, patience=60),
-                                   show_progress_bar=False, print_fn=lambda *_: None)
-    twice, _ = train_sequence_head(verbaliser, split, vectors, options,
-                                   SequenceTraining(epochs=3, learning_rate=1e-2, batch_size=32, patience=60),
-                                   show_progress_bar=False, print_fn=lambda *_: None)
+    again, _ = train_sequence_head(
+        verbaliser,
+        split,
+        vectors,
+        options,
+        SequenceTraining(epochs=3, learning_rate=1e-2, batch_size=32, patience=60),
+        show_progress_bar=False,
+        print_fn=lambda *_: None,
+    )
+    twice, _ = train_sequence_head(
+        verbaliser,
+        split,
+        vectors,
+        options,
+        SequenceTraining(epochs=3, learning_rate=1e-2, batch_size=32, patience=60),
+        show_progress_bar=False,
+        print_fn=lambda *_: None,
+    )
     for (name, x), (_, y) in zip(again.state_dict().items(), twice.state_dict().items()):
         torch.testing.assert_close(x, y, msg=name)
 
@@ -173,12 +202,13 @@ def test_sequence_head_learns_the_order_of_a_history(cyclic_card, tiny_bert):
 def test_the_text_prior_is_fitted_on_validation_when_item_texts_predict_the_next_item(cyclic_card, tiny_bert):
     """Item k's text lies at angle k on a circle, so the newest item's text points at the next item: an (almost)
     untrained head gains a lot from the prior and the fit turns it on; the fitted score is what evaluate sees."""
+    from transformers import AutoTokenizer
+
     from interestbert.encoder import load_card_data
     from interestbert.encoder.scoring import SequenceHeadScorer
     from interestbert.encoder.verbalise import Verbaliser
     from interestbert.finetune.data import leave_one_out
     from interestbert.finetune.evaluate import evaluate
-    from transformers import AutoTokenizer
 
     card, data_dir = cyclic_card
     verbaliser = Verbaliser(load_card_data(str(card), data_dir), AutoTokenizer.from_pretrained(str(tiny_bert)), 64)
@@ -187,30 +217,48 @@ def test_the_text_prior_is_fitted_on_validation_when_item_texts_predict_the_next
     circle = np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32)
     options = SequenceOptions(dim=16, layers=1, heads=2, dropout=0.0, max_events=10)
     barely = SequenceTraining(epochs=1, learning_rate=1e-6, batch_size=32)
-    head, summary = train_sequence_head(verbaliser, split, circle, options, barely, show_progress_bar=False,
-                                        print_fn=lambda *_: None)
+    head, summary = train_sequence_head(
+        verbaliser, split, circle, options, barely, show_progress_bar=False, print_fn=lambda *_: None
+    )
     prior = summary["text_prior"]
     assert prior["weight"] > 0 and head.text_prior.weight == prior["weight"]
     assert prior["validation_ndcg@10"] > max(0.95, prior["validation_ndcg@10_off"]), prior
     assert evaluate(SequenceHeadScorer(head, verbaliser), split.validation)["ndcg@10"] == pytest.approx(
-        prior["validation_ndcg@10"], abs=1e-5)
-    off, summary = train_sequence_head(verbaliser, split, circle, options,
-                                       SequenceTraining(epochs=1, learning_rate=1e-6, batch_size=32, text_prior=False),
-                                       show_progress_bar=False, print_fn=lambda *_: None)
+        prior["validation_ndcg@10"], abs=1e-5
+    )
+    off, summary = train_sequence_head(
+        verbaliser,
+        split,
+        circle,
+        options,
+        SequenceTraining(epochs=1, learning_rate=1e-6, batch_size=32, text_prior=False),
+        show_progress_bar=False,
+        print_fn=lambda *_: None,
+    )
     assert off.text_prior == TextPrior() and "text_prior" not in summary
 
 
 def test_finetune_with_a_sequence_head_then_evaluate_and_recommend(tmp_path, tiny_bert, synthetic_dir, capsys):
     import pyarrow.parquet as pq
-    from sentence_transformers import SentenceTransformer
     from helpers import tiny_args
+    from sentence_transformers import SentenceTransformer
 
     from interestbert.encoder import InterestEncoder
     from interestbert.finetune import train as train_module
     from interestbert.inference.cli import main
 
-    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=4, eval_steps=4, sequence_head=True,
-                     sequence_dim=16, sequence_layers=1, sequence_epochs=3, sequence_max_events=8)
+    args = tiny_args(
+        tmp_path,
+        tiny_bert,
+        synthetic_dir,
+        max_steps=4,
+        eval_steps=4,
+        sequence_head=True,
+        sequence_dim=16,
+        sequence_layers=1,
+        sequence_epochs=3,
+        sequence_max_events=8,
+    )
     results = train_module.finetune(args)
     folder = tmp_path / "out"
     saved = json.loads((folder / "all_results.json").read_text())
@@ -224,28 +272,83 @@ def test_finetune_with_a_sequence_head_then_evaluate_and_recommend(tmp_path, tin
     np.testing.assert_allclose(SentenceTransformer(str(folder)).encode(text), model.encode(text), atol=1e-5)
     capsys.readouterr()
 
-    assert main(["evaluate", "--model", str(folder), "--card", "synthetic-shop", "--data-dir", str(synthetic_dir),
-                 "--output", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(folder),
+                "--card",
+                "synthetic-shop",
+                "--data-dir",
+                str(synthetic_dir),
+                "--output",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| interestbert (sequence head) |" in out and "| interestbert (strategy head) |" in out
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["interestbert (sequence head)"] == pytest.approx(saved["sequence_test"])
 
     recs = tmp_path / "recs.parquet"
-    assert main(["recommend", "--model", str(folder), "--card", "synthetic-shop", "--data-dir", str(synthetic_dir),
-                 "--output", str(recs), "--k", "5", "--limit-users", "7"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                "--model",
+                str(folder),
+                "--card",
+                "synthetic-shop",
+                "--data-dir",
+                str(synthetic_dir),
+                "--output",
+                str(recs),
+                "--k",
+                "5",
+                "--limit-users",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert "(long-term interest only, sequence head;" in capsys.readouterr().out
     table = pq.read_table(recs).to_pydict()
     assert len(table["item_id"]) == 35 and len(set(table["user_id"])) == 7
-    assert main(["recommend", "--model", str(folder), "--card", "synthetic-shop", "--data-dir", str(synthetic_dir),
-                 "--output", str(recs), "--k", "5", "--limit-users", "7", "--drift-aware", "--no-projection",
-                 "--no-tune-score"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                "--model",
+                str(folder),
+                "--card",
+                "synthetic-shop",
+                "--data-dir",
+                str(synthetic_dir),
+                "--output",
+                str(recs),
+                "--k",
+                "5",
+                "--limit-users",
+                "7",
+                "--drift-aware",
+                "--no-projection",
+                "--no-tune-score",
+            ]
+        )
+        == 0
+    )
     assert "(drift-aware, sequence head;" in capsys.readouterr().out
     assert len(pq.read_table(recs).column("short_term_weight")) == 35
 
     # training again without a sequence head replaces the model and leaves no stale sequence head behind
-    train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False,
-                                    overwrite_output_dir=True))
+    train_module.finetune(
+        tiny_args(
+            tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False, overwrite_output_dir=True
+        )
+    )
     assert not (folder / "interestbert" / "sequence_head").exists()
     assert json.loads((folder / "interestbert" / "config.json").read_text())["sequence_head"] is None
     assert InterestEncoder.from_pretrained(folder).sequence_head is None

@@ -11,8 +11,28 @@ from hypothesis import strategies as st
 from interestbert.encoder import CardData, Verbaliser, load_card
 from interestbert.encoder.cards import DataCard
 
-WORDS = ["pruning", "shears", "espresso", "beans", "tent", "lantern", "thriller", "novel", "yoga", "mat", "Cheese",
-         "x", "Toy", "Story", "(1995)", "Animation,", "Children's", "GreenThumb", "ultralight", "cast-iron"]
+WORDS = [
+    "pruning",
+    "shears",
+    "espresso",
+    "beans",
+    "tent",
+    "lantern",
+    "thriller",
+    "novel",
+    "yoga",
+    "mat",
+    "Cheese",
+    "x",
+    "Toy",
+    "Story",
+    "(1995)",
+    "Animation,",
+    "Children's",
+    "GreenThumb",
+    "ultralight",
+    "cast-iron",
+]
 ACTIONS = ["viewed", "bought", "rated 4/5", "added to cart"]
 
 
@@ -24,10 +44,21 @@ def make_data(card: DataCard, histories: list[list[tuple[int, int]]], titles: li
             events["item_id"].append(f"i{item}")
             events["timestamp"].append(1000 + t)
             events["action"].append(ACTIONS[action])
-    items = {"item_id": [f"i{i}" for i in range(len(titles))], "text": titles, "title": titles,
-             "category": ["c"] * len(titles), "brand": ["b"] * len(titles), "price": ["1.00"] * len(titles)}
-    return CardData(card=card, events=datasets.Dataset.from_dict(events), items=datasets.Dataset.from_dict(items),
-                    switches=None, stats={})
+    items = {
+        "item_id": [f"i{i}" for i in range(len(titles))],
+        "text": titles,
+        "title": titles,
+        "category": ["c"] * len(titles),
+        "brand": ["b"] * len(titles),
+        "price": ["1.00"] * len(titles),
+    }
+    return CardData(
+        card=card,
+        events=datasets.Dataset.from_dict(events),
+        items=datasets.Dataset.from_dict(items),
+        switches=None,
+        stats={},
+    )
 
 
 def count(tokenizer, text: str) -> int:
@@ -40,10 +71,15 @@ titles_st = st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).ma
 @st.composite
 def shop(draw):
     titles = draw(titles_st)
-    histories = draw(st.lists(
-        st.lists(st.tuples(st.integers(0, len(titles) - 1), st.integers(0, len(ACTIONS) - 1)), min_size=1,
-                 max_size=30),
-        min_size=1, max_size=4))
+    histories = draw(
+        st.lists(
+            st.lists(
+                st.tuples(st.integers(0, len(titles) - 1), st.integers(0, len(ACTIONS) - 1)), min_size=1, max_size=30
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
     return titles, histories
 
 
@@ -64,7 +100,7 @@ def check_texts(verbaliser: Verbaliser, tokenizer, budget: int, ends=None):
         if count(tokenizer, pieces[-1]) <= budget:
             assert count(tokenizer, text) <= budget, "budget exceeded"
         if kept > 0:  # dropping was necessary: one more event would not fit
-            assert count(tokenizer, verbaliser.separator.join(pieces[kept - 1:])) > budget
+            assert count(tokenizer, verbaliser.separator.join(pieces[kept - 1 :])) > budget
     return texts
 
 

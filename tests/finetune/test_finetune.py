@@ -14,16 +14,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_args
 from safetensors.torch import load_file
 
 from interestbert.encoder import InterestBertError
-from interestbert.finetune import train as train_module
 from interestbert.encoder.scoring import seen_rows
+from interestbert.finetune import train as train_module
 from interestbert.finetune.data import leave_one_out
-from helpers import tiny_args
-
 
 # ---------------------------------------------------------------------------------------------------- split
+
 
 def test_leave_one_out_split(synthetic_data, tiny_bert):
     from transformers import AutoTokenizer
@@ -37,7 +37,7 @@ def test_leave_one_out_split(synthetic_data, tiny_bert):
     assert len(split.train) == int((n - 3).sum())
     u = 5
     row = np.flatnonzero(split.test.users == u)[0]
-    items = v.event_items[v.offsets[u]: v.offsets[u + 1]]
+    items = v.event_items[v.offsets[u] : v.offsets[u + 1]]
     assert split.test.ends[row] == n[u] - 1 and split.test.targets[row] == items[-1]
     assert split.validation.targets[row] == items[-2]
     assert sorted(split.train.targets[split.train.users == u]) == sorted(items[1:-2])
@@ -52,10 +52,10 @@ def test_leave_one_out_split(synthetic_data, tiny_bert):
 
 
 def test_users_with_fewer_than_three_events_are_skipped_and_counted(tmp_path, tiny_bert):
+    from helpers import write_card
     from transformers import AutoTokenizer
 
     from interestbert.encoder import Verbaliser, load_card_data
-    from helpers import write_card
 
     data = load_card_data(write_card(tmp_path), tmp_path / "data")  # u1: 3 events, u2: 1 event
     split = leave_one_out(Verbaliser(data, AutoTokenizer.from_pretrained(str(tiny_bert)), 32))
@@ -72,10 +72,12 @@ def learnable_card(tmp_path_factory):
     from helpers import write_card
 
     folder = tmp_path_factory.mktemp("learnable")
-    nouns = {"garden": ["pruning shears", "trowel", "watering can", "seed tray", "compost bin"],
-             "coffee": ["espresso beans", "burr grinder", "moka pot", "milk frother", "tamper"],
-             "camping": ["dome tent", "sleeping bag", "camp stove", "dry bag", "lantern"],
-             "yoga": ["yoga mat", "yoga block", "bolster", "stretch strap", "eye pillow"]}
+    nouns = {
+        "garden": ["pruning shears", "trowel", "watering can", "seed tray", "compost bin"],
+        "coffee": ["espresso beans", "burr grinder", "moka pot", "milk frother", "tamper"],
+        "camping": ["dome tent", "sleeping bag", "camp stove", "dry bag", "lantern"],
+        "yoga": ["yoga mat", "yoga block", "bolster", "stretch strap", "eye pillow"],
+    }
     adjectives = ["compact", "organic", "deluxe"]
     items, by_cat = ["id\tname\tcategory"], {}
     for cat, words in nouns.items():
@@ -100,9 +102,21 @@ def test_loss_goes_down_and_ndcg_rises(tmp_path, tiny_bert, learnable_card):
     card, data_dir = learnable_card
     # no early stop in the warm-up: on 80 validation users its NDCG@10 can dip for 10+ epochs and recover (where
     # depends on the CPU's float rounding); keeping the best epoch is tested below
-    args = tiny_args(tmp_path, tiny_bert, data_dir, card=str(card), max_steps=80, eval_steps=20, save_steps=1000,
-                     max_train_prefixes_per_user=None, head_init_scale=1.0, learning_rate=2e-3,
-                     head_learning_rate=2e-2, head_warmup_epochs=30, head_warmup_patience=30)
+    args = tiny_args(
+        tmp_path,
+        tiny_bert,
+        data_dir,
+        card=str(card),
+        max_steps=80,
+        eval_steps=20,
+        save_steps=1000,
+        max_train_prefixes_per_user=None,
+        head_init_scale=1.0,
+        learning_rate=2e-3,
+        head_learning_rate=2e-2,
+        head_warmup_epochs=30,
+        head_warmup_patience=30,
+    )
     untrained = train_module.evaluate_validation(train_module.build(replace(args, head_warmup_epochs=0)))["ndcg@10"]
     run = train_module.build(args)
     warmed = train_module.evaluate_validation(run)["ndcg@10"]
@@ -131,18 +145,24 @@ def test_head_warm_up_lowers_the_head_loss_deterministically(tmp_path, tiny_bert
             return torch.nn.functional.cross_entropy(run.encoder.head(interest), targets).item()
 
     before = head_loss()
-    train_module.warm_up_head(run.encoder, run.verbaliser, run.split.train, replace(args, head_warmup_epochs=20),
-                              run.accelerator, run.validation)
+    train_module.warm_up_head(
+        run.encoder,
+        run.verbaliser,
+        run.split.train,
+        replace(args, head_warmup_epochs=20),
+        run.accelerator,
+        run.validation,
+    )
     after = head_loss()
     assert after < before - 0.2, (before, after)
     again = train_module.build(replace(args, head_warmup_epochs=20, output_dir=str(tmp_path / "again")))
     torch.testing.assert_close(again.encoder.head.weight, run.encoder.head.weight)
 
 
-def test_joint_head_learning_rate_zero_holds_the_warmed_up_head_while_the_adapter_trains(tmp_path, tiny_bert,
-                                                                                         synthetic_dir):
-    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=5, max_steps=3, eval_steps=3,
-                     do_test=False)
+def test_joint_head_learning_rate_zero_holds_the_warmed_up_head_while_the_adapter_trains(
+    tmp_path, tiny_bert, synthetic_dir
+):
+    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, head_warmup_epochs=5, max_steps=3, eval_steps=3, do_test=False)
     held = train_module.build(replace(args, joint_head_learning_rate=0.0))
     default = train_module.build(replace(args, output_dir=str(tmp_path / "default")))
     # the warm-up still runs at --head_learning_rate: both start from the same fitted head
@@ -194,8 +214,16 @@ def test_sampled_softmax_candidates_hold_the_targets_and_repeat_per_step():
 
 
 def test_training_with_a_sampled_softmax(tmp_path, tiny_bert, synthetic_dir, capsys):
-    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, full_softmax_max_items=100, num_negatives=64, max_steps=3,
-                     eval_steps=3, do_test=False)
+    args = tiny_args(
+        tmp_path,
+        tiny_bert,
+        synthetic_dir,
+        full_softmax_max_items=100,
+        num_negatives=64,
+        max_steps=3,
+        eval_steps=3,
+        do_test=False,
+    )
     run = train_module.build(args)
     assert "more than --full_softmax_max_items 100: the head trains with a sampled softmax" in capsys.readouterr().out
     loss, parts = train_module.step_loss(run, train_module.epoch_batches(run, 0)[0], step=0)
@@ -249,8 +277,15 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_
     checkpoints = tmp_path / "b" / "out" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-6"]  # none of the unfinished step 9
     # resume from the regular step-6 checkpoint: steps 7..12 run again
-    train_module.finetune(tiny_args(tmp_path / "b", tiny_bert, synthetic_dir, **options,
-                                    resume_from_checkpoint=str(checkpoints / "checkpoint-6")))
+    train_module.finetune(
+        tiny_args(
+            tmp_path / "b",
+            tiny_bert,
+            synthetic_dir,
+            **options,
+            resume_from_checkpoint=str(checkpoints / "checkpoint-6"),
+        )
+    )
     assert_same_weights(tmp_path / "a" / "out" / "checkpoints" / "checkpoint-12", checkpoints / "checkpoint-12")
 
 
@@ -260,16 +295,20 @@ def in_a_fresh_process(test) -> bool:
     SIGINT into a segmentation fault of the whole test run."""
     if os.environ.get("INTERESTBERT_FRESH_PROCESS") == test.__name__:
         return True
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           f"{__file__}::{test.__name__}"],
-                          env={**os.environ, "INTERESTBERT_FRESH_PROCESS": test.__name__}, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test.__name__}"],
+        env={**os.environ, "INTERESTBERT_FRESH_PROCESS": test.__name__},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     return False
 
 
-def test_ctrl_c_checkpoint_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, tiny_bert, synthetic_dir,
-                                                                          monkeypatch, capsys):
+def test_ctrl_c_checkpoint_resumes_to_the_weights_of_an_uninterrupted_run(
+    tmp_path, tiny_bert, synthetic_dir, monkeypatch, capsys
+):
     """A real SIGINT in the middle of step 9 (after its forward drew dropout masks): the step and its evaluation
     finish, the checkpoint is step 9's, and the resumed run ends bitwise where an uninterrupted one does."""
     if not in_a_fresh_process(test_ctrl_c_checkpoint_resumes_to_the_weights_of_an_uninterrupted_run):
@@ -285,8 +324,9 @@ def test_ctrl_c_checkpoint_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pa
     checkpoints = tmp_path / "b" / "out" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-6", "checkpoint-9"]
     assert signal.getsignal(signal.SIGINT) is before  # training's handler is gone, the one before it is back
-    train_module.finetune(tiny_args(tmp_path / "b", tiny_bert, synthetic_dir, **options,
-                                    resume_from_checkpoint="latest"))
+    train_module.finetune(
+        tiny_args(tmp_path / "b", tiny_bert, synthetic_dir, **options, resume_from_checkpoint="latest")
+    )
     assert_same_weights(tmp_path / "a" / "out" / "checkpoints" / "checkpoint-12", checkpoints / "checkpoint-12")
 
 
@@ -302,8 +342,9 @@ def test_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, tiny_bert, s
 
 def test_resume_refuses_another_configuration(tmp_path, tiny_bert, synthetic_dir):
     train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=6, do_test=False))
-    other = tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=6, learning_rate=1e-4,
-                      resume_from_checkpoint="latest")
+    other = tiny_args(
+        tmp_path, tiny_bert, synthetic_dir, max_steps=6, learning_rate=1e-4, resume_from_checkpoint="latest"
+    )
     with pytest.raises(InterestBertError, match=r"learning_rate: checkpoint 0.002, now 0.0001"):
         train_module.finetune(other)
 
@@ -311,16 +352,44 @@ def test_resume_refuses_another_configuration(tmp_path, tiny_bert, synthetic_dir
 def test_output_dir_with_a_model_is_refused_unless_overwritten(tmp_path, tiny_bert, synthetic_dir, capsys):
     args = tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False)
     train_module.finetune(args)
-    assert train_module.main(["--card", "synthetic-shop", "--data_dir", str(synthetic_dir), "--output_dir",
-                              args.output_dir, "--model_name_or_path", str(tiny_bert), "--max_steps", "2"]) == 2
+    assert (
+        train_module.main(
+            [
+                "--card",
+                "synthetic-shop",
+                "--data_dir",
+                str(synthetic_dir),
+                "--output_dir",
+                args.output_dir,
+                "--model_name_or_path",
+                str(tiny_bert),
+                "--max_steps",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "--overwrite_output_dir" in capsys.readouterr().err
-    train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False,
-                                    overwrite_output_dir=True))
+    train_module.finetune(
+        tiny_args(
+            tmp_path, tiny_bert, synthetic_dir, max_steps=2, eval_steps=2, do_test=False, overwrite_output_dir=True
+        )
+    )
 
 
 def test_unloadable_model_is_one_sentence(tmp_path, synthetic_dir, capsys):
-    code = train_module.main(["--card", "synthetic-shop", "--data_dir", str(synthetic_dir), "--output_dir",
-                              str(tmp_path / "o"), "--model_name_or_path", str(tmp_path / "no-such-model")])
+    code = train_module.main(
+        [
+            "--card",
+            "synthetic-shop",
+            "--data_dir",
+            str(synthetic_dir),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--model_name_or_path",
+            str(tmp_path / "no-such-model"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --model_name_or_path") and err.count("\n") == 1
 
@@ -345,8 +414,24 @@ def test_evaluate_command_prints_model_and_popularity(tmp_path, tiny_bert, synth
     monkeypatch.setenv("INTERESTBERT_CACHE", str(tmp_path / "cache"))  # the OpenVINO export below
 
     train_module.finetune(tiny_args(tmp_path, tiny_bert, synthetic_dir, max_steps=4, eval_steps=4, do_test=False))
-    code = main(["evaluate", "--model", str(tmp_path / "out"), "--card", "synthetic-shop", "--data-dir",
-                 str(synthetic_dir), "--split", "validation", "--k", "5", "10", "--output", str(tmp_path / "m.json")])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "out"),
+            "--card",
+            "synthetic-shop",
+            "--data-dir",
+            str(synthetic_dir),
+            "--split",
+            "validation",
+            "--k",
+            "5",
+            "10",
+            "--output",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| interestbert (fine-tuned) |" in out and "| popularity |" in out and "NDCG@5" in out
@@ -354,14 +439,34 @@ def test_evaluate_command_prints_model_and_popularity(tmp_path, tiny_bert, synth
     assert saved["popularity"]["n"] == 120 and 0 <= saved["interestbert (fine-tuned)"]["ndcg@10"] <= 1
     assert (saved["precision"], saved["backend"]) == ("fp32", "torch")  # the default: the model's own numbers
     # the fast path, as a user checks it on their own data: the histories in bf16 by OpenVINO, the same ranking
-    assert main(["evaluate", "--model", str(tmp_path / "out"), "--card", "synthetic-shop", "--data-dir",
-                 str(synthetic_dir), "--split", "validation", "--precision", "bf16", "--backend", "openvino",
-                 "--output", str(tmp_path / "bf16.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "out"),
+                "--card",
+                "synthetic-shop",
+                "--data-dir",
+                str(synthetic_dir),
+                "--split",
+                "validation",
+                "--precision",
+                "bf16",
+                "--backend",
+                "openvino",
+                "--output",
+                str(tmp_path / "bf16.json"),
+            ]
+        )
+        == 0
+    )
     assert "histories encoded in bf16 by openvino" in capsys.readouterr().out
     fast = json.loads((tmp_path / "bf16.json").read_text())
     assert (fast["precision"], fast["backend"]) == ("bf16", "openvino")
-    assert fast["interestbert (fine-tuned)"]["ndcg@10"] == pytest.approx(saved["interestbert (fine-tuned)"]["ndcg@10"],
-                                                                         abs=0.02)
+    assert fast["interestbert (fine-tuned)"]["ndcg@10"] == pytest.approx(
+        saved["interestbert (fine-tuned)"]["ndcg@10"], abs=0.02
+    )
 
 
 @pytest.mark.slow
@@ -369,12 +474,47 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_bert, syntheti
     """The DDP path (gloo, two processes): trains, evaluates on shards, saves once from the main process."""
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "interestbert.finetune", "--card", "synthetic-shop", "--data_dir", str(synthetic_dir),
-           "--output_dir", str(out), "--model_name_or_path", str(tiny_bert), "--max_seq_length", "48",
-           "--max_train_prefixes_per_user", "4", "--per_device_train_batch_size", "8", "--max_steps", "6",
-           "--eval_steps", "3", "--save_steps", "3", "--disable_tqdm", "--max_eval_users", "40"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "interestbert.finetune",
+        "--card",
+        "synthetic-shop",
+        "--data_dir",
+        str(synthetic_dir),
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        str(tiny_bert),
+        "--max_seq_length",
+        "48",
+        "--max_train_prefixes_per_user",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "6",
+        "--eval_steps",
+        "3",
+        "--save_steps",
+        "3",
+        "--disable_tqdm",
+        "--max_eval_users",
+        "40",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
@@ -383,14 +523,17 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path, tiny_bert, syntheti
     assert proc.stdout.count("best model (step") == 1  # printed (and saved) by the main process only
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
     assert {p.name for p in (out / "checkpoints" / "checkpoint-6").glob("rng_state_*.safetensors")} == {
-        "rng_state_0.safetensors", "rng_state_1.safetensors"}
+        "rng_state_0.safetensors",
+        "rng_state_1.safetensors",
+    }
 
 
 def test_a_packed_step_encodes_each_text_once_and_computes_the_unpacked_loss(tmp_path, tiny_bert, synthetic_dir):
     """One length-sorted pass over the step's distinct texts gives the loss and gradients of one pass per horizon
     (dropout off), with fewer padded tokens, and every distinct text in exactly one chunk."""
-    args = tiny_args(tmp_path, tiny_bert, synthetic_dir, interest_horizons="1:0.5,4:0.3,all:0.2",
-                     per_device_train_batch_size=16)
+    args = tiny_args(
+        tmp_path, tiny_bert, synthetic_dir, interest_horizons="1:0.5,4:0.3,all:0.2", per_device_train_batch_size=16
+    )
     run = train_module.build(args)
     run.module.eval()  # no dropout: both layouts must then agree to float noise
     batch = train_module.epoch_batches(run, 0)[0]
@@ -419,8 +562,9 @@ def test_a_packed_step_encodes_each_text_once_and_computes_the_unpacked_loss(tmp
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_encodings_reused_before_the_first_update_are_the_ones_encoding_gives(tmp_path, tiny_bert, synthetic_dir,
-                                                                              precision):
+def test_encodings_reused_before_the_first_update_are_the_ones_encoding_gives(
+    tmp_path, tiny_bert, synthetic_dir, precision
+):
     """The warm-up's validation vectors (scored again at step 0) and the base model's item vectors (the new head's
     start, the zero-shot baseline's items) are what encoding them again gives, at `encode_precision`; after an
     update they are not."""
@@ -442,10 +586,12 @@ def test_encodings_reused_before_the_first_update_are_the_ones_encoding_gives(tm
     run.base_item_vectors = None
     assert evaluate_zero_shot(run, run.encoder) == cached
     # a run from a saved model (its head trained) keeps no base item vectors, and one without warm-up no vectors
-    state = train_module.train(train_module.build(replace(args, max_steps=1, eval_steps=1,
-                                                          output_dir=str(tmp_path / "one"))))
-    saved = train_module.build(replace(args, model_name_or_path=str(tmp_path / "one"), head_warmup_epochs=0,
-                                       output_dir=str(tmp_path / "two")))
+    state = train_module.train(
+        train_module.build(replace(args, max_steps=1, eval_steps=1, output_dir=str(tmp_path / "one")))
+    )
+    saved = train_module.build(
+        replace(args, model_name_or_path=str(tmp_path / "one"), head_warmup_epochs=0, output_dir=str(tmp_path / "two"))
+    )
     assert state["global_step"] == 1 and saved.base_item_vectors is None and saved.validation_interest is None
 
 
@@ -471,8 +617,9 @@ def test_a_checkpoint_from_before_encode_precision_resumes_as_fp32(tmp_path, tin
     from interestbert.finetune.checkpoint import check_config
 
     config = tiny_args(tmp_path, tiny_bert, synthetic_dir, encode_precision="fp32").result_config()
-    (tmp_path / "training_config.json").write_text(json.dumps({k: v for k, v in config.items()
-                                                               if k != "encode_precision"}))
+    (tmp_path / "training_config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k != "encode_precision"})
+    )
     check_config(tmp_path, config)
     with pytest.raises(InterestBertError, match="encode_precision: checkpoint 'fp32', now 'auto'"):
         check_config(tmp_path, dict(config, encode_precision="auto"))

@@ -10,11 +10,13 @@ from interestbert.finetune.metrics import RankingMetrics, target_ranks
 
 
 def test_metrics_against_hand_computed_rankings():
-    scores = torch.tensor([
-        [0.9, 0.1, 0.5, 0.3],   # target 2: one item above -> rank 1
-        [0.2, 0.2, 0.2, 0.2],   # target 3: all tied, ties by index -> rank 3
-        [0.0, 0.4, float("-inf"), 0.1],  # target 1: top -> rank 0
-    ])
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.5, 0.3],  # target 2: one item above -> rank 1
+            [0.2, 0.2, 0.2, 0.2],  # target 3: all tied, ties by index -> rank 3
+            [0.0, 0.4, float("-inf"), 0.1],  # target 1: top -> rank 0
+        ]
+    )
     targets = torch.tensor([2, 3, 1])
     assert target_ranks(scores, targets).tolist() == [1, 3, 0]
     m = RankingMetrics(ks=(1, 2))

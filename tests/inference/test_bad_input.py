@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EVENTS, GOOD_CARD, ITEMS, write_card
 
 from interestbert.encoder import DataCardError, load_card_data
 from interestbert.encoder.drift import DriftMonitor, Event
 from interestbert.inference import loading
 from interestbert.inference.cli import main
-from helpers import EVENTS, GOOD_CARD, ITEMS, write_card
 
 CSV_CARD = GOOD_CARD.replace('separator: "\\t"', 'separator: ","')
 
@@ -34,8 +34,18 @@ def _validate(card: Path, root: Path) -> list[str]:
 
 
 def _encode(card: Path, root: Path, model: str, *extra: str) -> list[str]:
-    return ["encode", "--card", str(card), "--data-dir", str(root / "data"), "--model", model, "--output",
-            str(root / "out"), *extra]
+    return [
+        "encode",
+        "--card",
+        str(card),
+        "--data-dir",
+        str(root / "data"),
+        "--model",
+        model,
+        "--output",
+        str(root / "out"),
+        *extra,
+    ]
 
 
 def bomb(levels: int = 9, width: int = 9) -> str:
@@ -63,6 +73,7 @@ def case(card: str = GOOD_CARD, events: str = EVENTS, items: str = ITEMS, comman
 def _card_bytes(raw: bytes):
     def setup(root, monkeypatch):
         (root / "card" / "README.md").write_bytes(raw)
+
     return setup
 
 
@@ -79,6 +90,7 @@ def _output_file(root, monkeypatch):
 def _read_only(root, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
+
     monkeypatch.setattr(loading.tempfile, "mkstemp", refuse)
 
 
@@ -88,6 +100,7 @@ def _disk_full(root, monkeypatch):
     def full(*args, **kwargs):
         os.makedirs(root / "out" / "_work", exist_ok=True)  # what a run had made before the disk filled up
         raise OSError(errno.ENOSPC, "No space left on device", str(root / "out" / "part-00000-of-00001.parquet"))
+
     monkeypatch.setattr(encode, "encode_users", full)
 
 
@@ -96,8 +109,18 @@ def _with(command, *extra):
 
 
 def _drift(card, root, model, *extra):
-    return ["drift", "--card", str(card), "--data-dir", str(root / "data"), "--model", model, "--output",
-            str(root / "out"), *extra]
+    return [
+        "drift",
+        "--card",
+        str(card),
+        "--data-dir",
+        str(root / "data"),
+        "--model",
+        model,
+        "--output",
+        str(root / "out"),
+        *extra,
+    ]
 
 
 def _model(path):
@@ -106,57 +129,100 @@ def _model(path):
 
 CASES = {
     # 2. silent wrong values
-    "timestamp 1e23": (case(events=_events(ts="99999999999999999999999")),
-                       "outside the range of integers read exactly"),
+    "timestamp 1e23": (
+        case(events=_events(ts="99999999999999999999999")),
+        "outside the range of integers read exactly",
+    ),
     "timestamp int64 max": (case(events=_events(ts="9223372036854775807")), "line 2: `timestamp` is"),
     "timestamp 1e300 (encode)": (case(events=_events(ts="1e300"), command=_encode), "outside the range"),
     "rating nan": (case(events=_events(rating="nan")), "line 2: `stars` is 'nan' in a column of numbers"),
     "rating inf": (case(events=_events(rating="inf")), "`stars` is 'inf' in a column of numbers"),
-    "rating not a number": (case(events=_events(rating="four")), "line 2: the template stopped: the `int` filter "
-                                                                 "got 'four'"),
+    "rating not a number": (
+        case(events=_events(rating="four")),
+        "line 2: the template stopped: the `int` filter got 'four'",
+    ),
     # 3. resource exhaustion from a card
-    "nested range loops": (case(card=GOOD_CARD.replace(
-        'text: "{{ title }} ({{ kind }})"',
-        'text: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ title }}"')),
-        "more than 100,000 steps"),
-    "string times 500000": (case(card=GOOD_CARD.replace('text: "{{ title }} ({{ kind }})"',
-                                                        'text: "{{ title * 500000 }}"')),
-                            "a repeated string or list would be"),
-    "YAML alias bomb": (case(card=GOOD_CARD.replace("license: apache-2.0", "license: apache-2.0\nlaughs:\n" + bomb())),
-                        "expands to more than 20,000 values"),
-    "huge center width": (case(card=GOOD_CARD.replace('text: "{{ title }} ({{ kind }})"',
-                                                      'text: "{{ title | center(1000000000) }}"')),
-                          "the argument of `center` is 1000000000"),
+    "nested range loops": (
+        case(
+            card=GOOD_CARD.replace(
+                'text: "{{ title }} ({{ kind }})"',
+                'text: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ title }}"',
+            )
+        ),
+        "more than 100,000 steps",
+    ),
+    "string times 500000": (
+        case(card=GOOD_CARD.replace('text: "{{ title }} ({{ kind }})"', 'text: "{{ title * 500000 }}"')),
+        "a repeated string or list would be",
+    ),
+    "YAML alias bomb": (
+        case(card=GOOD_CARD.replace("license: apache-2.0", "license: apache-2.0\nlaughs:\n" + bomb())),
+        "expands to more than 20,000 values",
+    ),
+    "huge center width": (
+        case(card=GOOD_CARD.replace('text: "{{ title }} ({{ kind }})"', 'text: "{{ title | center(1000000000) }}"')),
+        "the argument of `center` is 1000000000",
+    ),
     # 4. tracebacks before
-    "path: 12": (case(card=GOOD_CARD.replace("path: events.tsv", "path: 12")),
-                 "key `interestbert.events.path` must be a string, got int 12"),
-    "card not UTF-8": (case(setup=_card_bytes(GOOD_CARD.encode().replace(b"tiny test shop", b"caf\xe9 shop"))),
-                       "line 2 is not valid UTF-8"),
+    "path: 12": (
+        case(card=GOOD_CARD.replace("path: events.tsv", "path: 12")),
+        "key `interestbert.events.path` must be a string, got int 12",
+    ),
+    "card not UTF-8": (
+        case(setup=_card_bytes(GOOD_CARD.encode().replace(b"tiny test shop", b"caf\xe9 shop"))),
+        "line 2 is not valid UTF-8",
+    ),
     "--output is a file": (case(command=_encode, setup=_output_file), "is a file; the command writes a folder"),
-    "--output under /proc": (case(command=lambda c, r, m: _encode(c, r, m)[:-1] + ["/proc/interestbert-out"]),
-                             "cannot be written"),
+    "--output under /proc": (
+        case(command=lambda c, r, m: _encode(c, r, m)[:-1] + ["/proc/interestbert-out"]),
+        "cannot be written",
+    ),
     "--output read-only": (case(command=_encode, setup=_read_only), "Read-only file system"),
-    "--max-seq-length 100000": (case(command=_with(_encode, "--max-seq-length", "100000")),
-                                "more than the 512 token positions"),
+    "--max-seq-length 100000": (
+        case(command=_with(_encode, "--max-seq-length", "100000")),
+        "more than the 512 token positions",
+    ),
     "disk full": (case(command=_encode, setup=_disk_full), "No space left on device; free space there"),
     "model folder of pickles": (case(command=_model("pickled"), setup=_pickle_model), "only pickled weights"),
     # 5. unclear messages before
-    "BOM with latin-1": (case(card=GOOD_CARD.replace('separator: "\\t"\n    columns: {user_id',
-                                                     'separator: "\\t"\n    encoding: latin-1\n    columns: {user_id'),
-                              setup=lambda root, mp: (root / "data" / "events.tsv").write_bytes(
-                                  b"\xef\xbb\xbf" + EVENTS.encode())),
-                         "byte-order mark"),
-    "unbalanced quote": (case(card=CSV_CARD, events=EVENTS.replace("\t", ",").replace("u2,a", 'u2,"a'),
-                              items=ITEMS.replace("\t", ",")),
-                         "line 4: a quote `\"` opened there is not closed"),
+    "BOM with latin-1": (
+        case(
+            card=GOOD_CARD.replace(
+                'separator: "\\t"\n    columns: {user_id',
+                'separator: "\\t"\n    encoding: latin-1\n    columns: {user_id',
+            ),
+            setup=lambda root, mp: (root / "data" / "events.tsv").write_bytes(b"\xef\xbb\xbf" + EVENTS.encode()),
+        ),
+        "byte-order mark",
+    ),
+    "unbalanced quote": (
+        case(card=CSV_CARD, events=EVENTS.replace("\t", ",").replace("u2,a", 'u2,"a'), items=ITEMS.replace("\t", ",")),
+        'line 4: a quote `"` opened there is not closed',
+    ),
     "--model /nonexistent": (case(command=_model("/nonexistent/model")), "/nonexistent/model: no such folder"),
-    "drift --users NOPE": (case(command=_with(_drift, "--users", "NOPE")), "--users: 1 of the given users have no "
-                                                                           "events"),
+    "drift --users NOPE": (
+        case(command=_with(_drift, "--users", "NOPE")),
+        "--users: 1 of the given users have no events",
+    ),
     "encode --users NOPE": (case(command=_with(_encode, "--users", "u1", "NOPE")), "(first: 'NOPE')"),
-    "recommend --users NOPE": (case(command=lambda c, r, m: ["recommend", "--card", str(c), "--data-dir",
-                                                            str(r / "data"), "--model", m, "--output",
-                                                            str(r / "recs.parquet"), "--users", "NOPE"]),
-                               "--users: 1 of the given users"),
+    "recommend --users NOPE": (
+        case(
+            command=lambda c, r, m: [
+                "recommend",
+                "--card",
+                str(c),
+                "--data-dir",
+                str(r / "data"),
+                "--model",
+                m,
+                "--output",
+                str(r / "recs.parquet"),
+                "--users",
+                "NOPE",
+            ]
+        ),
+        "--users: 1 of the given users",
+    ),
 }
 
 
@@ -188,12 +254,16 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 def test_errors_of_other_kinds_become_sentences_at_the_boundary(tmp_path, monkeypatch, capsys):
     from interestbert.inference import commands
 
-    for raised, fragment in ((MemoryError(), "ran out of memory"),
-                             (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "decoded as utf-8"),
-                             (ValueError("bad value\nsecond line"), "ValueError: bad value (run again with --debug"),
-                             (PermissionError(errno.EACCES, "Permission denied", "/x/y"), "/x/y: Permission denied")):
+    for raised, fragment in (
+        (MemoryError(), "ran out of memory"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "decoded as utf-8"),
+        (ValueError("bad value\nsecond line"), "ValueError: bad value (run again with --debug"),
+        (PermissionError(errno.EACCES, "Permission denied", "/x/y"), "/x/y: Permission denied"),
+    ):
+
         def fail(args, raised=raised):
             raise raised
+
         monkeypatch.setattr(commands, "cmd_cards_list", fail)
         assert main(["cards", "list"]) == 2
         err = capsys.readouterr().err
@@ -217,9 +287,11 @@ def test_a_template_default_keeps_a_non_number(tmp_path):
 def test_out_of_core_refuses_the_same_values(tmp_path):
     from interestbert.encoder.cards.stream import StreamedCard
 
-    for events, fragment in ((_events(ts="1e300"), "line 2: `timestamp` is '1e300', outside the range"),
-                             (_events(rating="nan"), "line 2: `stars` is 'nan' in a column of numbers"),
-                             (_events(rating="four"), "line 2: the template stopped: the `int` filter got 'four'")):
+    for events, fragment in (
+        (_events(ts="1e300"), "line 2: `timestamp` is '1e300', outside the range"),
+        (_events(rating="nan"), "line 2: `stars` is 'nan' in a column of numbers"),
+        (_events(rating="four"), "line 2: the template stopped: the `int` filter got 'four'"),
+    ):
         card = write_card(tmp_path, events=events)
         with pytest.raises(DataCardError, match=fragment.replace("(", r"\(").replace("`", ".")):
             with StreamedCard(card, tmp_path / "data", work_dir=tmp_path / "work") as streamed:
@@ -242,7 +314,8 @@ def test_streaming_drift_state_is_bounded_in_users():
 # ------------------------------------------------------------------------------------------------------- fuzz
 
 hypothesis = pytest.importorskip("hypothesis", reason="the fuzz target needs hypothesis (pip install -e '.[test]')")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 QUIET_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='\t\n\r"{}%#'), max_size=12)
 
@@ -250,25 +323,39 @@ QUIET_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_chara
 def _mutations():
     """Each draws one change that makes the good card or its data invalid, with random content."""
     not_an_int = st.one_of(
-        st.floats(allow_nan=True, allow_infinity=True).filter(lambda f: not (f == f and abs(f) < 2**53 and f == int(f))
-                                                             ).map(repr),
+        st.floats(allow_nan=True, allow_infinity=True)
+        .filter(lambda f: not (f == f and abs(f) < 2**53 and f == int(f)))
+        .map(repr),
         st.integers(min_value=2**53, max_value=2**80).map(str),
-        QUIET_TEXT.filter(lambda s: not _is_integer(s)))
-    wrong_type = st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), max_size=3),
-                           st.floats(allow_nan=False)).map(lambda v: str(v).lower() if isinstance(v, bool) else str(v))
+        QUIET_TEXT.filter(lambda s: not _is_integer(s)),
+    )
+    wrong_type = st.one_of(
+        st.integers(), st.booleans(), st.lists(st.integers(), max_size=3), st.floats(allow_nan=False)
+    ).map(lambda v: str(v).lower() if isinstance(v, bool) else str(v))
     return st.one_of(
         st.tuples(st.just("timestamp"), not_an_int),
         st.tuples(st.just("rating"), st.sampled_from(["nan", "inf", "-inf", "NaN", "1e999"])),
-        st.tuples(st.just("wrong type"), st.tuples(st.sampled_from(["path: events.tsv", "path: items.tsv"]),
-                                                   wrong_type)),
-        st.tuples(st.just("template"), st.tuples(QUIET_TEXT, st.sampled_from(
-            ["{{ nope }}", "{{ title", "{% for %}", "{{ title * 10**7 }}", "{{ ''.__class__ }}"]))),
-        st.tuples(st.just("header"), st.lists(QUIET_TEXT.filter(lambda s: s.strip() not in ("user", "item", "ts",
-                                                                                             "rating")),
-                                              min_size=4, max_size=4)),
+        st.tuples(
+            st.just("wrong type"), st.tuples(st.sampled_from(["path: events.tsv", "path: items.tsv"]), wrong_type)
+        ),
+        st.tuples(
+            st.just("template"),
+            st.tuples(
+                QUIET_TEXT,
+                st.sampled_from(["{{ nope }}", "{{ title", "{% for %}", "{{ title * 10**7 }}", "{{ ''.__class__ }}"]),
+            ),
+        ),
+        st.tuples(
+            st.just("header"),
+            st.lists(
+                QUIET_TEXT.filter(lambda s: s.strip() not in ("user", "item", "ts", "rating")), min_size=4, max_size=4
+            ),
+        ),
         st.tuples(st.just("extra field"), st.tuples(st.integers(1, 4), QUIET_TEXT)),
-        st.tuples(st.just("bytes"), st.tuples(st.integers(0, 60), st.binary(min_size=1, max_size=8).map(
-            lambda b: b"\xff" + b))),
+        st.tuples(
+            st.just("bytes"),
+            st.tuples(st.integers(0, 60), st.binary(min_size=1, max_size=8).map(lambda b: b"\xff" + b)),
+        ),
         st.tuples(st.just("quote"), st.integers(1, 4)),
         st.tuples(st.just("bom"), st.just(None)),
         st.tuples(st.just("alias bomb"), st.tuples(st.integers(6, 12), st.integers(6, 12))),
@@ -315,8 +402,9 @@ def _apply(kind: str, value, root: Path) -> None:
         lines[value] = "\t".join(parts)
         events = "\n".join(lines) + "\n"
     elif kind == "bom":
-        card = card.replace('separator: "\\t"\n    columns: {user_id',
-                            'separator: "\\t"\n    encoding: latin-1\n    columns: {user_id')
+        card = card.replace(
+            'separator: "\\t"\n    columns: {user_id', 'separator: "\\t"\n    encoding: latin-1\n    columns: {user_id'
+        )
         raw_events = b"\xef\xbb\xbf" + events.encode()
     elif kind == "alias bomb":
         card = card.replace("license: apache-2.0", "license: apache-2.0\nlaughs:\n" + bomb(*value))
@@ -347,8 +435,9 @@ def test_temporaries_of_dead_processes_are_removed_by_the_next_write(tmp_path):
 
     from interestbert.encoder.files import _HOST, atomic_folder, atomic_write_text
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     stale_file = tmp_path / f".recs.parquet.{_HOST}~{dead}~0000abcd.tmp"
     stale_dir = tmp_path / f".model.{_HOST}~{dead}~0000abcd.tmp"
     live = tmp_path / f".recs.parquet.{_HOST}~{os.getpid()}~0000abcd.tmp"

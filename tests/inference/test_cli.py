@@ -8,16 +8,33 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import shared_data_dir
+
 from interestbert.inference.cli import main
 from interestbert.inference.encode import read_embeddings
 
 
 def test_encode_synthetic_with_tiny_model(tiny_bert, synthetic_dir, synthetic_data, tmp_path, capsys):
     out = tmp_path / "emb"
-    code = main(["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-                 "--output", str(out), "--max-seq-length", "48", "--batch-size", "8", "--limit-users", "25"])
+    code = main(
+        [
+            "encode",
+            "--card",
+            "synthetic-shop",
+            "--data-dir",
+            str(synthetic_dir),
+            "--model",
+            str(tiny_bert),
+            "--output",
+            str(out),
+            "--max-seq-length",
+            "48",
+            "--batch-size",
+            "8",
+            "--limit-users",
+            "25",
+        ]
+    )
     assert code == 0
     assert "users/s" in capsys.readouterr().out
     table = pq.read_table(out / "part-00000-of-00001.parquet")
@@ -34,15 +51,29 @@ def test_encode_synthetic_with_tiny_model(tiny_bert, synthetic_dir, synthetic_da
     assert info["rows"] == 25 and info["max_seq_length"] == 48 and info["card"] == "synthetic-shop"
     assert info["model"] == str(tiny_bert) and len(info["model_hash"]) == 64
     assert info["shards"][0]["rows"] == 25 and info["shards"][0]["file"] == "part-00000-of-00001.parquet"
-    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000-of-00001.parquet"], \
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000-of-00001.parquet"], (
         "no temporary files or work folder left"
+    )
 
 
 def test_encode_is_deterministic_and_matches_the_library(tiny_bert, synthetic_dir, synthetic_data, tmp_path):
     from interestbert.encoder import InterestEncoder, Verbaliser
 
-    args = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-            "--max-seq-length", "40", "--limit-users", "6", "--precision", "fp32"]  # the library's default
+    args = [
+        "encode",
+        "--card",
+        "synthetic-shop",
+        "--data-dir",
+        str(synthetic_dir),
+        "--model",
+        str(tiny_bert),
+        "--max-seq-length",
+        "40",
+        "--limit-users",
+        "6",
+        "--precision",
+        "fp32",
+    ]  # the library's default
     assert main([*args, "--output", str(tmp_path / "a")]) == 0
     assert main([*args, "--output", str(tmp_path / "b"), "--batch-size", "3"]) == 0
     ua, a = read_embeddings(tmp_path / "a")
@@ -62,17 +93,33 @@ def test_failed_encode_leaves_no_partial_file(tiny_bert, synthetic_dir, tmp_path
 
     monkeypatch.setattr(model.InterestEncoder, "encode", boom)
     out = tmp_path / "emb"
-    code = main(["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-                 "--output", str(out), "--limit-users", "5"])
+    code = main(
+        [
+            "encode",
+            "--card",
+            "synthetic-shop",
+            "--data-dir",
+            str(synthetic_dir),
+            "--model",
+            str(tiny_bert),
+            "--output",
+            str(out),
+            "--limit-users",
+            "5",
+        ]
+    )
     assert code == 130
     assert not list(out.glob("*.parquet")) and not list(out.glob(".*")) and not (out / "_manifest.json").exists()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--model", "/no/such/model"], "/no/such/model: no such folder"),
-    (["--batch-size", "0"], "--batch-size is 0"),
-    (["--limit-users", "-3"], "--limit-users is -3"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "/no/such/model"], "/no/such/model: no such folder"),
+        (["--batch-size", "0"], "--batch-size is 0"),
+        (["--limit-users", "-3"], "--limit-users is -3"),
+    ],
+)
 def test_encode_bad_options_are_one_sentence(synthetic_dir, tiny_bert, tmp_path, capsys, args, expected):
     base = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--output", str(tmp_path / "o")]
     if "--model" not in args:
@@ -85,22 +132,51 @@ def test_encode_bad_options_are_one_sentence(synthetic_dir, tiny_bert, tmp_path,
 
 def test_encode_ml100k_with_the_packaged_model(tmp_path):
     data_dir = shared_data_dir("movielens-100k")
-    assert main(["encode", "--card", "movielens-100k", "--data-dir", str(data_dir), "--output", str(tmp_path),
-                 "--limit-users", "12"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--card",
+                "movielens-100k",
+                "--data-dir",
+                str(data_dir),
+                "--output",
+                str(tmp_path),
+                "--limit-users",
+                "12",
+            ]
+        )
+        == 0
+    )
     users, vectors = read_embeddings(tmp_path)
     assert len(users) == 12 and vectors.shape == (12, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     duckdb = pytest.importorskip("duckdb", reason="duckdb is in the test extra")
-    count, typ = duckdb.connect().execute(f"SELECT count(*), any_value(typeof(embedding::FLOAT[384])) "
-                                          f"FROM '{tmp_path}/*.parquet'").fetchone()
+    count, typ = (
+        duckdb.connect()
+        .execute(f"SELECT count(*), any_value(typeof(embedding::FLOAT[384])) FROM '{tmp_path}/*.parquet'")
+        .fetchone()
+    )
     assert count == 12 and typ == "FLOAT[384]"
 
 
 @pytest.mark.slow
 def test_encode_all_ml100k_users(tmp_path):
     """The issue's acceptance run: 943 unit-norm 384-d rows (about a minute on 2 cores)."""
-    assert main(["encode", "--card", "movielens-100k", "--data-dir", str(shared_data_dir("movielens-100k")),
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--card",
+                "movielens-100k",
+                "--data-dir",
+                str(shared_data_dir("movielens-100k")),
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     users, vectors = read_embeddings(tmp_path)
     assert len(set(users)) == 943 and vectors.shape == (943, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -108,8 +184,22 @@ def test_encode_all_ml100k_users(tmp_path):
 
 def test_quickstart_with_tiny_model(tiny_bert, tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--output-dir", str(out), "--model", str(tiny_bert), "--limit-users", "30",
-                 "--max-seq-length", "48"]) == 0
+    assert (
+        main(
+            [
+                "quickstart",
+                "--output-dir",
+                str(out),
+                "--model",
+                str(tiny_bert),
+                "--limit-users",
+                "30",
+                "--max-seq-length",
+                "48",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.count("recommended:") == 3 and "Everything is in" in printed
     report = (out / "report.md").read_text()
@@ -137,10 +227,40 @@ def test_no_command_prints_help(capsys):
 
 
 def test_every_option_takes_both_spellings(tiny_bert, synthetic_dir, tmp_path):
-    dashed = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-              "--max-seq-length", "40", "--limit-users", "4", "--batch-size", "2", "--output", str(tmp_path / "a")]
-    underscored = ["encode", "--card", "synthetic-shop", "--data_dir", str(synthetic_dir), "--model", str(tiny_bert),
-                   "--max_seq_length", "40", "--limit_users", "4", "--batch_size", "2", "--output", str(tmp_path / "b")]
+    dashed = [
+        "encode",
+        "--card",
+        "synthetic-shop",
+        "--data-dir",
+        str(synthetic_dir),
+        "--model",
+        str(tiny_bert),
+        "--max-seq-length",
+        "40",
+        "--limit-users",
+        "4",
+        "--batch-size",
+        "2",
+        "--output",
+        str(tmp_path / "a"),
+    ]
+    underscored = [
+        "encode",
+        "--card",
+        "synthetic-shop",
+        "--data_dir",
+        str(synthetic_dir),
+        "--model",
+        str(tiny_bert),
+        "--max_seq_length",
+        "40",
+        "--limit_users",
+        "4",
+        "--batch_size",
+        "2",
+        "--output",
+        str(tmp_path / "b"),
+    ]
     assert main(dashed) == 0 and main(underscored) == 0
     (ua, a), (ub, b) = read_embeddings(tmp_path / "a"), read_embeddings(tmp_path / "b")
     assert ua == ub and len(ua) == 4

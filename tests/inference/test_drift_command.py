@@ -9,15 +9,31 @@ import pyarrow.parquet as pq
 from interestbert.inference.cli import main
 
 
-
-
 def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthetic_dir, tmp_path, capsys):
     import matplotlib.image
 
     out = tmp_path / "drift"
-    code = main(["drift", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-                 "--output", str(out), "--limit-users", "30", "--plot", "2", "--window", "6",
-                 "--target-false-alarms", "20"])
+    code = main(
+        [
+            "drift",
+            "--card",
+            "synthetic-shop",
+            "--data-dir",
+            str(synthetic_dir),
+            "--model",
+            str(tiny_bert),
+            "--output",
+            str(out),
+            "--limit-users",
+            "30",
+            "--plot",
+            "2",
+            "--window",
+            "6",
+            "--target-false-alarms",
+            "20",
+        ]
+    )
     captured = capsys.readouterr()
     printed, logged = captured.out, captured.err
     assert code == 0, printed + logged
@@ -33,8 +49,11 @@ def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthet
     assert set(events.columns) >= {"user_id", "event_index", "score", "moved_from", "moved_to", "explanation"}
     assert (events.score >= summary["threshold"] - 1e-6).all(), (events.score.min(), summary["threshold"])
     assert "against_recorded_switches" in summary and "precision" in (out / "summary.md").read_text()
-    assert summary["projection"] is None and summary["score"] == {"centre": True, "reference_windows": 5,
-                                                                  "tuning": None}
+    assert summary["projection"] is None and summary["score"] == {
+        "centre": True,
+        "reference_windows": 5,
+        "tuning": None,
+    }
     assert "the drift score keeps its form (centre=True, reference_windows=5)" in logged, logged
     pngs = sorted((out / "plots").glob("*.png"))
     assert len(pngs) == 2
@@ -45,7 +64,21 @@ def test_drift_command_writes_scores_events_summary_and_plots(tiny_bert, synthet
 
 
 def test_drift_command_rejects_unknown_users(tiny_bert, synthetic_dir, tmp_path, capsys):
-    code = main(["drift", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-                 "--output", str(tmp_path / "d"), "--users", "U0000", "nobody"])
+    code = main(
+        [
+            "drift",
+            "--card",
+            "synthetic-shop",
+            "--data-dir",
+            str(synthetic_dir),
+            "--model",
+            str(tiny_bert),
+            "--output",
+            str(tmp_path / "d"),
+            "--users",
+            "U0000",
+            "nobody",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--users" in err and "'nobody'" in err and "Traceback" not in err

@@ -24,9 +24,25 @@ from interestbert.inference.encode import read_embeddings, run_metadata, shard_p
 @pytest.fixture()
 def encode_args(tiny_bert, synthetic_dir):
     def args(out, *extra):
-        return ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-                "--max-seq-length", "40", "--batch-size", "4", "--precision", "fp32", "--output", str(out),
-                *map(str, extra)]  # fp32 on every CPU: the shard layouts are compared to 1e-5
+        return [
+            "encode",
+            "--card",
+            "synthetic-shop",
+            "--data-dir",
+            str(synthetic_dir),
+            "--model",
+            str(tiny_bert),
+            "--max-seq-length",
+            "40",
+            "--batch-size",
+            "4",
+            "--precision",
+            "fp32",
+            "--output",
+            str(out),
+            *map(str, extra),
+        ]  # fp32 on every CPU: the shard layouts are compared to 1e-5
+
     return args
 
 
@@ -38,8 +54,12 @@ def test_shards_manifest_and_metadata(encode_args, tmp_path, tiny_bert):
     one, three = tmp_path / "one", tmp_path / "three"
     assert main(encode_args(one, "--limit-users", 50)) == 0
     assert main(encode_args(three, "--limit-users", 50, "--num-shards", 3, "--chunk-users", 7)) == 0
-    assert names(three) == ["_manifest.json", "part-00000-of-00003.parquet", "part-00001-of-00003.parquet",
-                            "part-00002-of-00003.parquet"]
+    assert names(three) == [
+        "_manifest.json",
+        "part-00000-of-00003.parquet",
+        "part-00001-of-00003.parquet",
+        "part-00002-of-00003.parquet",
+    ]
     manifest = json.loads((three / "_manifest.json").read_text())
     assert [s["rows"] for s in manifest["shards"]] == [16, 17, 17] and manifest["rows"] == 50
     for shard in manifest["shards"]:
@@ -67,7 +87,8 @@ def test_duckdb_and_polars_read_the_folder_as_it_is(encode_args, tmp_path):
     # Parquet has no fixed-size list: DuckDB reads FLOAT[] and the cast to its ARRAY type holds for every row
     typ, sizes, self_sim = con.execute(
         f"SELECT any_value(typeof(embedding::FLOAT[32])), list(DISTINCT len(embedding)), "
-        f"min(array_cosine_similarity(embedding::FLOAT[32], embedding::FLOAT[32])) FROM '{glob}'").fetchone()
+        f"min(array_cosine_similarity(embedding::FLOAT[32], embedding::FLOAT[32])) FROM '{glob}'"
+    ).fetchone()
     assert typ == "FLOAT[32]" and sizes == [32] and self_sim == pytest.approx(1.0, abs=1e-5)
     first = con.execute(f"SELECT user_id, embedding FROM '{glob}' ORDER BY filename, file_row_number LIMIT 1")
     row = first.fetchone()
@@ -105,7 +126,7 @@ def test_finishing_keeps_a_live_process_temporary_manifest(encode_args, tmp_path
     out = tmp_path / "emb"
     assert main(encode_args(out, "--limit-users", 10, "--num-shards", 2, "--shard-index", 0)) == 0
     live = out / f".{embedding_files.MANIFEST_FILE}.{_HOST}~{os.getppid()}~aaaaaaaa.tmp"  # a process still writing
-    dead = out / f".{embedding_files.MANIFEST_FILE}.{_HOST}~{2 ** 22 + 12345}~bbbbbbbb.tmp"  # no such process
+    dead = out / f".{embedding_files.MANIFEST_FILE}.{_HOST}~{2**22 + 12345}~bbbbbbbb.tmp"  # no such process
     live.write_text("{}")
     dead.write_text("{}")
     assert main(encode_args(out, "--limit-users", 10, "--num-shards", 2, "--shard-index", 1)) == 0
@@ -140,11 +161,14 @@ def test_other_options_are_refused_naming_the_difference(encode_args, tmp_path, 
     assert names(out) == ["_manifest.json", "part-00000-of-00001.parquet"]
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--num-shards", "2", "--shard-index", "2"], "--shard-index is 2; with --num-shards 2 it must be 0 to 1"),
-    (["--num-shards", "0"], "--num-shards is 0"),
-    (["--chunk-users", "0"], "--chunk-users is 0"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--num-shards", "2", "--shard-index", "2"], "--shard-index is 2; with --num-shards 2 it must be 0 to 1"),
+        (["--num-shards", "0"], "--num-shards is 0"),
+        (["--chunk-users", "0"], "--chunk-users is 0"),
+    ],
+)
 def test_bad_shard_options_fail_before_loading(encode_args, tmp_path, capsys, extra, expected):
     assert main(encode_args(tmp_path / "o", *extra)) == 2
     assert expected in one_sentence(capsys)
@@ -219,15 +243,17 @@ def test_shard_plan_follows_the_launcher():
 
 
 # a subprocess whose encoding is slowed down, so that kill -9 lands in the middle of the run
-_SLOW = ("import sys, time\n"
-         "from interestbert.encoder import model\n"
-         "real = model.InterestEncoder.encode_histories\n"
-         "def slow(self, *a, **k):\n"
-         "    time.sleep(0.15)\n"
-         "    return real(self, *a, **k)\n"
-         "model.InterestEncoder.encode_histories = slow\n"
-         "from interestbert.inference.cli import main\n"
-         "sys.exit(main(sys.argv[1:]))\n")
+_SLOW = (
+    "import sys, time\n"
+    "from interestbert.encoder import model\n"
+    "real = model.InterestEncoder.encode_histories\n"
+    "def slow(self, *a, **k):\n"
+    "    time.sleep(0.15)\n"
+    "    return real(self, *a, **k)\n"
+    "model.InterestEncoder.encode_histories = slow\n"
+    "from interestbert.inference.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 
 
 def _env() -> dict:
@@ -235,8 +261,9 @@ def _env() -> dict:
 
 
 def _kill_after(cmd, chunks_dir, n_chunks: int, timeout: float = 120) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW, *cmd], env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW, *cmd], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if chunks_dir.is_dir() and len(list(chunks_dir.glob("chunk-*.parquet"))) >= n_chunks:
@@ -256,16 +283,33 @@ def test_kill_9_then_the_same_command_continues_to_equal_embeddings(encode_args,
     (out / ".part-00000-of-00002.parquet.999999-deadbeef.tmp").write_bytes(b"half")
     (out / "_work" / "part-00000" / ".chunk-000005.parquet.999999-deadbeef.tmp").write_bytes(b"half")
     _kill_after(["encode", *args], out / "_work" / "part-00001", 1)
-    done = subprocess.run([sys.executable, "-m", "interestbert.inference.cli", "encode", *args], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "interestbert.inference.cli", "encode", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "found done by an earlier run" in done.stdout
-    ref = subprocess.run([sys.executable, "-m", "interestbert.inference.cli",
-                          *encode_args(reference, "--limit-users", 60, "--num-shards", 2, "--chunk-users", 4)],
-                         env=_env(), capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interestbert.inference.cli",
+            *encode_args(reference, "--limit-users", 60, "--num-shards", 2, "--chunk-users", 4),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
-    assert names(out) == names(reference) == ["_manifest.json", "part-00000-of-00002.parquet",
-                                              "part-00001-of-00002.parquet"]
+    assert (
+        names(out)
+        == names(reference)
+        == ["_manifest.json", "part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    )
     (ua, a), (ub, b) = read_embeddings(out), read_embeddings(reference)
     assert ua == ub and len(set(ua)) == 60  # no user missing, none twice
     np.testing.assert_array_equal(a, b)
@@ -277,9 +321,25 @@ def test_two_processes_under_accelerate_launch_equal_one(encode_args, tmp_path):
     """Each process takes its shard by rank (no process group); the union equals the 1-process output."""
     two, one = tmp_path / "two", tmp_path / "one"
     env = {**_env(), "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "interestbert.inference.cli", *encode_args(two, "--limit-users", 40, "--chunk-users", 8)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "interestbert.inference.cli",
+        *encode_args(two, "--limit-users", 40, "--chunk-users", 8),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("encoded 20 users") == 2, proc.stdout
@@ -318,12 +378,15 @@ def test_a_three_chunk_encode_checks_its_options_once_and_resolves_them_once(enc
     assert manifest["run"]["precision"] in ("fp32", "bf16")  # auto, resolved and recorded
 
 
-@pytest.mark.parametrize("options, expected", [
-    (dict(precision="fp16"), "precision 'fp16' is not one of auto, fp32, bf16, int8."),
-    (dict(backend="tensorrt"), "backend 'tensorrt' is not one of torch, openvino, onnx."),
-    (dict(batch_size=0), "batch_size is 0; it must be a positive integer."),
-    (dict(batch_size=True), "batch_size is True; it must be a positive integer."),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (dict(precision="fp16"), "precision 'fp16' is not one of auto, fp32, bf16, int8."),
+        (dict(backend="tensorrt"), "backend 'tensorrt' is not one of torch, openvino, onnx."),
+        (dict(batch_size=0), "batch_size is 0; it must be a positive integer."),
+        (dict(batch_size=True), "batch_size is True; it must be a positive integer."),
+    ],
+)
 def test_encode_options_refuse_a_bad_value_naming_it(options, expected):
     from interestbert.encoder.backends import EncodeOptions
 

@@ -26,9 +26,13 @@ def test_map_batches_on_two_workers_equals_encode(local_ray, tiny_bert, syntheti
     users = verbaliser.users[:30]
     texts = verbaliser.texts(users)
     ds = ray.data.from_items([{"user_id": u, "text": t} for u, t in zip(users, texts)], override_num_blocks=6)
-    ds = ds.map_batches(RayHistoryEncoder, fn_constructor_kwargs={"model": str(tiny_bert), "max_seq_length": 40,
-                                                                  "precision": "fp32"},
-                        concurrency=2, batch_size=5, num_cpus=1)
+    ds = ds.map_batches(
+        RayHistoryEncoder,
+        fn_constructor_kwargs={"model": str(tiny_bert), "max_seq_length": 40, "precision": "fp32"},
+        concurrency=2,
+        batch_size=5,
+        num_cpus=1,
+    )
     rows = {r["user_id"]: r for r in ds.take_all()}
     assert sorted(rows) == sorted(users)  # every user once
     got = np.stack([np.asarray(rows[u]["embedding"], dtype=np.float32) for u in users])

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+from helpers import bag_of_words
 
 from interestbert.encoder.drift import DriftConfig, DriftMonitor, History, histories_from_verbaliser
 from interestbert.inference.cli import main
-from helpers import bag_of_words
 
 
 def test_blending_reduces_to_long_term_interest_when_the_score_is_zero():
@@ -27,11 +27,25 @@ def test_blending_reduces_to_long_term_interest_when_the_score_is_zero():
     np.testing.assert_allclose(mixed[3], full / np.linalg.norm(full), atol=1e-6)
 
 
-def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_dir, synthetic_data, tmp_path,
-                                                           capsys):
+def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_dir, synthetic_data, tmp_path, capsys):
     out = tmp_path / "recs.parquet"
-    base = ["recommend", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-            "--k", "5", "--limit-users", "12", "--window", "6", "--target-false-alarms", "20"]
+    base = [
+        "recommend",
+        "--card",
+        "synthetic-shop",
+        "--data-dir",
+        str(synthetic_dir),
+        "--model",
+        str(tiny_bert),
+        "--k",
+        "5",
+        "--limit-users",
+        "12",
+        "--window",
+        "6",
+        "--target-false-alarms",
+        "20",
+    ]
     assert main(base + ["--output", str(out), "--drift-aware"]) == 0
     recs = pq.read_table(out).to_pandas()
     assert len(recs) == 60 and recs.groupby("user_id").size().eq(5).all()
@@ -52,8 +66,10 @@ def test_recommend_command_writes_top_k_without_seen_items(tiny_bert, synthetic_
     full_weights = pq.read_table(full).to_pandas().groupby("user_id").short_term_weight.first()
     assert (weights > 0).any() and weights.max() <= 0.25 + 1e-6
     np.testing.assert_allclose(full_weights.loc[weights.index], weights / 0.25, rtol=1e-5)
-    for bad, says in ((["--drift-aware", "--alpha-max", "1.5"], "--alpha-max is 1.5"),
-                      (["--alpha-max", "0.5"], "--drift-aware")):
+    for bad, says in (
+        (["--drift-aware", "--alpha-max", "1.5"], "--alpha-max is 1.5"),
+        (["--alpha-max", "0.5"], "--drift-aware"),
+    ):
         assert main(base + ["--output", str(tmp_path / "bad.parquet")] + bad) != 0
         assert says in capsys.readouterr().err
         assert not (tmp_path / "bad.parquet").exists()
@@ -72,8 +88,9 @@ def test_end_of_history_score_is_the_monitor_score_at_the_newest_event(tiny_bert
             return bag_of_words(verbaliser.texts_for_indices(users, ends))
 
     verbaliser = Verbaliser(synthetic_data, AutoTokenizer.from_pretrained(str(tiny_bert)), 128)
-    monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=10.0),
-                           separator=verbaliser.separator)
+    monitor = DriftMonitor(
+        bag_of_words, DriftConfig(window=4, stride=2, threshold=10.0), separator=verbaliser.separator
+    )
     users = np.flatnonzero(verbaliser.n_events >= 2 * 4 + TAIL + 1)[:6]
     ends = np.asarray([9, 10, 17, 18, 2 * 4 + TAIL, 2 * 4 + TAIL + 1])  # odd and even lengths, inside the tail
     vectors = user_vectors(Encoder(), verbaliser, monitor, users, ends)
@@ -100,7 +117,9 @@ def test_recommend_users_excludes_seen_items_and_writes_one_row_per_item(tiny_en
     users = np.array([0, 5, 7])
     recs = recommend_users(tiny_encoder, verbaliser, users, k=4)
     assert recs.scorer == "strategy head" and recs.items.shape == recs.scores.shape == (3, 4)
-    assert (np.diff(recs.scores, axis=1) <= 0).all() and np.isnan(recs.drift).all() and (recs.short_term_weight == 0).all()
+    assert (
+        (np.diff(recs.scores, axis=1) <= 0).all() and np.isnan(recs.drift).all() and (recs.short_term_weight == 0).all()
+    )
     for row, u in zip(recs.items, users):
         lo, hi = verbaliser.offsets[u], verbaliser.offsets[u + 1]
         assert not set(row.tolist()) & set(verbaliser.event_items[lo:hi].tolist())
@@ -116,8 +135,9 @@ def test_recommend_users_excludes_seen_items_and_writes_one_row_per_item(tiny_en
     assert [p.name for p in tmp_path.iterdir()] == ["recs.parquet"]  # no temporary file left
 
 
-def test_the_sequence_head_blends_its_scores_of_the_newest_window_as_the_drift_score_rises(tiny_encoder,
-                                                                                            synthetic_data):
+def test_the_sequence_head_blends_its_scores_of_the_newest_window_as_the_drift_score_rises(
+    tiny_encoder, synthetic_data
+):
     import pytest
     import torch
 
@@ -129,8 +149,11 @@ def test_the_sequence_head_blends_its_scores_of_the_newest_window_as_the_drift_s
     verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 64)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    head = SequenceHead(verbaliser.item_ids, rng.normal(size=(len(verbaliser.item_ids), 16)).astype(np.float32),
-                        options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=12)).eval()
+    head = SequenceHead(
+        verbaliser.item_ids,
+        rng.normal(size=(len(verbaliser.item_ids), 16)).astype(np.float32),
+        options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=12),
+    ).eval()
     with torch.no_grad():
         head.item.normal_(0, 0.5)
     users, ends = np.arange(3), np.full(3, 10)
@@ -151,8 +174,11 @@ def test_the_sequence_head_blends_its_scores_of_the_newest_window_as_the_drift_s
     # recommend_users: the drift score at each user's newest event sets the weight, as for the strategy head
     tiny_encoder.sequence_head = head
     try:
-        monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=0.1, alpha_max=0.5,
-                                                         centre=False), separator=verbaliser.separator)
+        monitor = DriftMonitor(
+            bag_of_words,
+            DriftConfig(window=4, stride=2, threshold=0.1, alpha_max=0.5, centre=False),
+            separator=verbaliser.separator,
+        )
         chosen = np.arange(8)
         recs = recommend_users(tiny_encoder, verbaliser, chosen, k=5, monitor=monitor)
         drift, _ = drift_scores(monitor, histories_from_verbaliser(verbaliser, chosen))

@@ -8,16 +8,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import REAL_CARDS, shared_data_dir
 from helpers import COLUMNAR_CARD, EVENTS, GOOD_CARD, ITEMS, columnar_files, write_card
+
 from interestbert.encoder import DataCardError, available_cards, load_card, load_card_data
 from interestbert.inference.cli import main
 
 
 def test_shipped_cards_are_listed_and_parse():
-    assert set(available_cards()) == {"movielens-100k", "movielens-1m", "amazon-beauty", "amazon-office",
-                                      "synthetic-shop"}
+    assert set(available_cards()) == {
+        "movielens-100k",
+        "movielens-1m",
+        "amazon-beauty",
+        "amazon-office",
+        "synthetic-shop",
+    }
     for name in available_cards():
         card = load_card(name)
         assert card.metadata["license"], name
@@ -28,7 +33,11 @@ def test_events_are_sorted_by_user_then_time_with_actions_phrased(tmp_path):
     data = load_card_data(write_card(tmp_path), tmp_path / "data")
     rows = data.events.to_list()
     assert [(r["user_id"], r["item_id"], r["timestamp"]) for r in rows] == [
-        ("u1", "b", 10), ("u1", "c", 20), ("u1", "a", 30), ("u2", "a", 20)]
+        ("u1", "b", 10),
+        ("u1", "c", 20),
+        ("u1", "a", 30),
+        ("u2", "a", 20),
+    ]
     assert [r["action"] for r in rows] == ["rated 5/5", "rated 1/5", "rated 4/5", "rated 3/5"]
     assert data.items["text"][:] == ["Apple (fruit)", "Bread (bakery)", "Cheese (dairy)"]
     assert data.stats["users"] == 2 and data.stats["events"] == 4 and data.stats["catalogue"] == 3
@@ -63,11 +72,17 @@ def test_synthetic_card_generates_without_data_dir():
 # ------------------------------------------------------------------------------------------------ bad input
 
 BAD_CARDS = {
-    "missing key": (GOOD_CARD.replace('    text: "{{ title }} ({{ kind }})"\n', ""), "`interestbert.items.text` is missing"),
+    "missing key": (
+        GOOD_CARD.replace('    text: "{{ title }} ({{ kind }})"\n', ""),
+        "`interestbert.items.text` is missing",
+    ),
     "misspelt key": (GOOD_CARD.replace("    columns: {user_id", "    colums: {user_id"), "did you mean `columns`"),
     "column not in file": (GOOD_CARD.replace("stars: rating", "stars: ratting"), "column `ratting`"),
     "missing file": (GOOD_CARD.replace("path: items.tsv", "path: nope.tsv"), "`nope.tsv` does not exist"),
-    "path leaves data dir": (GOOD_CARD.replace("path: items.tsv", "path: ../../etc/passwd"), "leaves the data directory"),
+    "path leaves data dir": (
+        GOOD_CARD.replace("path: items.tsv", "path: ../../etc/passwd"),
+        "leaves the data directory",
+    ),
     "absolute path": (GOOD_CARD.replace("path: items.tsv", "path: /etc/passwd"), "leaves the data directory"),
     "template attribute trick": (GOOD_CARD.replace("({{ kind }})", "{{ ''.__class__ }}"), "touches `__class__`"),
     "template item trick": (GOOD_CARD.replace("({{ kind }})", "{{ title['__class__'] }}"), "touches `__class__`"),
@@ -115,8 +130,10 @@ def test_wrong_encoding_names_line(tmp_path):
 
 
 def test_gzip_and_multichar_separator(tmp_path):
-    card = GOOD_CARD.replace('path: events.tsv\n    separator: "\\t"', 'path: events.dat.gz\n    separator: "::"\n'
-                             '    header: false\n    names: [user, item, ts, rating]')
+    card = GOOD_CARD.replace(
+        'path: events.tsv\n    separator: "\\t"',
+        'path: events.dat.gz\n    separator: "::"\n    header: false\n    names: [user, item, ts, rating]',
+    )
     folder = write_card(tmp_path, card=card)
     body = "".join(line.replace("\t", "::") + "\n" for line in EVENTS.splitlines()[1:])
     with gzip.open(tmp_path / "data" / "events.dat.gz", "wt") as f:
@@ -172,14 +189,18 @@ def test_the_docs_schema_table_is_the_schema():
     import re
 
     from conftest import REPO
+
     from interestbert.encoder.cards.schema import SECTIONS, schema_markdown
 
     page = (REPO / "docs" / "pages" / "cards.md").read_text(encoding="utf-8")
     table = re.search(r"<!-- card schema: begin -->\n(.*?)<!-- card schema: end -->", page, re.S)
     assert table, "docs/pages/cards.md has the generated card schema table"
     assert table.group(1) == schema_markdown()
-    for key in ("`interestbert.events.separator` | `','`", "`interestbert.items.text` | required",
-                "`interestbert.generator.name` | required"):
+    for key in (
+        "`interestbert.events.separator` | `','`",
+        "`interestbert.items.text` | required",
+        "`interestbert.generator.name` | required",
+    ):
         assert key in table.group(1)
     assert len(SECTIONS) == 7
 
@@ -187,8 +208,12 @@ def test_the_docs_schema_table_is_the_schema():
 def test_a_value_outside_its_choices_names_them(tmp_path):
     folder = tmp_path / "card"
     folder.mkdir()
-    (folder / "README.md").write_text(GOOD_CARD.replace("    columns: {user_id", "    compression: zip\n    columns: {user_id", 1))
-    with pytest.raises(DataCardError, match=r"`interestbert.events.compression` is 'zip'; use one of infer, gzip, none"):
+    (folder / "README.md").write_text(
+        GOOD_CARD.replace("    columns: {user_id", "    compression: zip\n    columns: {user_id", 1)
+    )
+    with pytest.raises(
+        DataCardError, match=r"`interestbert.events.compression` is 'zip'; use one of infer, gzip, none"
+    ):
         load_card(folder)
 
 
@@ -203,12 +228,17 @@ def test_parquet_events_and_jsonl_items_read_like_delimited_text(tmp_path):
     assert columnar.stats == text.stats
 
 
-@pytest.mark.parametrize("events, expected", [
-    ({"user": ["u1", None], "item": ["a", "b"], "ts": [1, 2], "rating": [4.0, 5.0]},
-     "file events.parquet line 2: `user_id` (column `user`) is missing"),
-    ({"user": ["u1"], "item": ["a"], "when": [1], "rating": [4.0]}, "column `ts` (for `timestamp`) not found"),
-    ({"user": ["u1"], "item": ["a"], "ts": [1.5], "rating": [4.0]}, "line 1: `timestamp` is '1.5', not an integer"),
-])
+@pytest.mark.parametrize(
+    "events, expected",
+    [
+        (
+            {"user": ["u1", None], "item": ["a", "b"], "ts": [1, 2], "rating": [4.0, 5.0]},
+            "file events.parquet line 2: `user_id` (column `user`) is missing",
+        ),
+        ({"user": ["u1"], "item": ["a"], "when": [1], "rating": [4.0]}, "column `ts` (for `timestamp`) not found"),
+        ({"user": ["u1"], "item": ["a"], "ts": [1.5], "rating": [4.0]}, "line 1: `timestamp` is '1.5', not an integer"),
+    ],
+)
 def test_badcolumnar_files_are_one_sentence(tmp_path, events, expected):
     card = write_card(tmp_path, card=COLUMNAR_CARD)
     columnar_files(tmp_path, events)
@@ -233,21 +263,34 @@ def test_a_card_is_parsed_once_into_typed_sections(tmp_path):
     assert card.events.fields == ["stars"] and card.items.fields == ["title", "kind"]
     assert card.id_map is None and card.switches is None and card.data_folder is None
     shop = load_card("synthetic-shop")
-    assert type(shop.generator) is GeneratorSection and shop.generator.options() == {"seed": 0, "n_users": 2000, "n_items": 1500}
+    assert type(shop.generator) is GeneratorSection and shop.generator.options() == {
+        "seed": 0,
+        "n_users": 2000,
+        "n_items": 1500,
+    }
     assert load_card("movielens-1m").data_folder == "ml-1m"
     mapped = GOOD_CARD.replace("    text:", "    id_map: {path: map.tsv, columns: {item_id: a, key: b}}\n    text:", 1)
     assert type(load_card(write_card(tmp_path / "mapped", card=mapped)).id_map) is IdMapSection
 
 
-@pytest.mark.parametrize("section, expected", [
-    (dict(path="e.tsv", columns={"user_id": "u", "item_id": "i"}),
-     "data card x: key `interestbert.events.columns.timestamp` is missing; name the file column that holds it."),
-    (dict(path="e.tsv", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}, header=False),
-     "data card x: key `interestbert.events.names` is missing; a file without a header line needs its column names "
-     "listed under `names`."),
-    (dict(path="e.tsv", columns={"user_id": "u", "item_id": "i", "timestamp": "t", "action": "a"}),
-     "data card x: key `interestbert.events.columns.action` is reserved"),
-])
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        (
+            dict(path="e.tsv", columns={"user_id": "u", "item_id": "i"}),
+            "data card x: key `interestbert.events.columns.timestamp` is missing; name the file column that holds it.",
+        ),
+        (
+            dict(path="e.tsv", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}, header=False),
+            "data card x: key `interestbert.events.names` is missing; a file without a header line needs its column "
+            "names listed under `names`.",
+        ),
+        (
+            dict(path="e.tsv", columns={"user_id": "u", "item_id": "i", "timestamp": "t", "action": "a"}),
+            "data card x: key `interestbert.events.columns.action` is reserved",
+        ),
+    ],
+)
 def test_a_section_checks_itself_when_built(section, expected):
     """The checks live in the sections' ``__post_init__``: built in code, a section says what the card loader says."""
     from interestbert.encoder.cards import EventsSection

@@ -7,23 +7,41 @@ import gzip
 from pathlib import Path
 
 import pytest
-
 from conftest import REAL_CARDS, shared_data_dir
+from helpers import EVENTS, ITEMS
+
 from interestbert.encoder import load_card, load_card_data
 from interestbert.encoder.cards.draft import draft_card, sniff
 from interestbert.inference.cli import main
-from helpers import EVENTS, ITEMS
 
-REAL_FILES = {"movielens-100k": ("ml-100k.inter", "ml-100k.item"),
-              "movielens-1m": ("ratings_users_1-2999.dat.gz", "movies.dat"),
-              "amazon-beauty": ("amazon-beauty.inter", "amazon-beauty.item"),
-              "amazon-office": ("Office.inter.gz", "Office.text.gz", "Office.link.gz")}
+REAL_FILES = {
+    "movielens-100k": ("ml-100k.inter", "ml-100k.item"),
+    "movielens-1m": ("ratings_users_1-2999.dat.gz", "movies.dat"),
+    "amazon-beauty": ("amazon-beauty.inter", "amazon-beauty.item"),
+    "amazon-office": ("Office.inter.gz", "Office.text.gz", "Office.link.gz"),
+}
 
 
 def init(tmp_path: Path, events: Path, items: Path, capsys, *extra: str) -> tuple[Path, str]:
     out = tmp_path / "card"
-    assert main(["cards", "init", "--events", str(events), "--items", str(items), "--name", "drafted", "--output",
-                 str(out), *extra]) == 0
+    assert (
+        main(
+            [
+                "cards",
+                "init",
+                "--events",
+                str(events),
+                "--items",
+                str(items),
+                "--name",
+                "drafted",
+                "--output",
+                str(out),
+                *extra,
+            ]
+        )
+        == 0
+    )
     return out, capsys.readouterr().out
 
 
@@ -37,18 +55,37 @@ def test_a_tab_separated_shop_with_a_header(tmp_path, capsys):
     data = load_card_data(card, tmp_path / "data")
     assert data.stats["events"] == 4 and data.items["text"][:] == ["Apple (fruit)", "Bread (bakery)", "Cheese (dairy)"]
     assert sorted(data.events["action"][:]) == ["rated 1/5", "rated 3/5", "rated 4/5", "rated 5/5"]
-    assert main(["cards", "init", "--events", str(tmp_path / "data" / "events.tsv"), "--items",
-                 str(tmp_path / "data" / "items.tsv"), "--output", str(card)]) == 2  # no --force: kept
+    assert (
+        main(
+            [
+                "cards",
+                "init",
+                "--events",
+                str(tmp_path / "data" / "events.tsv"),
+                "--items",
+                str(tmp_path / "data" / "items.tsv"),
+                "--output",
+                str(card),
+            ]
+        )
+        == 2
+    )  # no --force: kept
     assert "--force" in capsys.readouterr().err
 
 
 def test_no_header_double_colon_gzip_latin1(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     with gzip.open(tmp_path / "d" / "ratings.dat.gz", "wt") as f:
-        f.write("".join(f"{u}::{10 + (u * 7 + k) % 5}::{1 + k % 5}::{978300760 + 60 * k}\n"
-                        for u in range(1, 13) for k in range(6)))
-    (tmp_path / "d" / "movies.dat").write_bytes("".join(
-        f"{10 + i}::Caf\u00e9 film {i} (1995)::Comedy|Drama\n" for i in range(5)).encode("latin-1"))
+        f.write(
+            "".join(
+                f"{u}::{10 + (u * 7 + k) % 5}::{1 + k % 5}::{978300760 + 60 * k}\n"
+                for u in range(1, 13)
+                for k in range(6)
+            )
+        )
+    (tmp_path / "d" / "movies.dat").write_bytes(
+        "".join(f"{10 + i}::Caf\u00e9 film {i} (1995)::Comedy|Drama\n" for i in range(5)).encode("latin-1")
+    )
     guess = sniff(tmp_path / "d" / "movies.dat")
     assert (guess.separator, guess.header, guess.encoding) == ("::", False, "latin-1")
     card, out = init(tmp_path, tmp_path / "d" / "ratings.dat.gz", tmp_path / "d" / "movies.dat", capsys)
@@ -62,16 +99,27 @@ def test_parquet_and_json_lines(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     (tmp_path / "d").mkdir()
-    pq.write_table(pa.table({"customer": ["a", "a", "a", "b"], "product": ["p1", "p2", "p1", "p2"],
-                             "event_time": [1700000000, 1700000100, 1700000200, 1700000050]}),
-                   tmp_path / "d" / "events.parquet")
-    (tmp_path / "d" / "products.jsonl").write_text('{"product_id": "p1", "name": "Trowel", "category": "garden"}\n'
-                                                  '{"product_id": "p2", "name": "Tent", "category": "camping"}\n')
+    pq.write_table(
+        pa.table(
+            {
+                "customer": ["a", "a", "a", "b"],
+                "product": ["p1", "p2", "p1", "p2"],
+                "event_time": [1700000000, 1700000100, 1700000200, 1700000050],
+            }
+        ),
+        tmp_path / "d" / "events.parquet",
+    )
+    (tmp_path / "d" / "products.jsonl").write_text(
+        '{"product_id": "p1", "name": "Trowel", "category": "garden"}\n'
+        '{"product_id": "p2", "name": "Tent", "category": "camping"}\n'
+    )
     card, out = init(tmp_path, tmp_path / "d" / "events.parquet", tmp_path / "d" / "products.jsonl", capsys)
     assert "user_id <- customer, item_id <- product, timestamp <- event_time" in out
     data = load_card_data(card, tmp_path / "d")
-    assert data.events["action"][:] == ["interacted"] * 4 and data.items["text"][:] == ["Trowel (garden)",
-                                                                                       "Tent (camping)"]
+    assert data.events["action"][:] == ["interacted"] * 4 and data.items["text"][:] == [
+        "Trowel (garden)",
+        "Tent (camping)",
+    ]
 
 
 def test_a_wrong_guess_fails_validate_naming_the_field(tmp_path, capsys):
@@ -85,8 +133,21 @@ def test_a_wrong_guess_fails_validate_naming_the_field(tmp_path, capsys):
 
 
 def test_a_missing_file_is_one_sentence(tmp_path, capsys):
-    assert main(["cards", "init", "--events", str(tmp_path / "nope.csv"), "--items", str(tmp_path / "i.csv"),
-                 "--output", str(tmp_path / "card")]) == 2
+    assert (
+        main(
+            [
+                "cards",
+                "init",
+                "--events",
+                str(tmp_path / "nope.csv"),
+                "--items",
+                str(tmp_path / "i.csv"),
+                "--output",
+                str(tmp_path / "card"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nope.csv does not exist" in err and not (tmp_path / "card").exists()
 

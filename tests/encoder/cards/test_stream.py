@@ -6,21 +6,30 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import REAL_CARDS, shared_data_dir
+from helpers import COLUMNAR_CARD, EVENTS, columnar_files, write_card
+
 from interestbert.encoder import DataCardError, load_card_data
 from interestbert.encoder.cards.stream import StreamedCard
 from interestbert.inference.cli import main
 from interestbert.inference.encode import read_embeddings
-from helpers import COLUMNAR_CARD, EVENTS, columnar_files, write_card
 
 
 def same_events(streamed: StreamedCard, data, lo: int = 0, hi: int | None = None) -> None:
     hi = streamed.n_users if hi is None else hi
     chunk = streamed.chunk(lo, hi).events.data
     full = data.events.data
-    offsets = np.r_[0, np.flatnonzero(np.r_[np.asarray(full.column("user_id").to_pylist()[1:]) !=
-                                            np.asarray(full.column("user_id").to_pylist()[:-1]), True]) + 1]
+    offsets = np.r_[
+        0,
+        np.flatnonzero(
+            np.r_[
+                np.asarray(full.column("user_id").to_pylist()[1:])
+                != np.asarray(full.column("user_id").to_pylist()[:-1]),
+                True,
+            ]
+        )
+        + 1,
+    ]
     rows = slice(int(offsets[lo]), int(offsets[hi]))
     for column in ("user_id", "item_id", "timestamp", "action"):
         assert chunk.column(column).to_pylist() == full.column(column).to_pylist()[rows], column
@@ -56,12 +65,15 @@ def test_synthetic_tsv_parquet_and_jsonl(synthetic_dir, synthetic_data, tmp_path
         assert streamed.stats == text.stats
 
 
-@pytest.mark.parametrize("events", [
-    EVENTS.replace("u2\ta\t20", "u2\tzz\t20"),   # an item outside the catalogue
-    EVENTS.replace("u1\tb\t10", "u1\tb\tnoon"),  # a timestamp that is no integer
-    EVENTS.replace("u2\ta", "\ta"),               # an empty user id
-    EVENTS.replace("", "", 1) + "u3\ta\t40\t2\textra\n",  # a line with a field too many
-])
+@pytest.mark.parametrize(
+    "events",
+    [
+        EVENTS.replace("u2\ta\t20", "u2\tzz\t20"),  # an item outside the catalogue
+        EVENTS.replace("u1\tb\t10", "u1\tb\tnoon"),  # a timestamp that is no integer
+        EVENTS.replace("u2\ta", "\ta"),  # an empty user id
+        EVENTS.replace("", "", 1) + "u3\ta\t40\t2\textra\n",  # a line with a field too many
+    ],
+)
 def test_bad_events_name_the_file_and_line_as_in_memory(tmp_path, events):
     card = write_card(tmp_path, events=events)
     with pytest.raises(DataCardError) as in_memory:
@@ -77,8 +89,23 @@ def test_bad_events_name_the_file_and_line_as_in_memory(tmp_path, events):
 
 
 def test_encode_out_of_core_equals_in_memory_and_resumes(tiny_bert, synthetic_dir, tmp_path, capsys):
-    args = ["encode", "--card", "synthetic-shop", "--data-dir", str(synthetic_dir), "--model", str(tiny_bert),
-            "--max-seq-length", "40", "--limit-users", "50", "--chunk-users", "8", "--num-shards", "2"]
+    args = [
+        "encode",
+        "--card",
+        "synthetic-shop",
+        "--data-dir",
+        str(synthetic_dir),
+        "--model",
+        str(tiny_bert),
+        "--max-seq-length",
+        "40",
+        "--limit-users",
+        "50",
+        "--chunk-users",
+        "8",
+        "--num-shards",
+        "2",
+    ]
     assert main([*args, "--output", str(tmp_path / "mem")]) == 0
     assert main([*args, "--output", str(tmp_path / "ooc"), "--out-of-core", "--shard-index", "1"]) == 0
     assert main([*args, "--output", str(tmp_path / "ooc"), "--out-of-core", "--memory-limit", "200MB"]) == 0
@@ -89,5 +116,8 @@ def test_encode_out_of_core_equals_in_memory_and_resumes(tiny_bert, synthetic_di
     for name in ("part-00000-of-00002.parquet", "part-00001-of-00002.parquet"):
         import pyarrow.parquet as pq
 
-        assert pq.read_table(tmp_path / "mem" / name).select(["user_id", "n_events", "last_timestamp"]).equals(
-            pq.read_table(tmp_path / "ooc" / name).select(["user_id", "n_events", "last_timestamp"]))
+        assert (
+            pq.read_table(tmp_path / "mem" / name)
+            .select(["user_id", "n_events", "last_timestamp"])
+            .equals(pq.read_table(tmp_path / "ooc" / name).select(["user_id", "n_events", "last_timestamp"]))
+        )

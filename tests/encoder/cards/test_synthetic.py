@@ -1,4 +1,5 @@
 """Tests for the synthetic-shop generator."""
+
 import collections
 import csv
 import re

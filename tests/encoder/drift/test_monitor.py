@@ -3,21 +3,22 @@ events are handled (drift-aware recommendation: tests/inference/test_recommend.p
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-from interestbert.encoder.drift import (DriftConfig, DriftMonitor, Event, History, explain, sort_events)
-
 from helpers import GARDEN, JAZZ, bag_of_words, planted
 
+from interestbert.encoder.drift import DriftConfig, DriftMonitor, Event, History, explain, sort_events
 
 
-@pytest.mark.parametrize("config", [DriftConfig(window=6, stride=2, threshold=0.35),
-                                    DriftConfig(window=4, stride=2, threshold=0.2, reference_windows=3),
-                                    DriftConfig(window=4, stride=2, threshold=0.3, window_vector="mean",
-                                                reference_windows=5, centre=False)],
-                         ids=["window text, whole segment", "sliding reference", "mean of event vectors"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        DriftConfig(window=6, stride=2, threshold=0.35),
+        DriftConfig(window=4, stride=2, threshold=0.2, reference_windows=3),
+        DriftConfig(window=4, stride=2, threshold=0.3, window_vector="mean", reference_windows=5, centre=False),
+    ],
+    ids=["window text, whole segment", "sliding reference", "mean of event vectors"],
+)
 def test_batch_and_streaming_give_the_same_detections(config):
     monitor = DriftMonitor(bag_of_words, config)
     histories = [planted(f"u{i}", 20 + i, 25, seed=i) for i in range(5)] + [planted("flat", 60, 0, seed=9)]
@@ -25,8 +26,9 @@ def test_batch_and_streaming_give_the_same_detections(config):
         batch = monitor.scan(history)
         streamed = [monitor.update(history.user_id, e) for e in history.events]
         streamed = [d for d in streamed if d is not None]
-        assert [(d.index, d.score, d.moved_to) for d in streamed] == [(d.index, d.score, d.moved_to)
-                                                                       for d in batch.events]
+        assert [(d.index, d.score, d.moved_to) for d in streamed] == [
+            (d.index, d.score, d.moved_to) for d in batch.events
+        ]
         last = batch.scores[~np.isnan(batch.scores)][-1]
         assert monitor.last_score(history.user_id) == pytest.approx(float(last), abs=1e-6)
     assert sum(len(monitor.scan(h).events) for h in histories[:5]) >= 5
@@ -42,8 +44,7 @@ def test_mean_window_vectors_and_a_sliding_reference():
         return bag_of_words(texts)
 
     history = planted("u", 30, 0, seed=1)
-    monitor = DriftMonitor(counting, DriftConfig(window=4, stride=2, threshold=9.0, window_vector="mean",
-                                                 centre=False))
+    monitor = DriftMonitor(counting, DriftConfig(window=4, stride=2, threshold=9.0, window_vector="mean", centre=False))
     monitor.scan_many([history, planted("v", 30, 0, seed=1)])
     texts = [e.text for e in history.events]
     assert len(calls) == 1 and sorted(calls[0]) == sorted(set(texts))  # each distinct event text encoded once
@@ -57,9 +58,9 @@ def test_mean_window_vectors_and_a_sliding_reference():
     for k in (None, 3):  # the reference: the unit window vectors that no longer overlap, all or the newest K
         monitor.config.reference_windows = k
         result = monitor.scan(history)
-        earlier = list(range(first, i - 3, 2))[-k if k else 0:]
-        reference = sum(unit(vectors[j - 3:j + 1].sum(0)) for j in earlier)
-        expected = 1 - unit(vectors[i - 3:i + 1].sum(0)) @ unit(reference)
+        earlier = list(range(first, i - 3, 2))[-k if k else 0 :]
+        reference = sum(unit(vectors[j - 3 : j + 1].sum(0)) for j in earlier)
+        expected = 1 - unit(vectors[i - 3 : i + 1].sum(0)) @ unit(reference)
         got.append(result.scores[list(result.indices).index(i)])
         assert got[-1] == pytest.approx(expected, abs=1e-5)
     assert len(earlier) == 3 and len(range(first, i - 3, 2)) > 3 and abs(got[0] - got[1]) > 1e-3
@@ -101,9 +102,11 @@ def test_short_histories_have_no_scores_and_no_detections():
 TEXT_WHOLE_SEGMENT = DriftConfig(window=6, stride=2, window_vector="text", reference_windows=None)
 
 
-@pytest.mark.parametrize("model, config, bar", [("tiny", TEXT_WHOLE_SEGMENT, 4), ("packaged", TEXT_WHOLE_SEGMENT, 5),
-                                                ("packaged", DriftConfig(), 4)],
-                         ids=["tiny, window text", "packaged, window text", "packaged, defaults"])
+@pytest.mark.parametrize(
+    "model, config, bar",
+    [("tiny", TEXT_WHOLE_SEGMENT, 4), ("packaged", TEXT_WHOLE_SEGMENT, 5), ("packaged", DriftConfig(), 4)],
+    ids=["tiny, window text", "packaged, window text", "packaged, defaults"],
+)
 def test_a_planted_switch_is_detected_within_the_margin_and_explained(model, config, bar, tiny_bert):
     from dataclasses import replace
 

@@ -3,14 +3,12 @@ and refuses what it cannot fit."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-from interestbert.encoder.drift import (ITEM_WEIGHT, DriftConfig, DriftMonitor, Event, History)
-from interestbert.encoder.errors import InterestBertError
-
 from helpers import TASTES, recall_at_rate, taste_and_noise, taste_history
+
+from interestbert.encoder.drift import ITEM_WEIGHT, DriftConfig, DriftMonitor, Event, History
+from interestbert.encoder.errors import InterestBertError
 
 
 def test_the_same_user_projection_finds_changes_the_raw_vectors_miss():
@@ -52,8 +50,9 @@ def test_the_projection_reads_each_events_action_beside_its_text(tmp_path):
     recalls, records = {}, {}
     for weight in (0.0, 3.0):
         monitor = DriftMonitor(noise_only, DriftConfig(window=4, stride=2, centre=False, reference_windows=None))
-        records[weight] = monitor.fit_projection(fit_on, dim=8, steps=150, batch_users=64, lr=1e-2,
-                                                 action_weight=weight)
+        records[weight] = monitor.fit_projection(
+            fit_on, dim=8, steps=150, batch_users=64, lr=1e-2, action_weight=weight
+        )
         rng = np.random.default_rng(7)
         monitor.calibrate([rater_history(f"c{i}", [1 + i % 5], [60], 300 + i) for i in range(60)], 20)
         hits = 0
@@ -97,8 +96,7 @@ def test_the_projection_learns_a_vector_for_each_shared_item(tmp_path):
     recalls, records = {}, {}
     for weight in (0.0, 3.0):
         monitor = DriftMonitor(faint_noise, DriftConfig(window=4, stride=2, centre=False, reference_windows=None))
-        records[weight] = monitor.fit_projection(fit_on, dim=4, steps=150, batch_users=64, lr=1e-2,
-                                                 item_weight=weight)
+        records[weight] = monitor.fit_projection(fit_on, dim=4, steps=150, batch_users=64, lr=1e-2, item_weight=weight)
         monitor.calibrate([shopper_history(f"c{i}", [i % 5], [60], 400 + i) for i in range(60)], 20)
         rng = np.random.default_rng(8)
         hits = 0
@@ -112,8 +110,9 @@ def test_the_projection_learns_a_vector_for_each_shared_item(tmp_path):
     assert recalls[3.0] >= recalls[0.0] + 0.3, recalls
     history = shopper_history("u", [1, 4], [30, 30], 1)  # batch and streaming agree with items
     streamed = [d for d in (monitor.update("u", e) for e in history.events) if d is not None]
-    assert streamed and [(d.index, d.score) for d in streamed] == [(d.index, d.score) for d in
-                                                                  monitor.scan(history).events]
+    assert streamed and [(d.index, d.score) for d in streamed] == [
+        (d.index, d.score) for d in monitor.scan(history).events
+    ]
     monitor.save_pretrained(tmp_path)
     again = DriftMonitor.from_pretrained(tmp_path, faint_noise)
     assert again.item_vectors.keys() == monitor.item_vectors.keys() and again.config == monitor.config
@@ -125,13 +124,21 @@ def test_the_projection_learns_a_vector_for_each_shared_item(tmp_path):
 def test_fit_and_tune_keeps_the_items_own_vectors_only_where_they_find_more_changes():
     """Shoppers whose taste is in which items they choose keep them; where the items are chosen blindly (the text
     carries the taste), the item vectors only learn the fit's users and are dropped."""
+
     def blind_items(user: str, tastes: list[int], lengths: list[int], seed: int) -> History:
         rng = np.random.default_rng(seed)
-        return History(user, [Event(f"t{taste} n{rng.integers(10**6)}", f"i{rng.integers(100)}", k) for k, taste
-                              in enumerate(t for t, n in zip(tastes, lengths) for _ in range(n))])
+        return History(
+            user,
+            [
+                Event(f"t{taste} n{rng.integers(10**6)}", f"i{rng.integers(100)}", k)
+                for k, taste in enumerate(t for t, n in zip(tastes, lengths) for _ in range(n))
+            ],
+        )
 
-    for make, encode, kinds, keep in ((shopper_history, faint_noise, 5, True), (blind_items, taste_and_noise, TASTES,
-                                                                                  False)):
+    for make, encode, kinds, keep in (
+        (shopper_history, faint_noise, 5, True),
+        (blind_items, taste_and_noise, TASTES, False),
+    ):
         monitor = DriftMonitor(encode, DriftConfig(window=4, stride=2))
         fit_on = [make(f"f{i}", [i % kinds], [60], 5000 + i) for i in range(160)]
         tune_on = [make(f"g{i}", [i % kinds], [60], 6000 + i) for i in range(80)]
@@ -154,8 +161,9 @@ def test_a_projection_fitted_for_another_encoder_is_refused_in_one_sentence():
 
 def test_a_projected_monitor_streams_as_it_scans_and_round_trips(tmp_path):
     monitor = DriftMonitor(taste_and_noise, DriftConfig(window=4, stride=2))
-    monitor.fit_projection([taste_history(f"f{i}", [i % TASTES], [30], i) for i in range(80)], dim=8, steps=20,
-                           batch_users=32)
+    monitor.fit_projection(
+        [taste_history(f"f{i}", [i % TASTES], [30], i) for i in range(80)], dim=8, steps=20, batch_users=32
+    )
     assert not monitor.calibrated  # a calibration before the fit would not hold
     monitor.calibrate([taste_history(f"c{i}", [i % TASTES], [60], 500 + i) for i in range(60)], 20)
     histories = [taste_history(f"u{i}", [i % TASTES, (i + 3) % TASTES], [30, 30], 900 + i) for i in range(6)]

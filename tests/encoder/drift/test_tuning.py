@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
-
-from interestbert.encoder.drift import (DriftConfig, DriftMonitor)
-from interestbert.encoder.errors import InterestBertError
-
 from helpers import TASTES, recall_at_rate, taste_and_noise, taste_history
 
-
+from interestbert.encoder.drift import DriftConfig, DriftMonitor
+from interestbert.encoder.errors import InterestBertError
 
 
 def test_tuning_the_score_picks_the_form_that_finds_more_held_out_changes():

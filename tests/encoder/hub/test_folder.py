@@ -22,8 +22,11 @@ def with_heads(encoder: InterestEncoder) -> InterestEncoder:
     rng = np.random.default_rng(0)
     encoder.head = StrategyHead(ITEMS, rng.normal(size=(4, 32)).astype(np.float32), popularity=np.arange(4))
     torch.manual_seed(0)
-    encoder.sequence_head = SequenceHead(ITEMS, rng.normal(size=(4, 32)).astype(np.float32),
-                                         options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=5))
+    encoder.sequence_head = SequenceHead(
+        ITEMS,
+        rng.normal(size=(4, 32)).astype(np.float32),
+        options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=5),
+    )
     return encoder
 
 
@@ -38,12 +41,22 @@ def test_every_part_has_its_own_subfolder(tiny_encoder, tmp_path):
     folder.save_training_args({"card": "synthetic-shop", "lora_r": 8})
     folder.save_results({"card": "synthetic-shop", "test": {"hr@10": 0.5, "ndcg@10": 0.25, "mrr@10": 0.2, "n": 9}})
     ours = {f for f in files(folder.path) if f.startswith("interestbert/")}
-    assert ours == {"interestbert/config.json", "interestbert/training_args.json",
-                    "interestbert/strategy_head/model.safetensors", "interestbert/strategy_head/config.json",
-                    "interestbert/sequence_head/model.safetensors", "interestbert/sequence_head/config.json",
-                    "interestbert/drift/config.json"}
-    assert {"README.md", "all_results.json", "adapter_config.json", "adapter_model.safetensors",
-            "modules.json"} <= files(folder.path)
+    assert ours == {
+        "interestbert/config.json",
+        "interestbert/training_args.json",
+        "interestbert/strategy_head/model.safetensors",
+        "interestbert/strategy_head/config.json",
+        "interestbert/sequence_head/model.safetensors",
+        "interestbert/sequence_head/config.json",
+        "interestbert/drift/config.json",
+    }
+    assert {
+        "README.md",
+        "all_results.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "modules.json",
+    } <= files(folder.path)
     assert not [f for f in files(folder.path) if ".tmp" in f]  # no temporary file is left behind
     loaded = InterestEncoder.from_pretrained(folder.path)
     x = torch.randn(2, 32)
@@ -64,8 +77,13 @@ def test_the_card_is_interestberts_own_and_lists_the_test_metrics(tiny_encoder, 
     for section in ("## Usage", "## Training", "## Evaluation", "## Limitations", "## Privacy"):
         assert section in card
 
-    folder.save_results({"card": "synthetic-shop", "test": {"hr@10": 0.5, "ndcg@10": 0.25, "mrr@10": 0.125, "n": 9},
-                         "popularity_test": {"hr@10": 0.1, "ndcg@10": 0.05, "mrr@10": 0.02, "n": 9}})
+    folder.save_results(
+        {
+            "card": "synthetic-shop",
+            "test": {"hr@10": 0.5, "ndcg@10": 0.25, "mrr@10": 0.125, "n": 9},
+            "popularity_test": {"hr@10": 0.1, "ndcg@10": 0.05, "mrr@10": 0.02, "n": 9},
+        }
+    )
     card = (folder.path / "README.md").read_text(encoding="utf-8")
     meta = yaml.safe_load(card.split("---\n")[1])
     (index,) = meta["model-index"]
@@ -82,14 +100,33 @@ def test_training_args_record_no_local_path(tiny_encoder, tmp_path):
     card.write_text("---\n---\n")
     folder = ModelFolder(tmp_path / "out")
     folder.save_encoder(tiny_encoder)
-    folder.save_training_args({"card": str(card), "data_dir": str(tmp_path / "data"), "output_dir": str(folder.path),
-                               "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "lora_r": 8})
+    folder.save_training_args(
+        {
+            "card": str(card),
+            "data_dir": str(tmp_path / "data"),
+            "output_dir": str(folder.path),
+            "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+            "lora_r": 8,
+        }
+    )
     (tmp_path / "data").mkdir()
-    folder.save_training_args({"card": str(card), "data_dir": str(tmp_path / "data"), "output_dir": str(folder.path),
-                               "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "lora_r": 8})
+    folder.save_training_args(
+        {
+            "card": str(card),
+            "data_dir": str(tmp_path / "data"),
+            "output_dir": str(folder.path),
+            "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+            "lora_r": 8,
+        }
+    )
     saved = folder.training_args()
-    assert saved == {"card": "my-shop", "data_dir": "../data", "output_dir": ".",
-                     "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "lora_r": 8}
+    assert saved == {
+        "card": "my-shop",
+        "data_dir": "../data",
+        "output_dir": ".",
+        "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+        "lora_r": 8,
+    }
     for path in folder.path.rglob("*.json"):
         assert str(tmp_path) not in path.read_text(encoding="utf-8"), path
     assert str(tmp_path) not in (folder.path / "README.md").read_text(encoding="utf-8")
@@ -111,5 +148,3 @@ def test_a_part_without_weights_is_refused_with_a_fix(tiny_encoder, tmp_path):
     (folder.part("strategy_head") / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="save the model again"):
         InterestEncoder.from_pretrained(folder.path)
-
-

@@ -12,13 +12,13 @@ import httpx2
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_args
 
 from interestbert.encoder import InterestBertError, InterestEncoder, Verbaliser
 from interestbert.encoder.hub import privacy_check
 from interestbert.finetune import train as train_module
 from interestbert.inference.cli import main
 from interestbert.inference.publishing import publish_model
-from helpers import tiny_args
 
 TOKEN = "hf_" + "Q7x" * 12
 
@@ -45,8 +45,10 @@ def trained(tmp_path_factory, tiny_bert, synthetic_dir):
     base = f"interestbert-tests/tiny-bert-{uuid.uuid4().hex[:8]}"
     cache_snapshot(base, tiny_bert)
     folder = ModelFolder(root / "out")
-    for path, key in ((folder.path / "adapter_config.json", "base_model_name_or_path"),
-                      (folder.subfolder / "config.json", "base_model")):
+    for path, key in (
+        (folder.path / "adapter_config.json", "base_model_name_or_path"),
+        (folder.subfolder / "config.json", "base_model"),
+    ):
         config = json.loads(path.read_text())
         config[key] = base
         path.write_text(json.dumps(config))
@@ -62,13 +64,18 @@ def test_the_dry_run_writes_the_model_its_data_card_and_a_hub_model_card(trained
     from huggingface_hub import ModelCard
 
     out = tmp_path / "dry"
-    assert main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir),
-                 "--dry-run", str(out)]) == 0
+    assert (
+        main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir), "--dry-run", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert "interestbert/data_card/README.md" in files and "README.md" in files and "all_results.json" in files
-    assert {"adapter_model.safetensors", "interestbert/strategy_head/model.safetensors",
-            "interestbert/config.json"} <= set(files)
+    assert {
+        "adapter_model.safetensors",
+        "interestbert/strategy_head/model.safetensors",
+        "interestbert/config.json",
+    } <= set(files)
     assert not [f for f in files if f.startswith("checkpoints/")]  # a run's optimizer states stay home
     assert all(f"  {f}" in printed for f in files) and "privacy gate passed" in printed
     assert (out / "interestbert/data_card/README.md").read_text().startswith("---")
@@ -90,10 +97,12 @@ def test_the_privacy_gate_names_what_it_found(trained, synthetic_dir, synthetic_
     dry_run(trained, synthetic_dir, dry)
     verbaliser = Verbaliser(synthetic_data, InterestEncoder.from_pretrained(trained).tokenizer, 48)
     user, event = verbaliser.users[3], verbaliser.pieces[5]
-    planted = {"user id": ("interestbert/config.json", f'"note": "trained for {user}"', repr(user)),
-               "event": ("all_results.json", f'"example": "{event}"', "verbalised event"),
-               "path": ("interestbert/training_args.json", '"data_dir": "/home/alice/shop/data"', "/home/alice"),
-               "token": ("modules.json", f'"auth": "{TOKEN}"', "access token")}
+    planted = {
+        "user id": ("interestbert/config.json", f'"note": "trained for {user}"', repr(user)),
+        "event": ("all_results.json", f'"example": "{event}"', "verbalised event"),
+        "path": ("interestbert/training_args.json", '"data_dir": "/home/alice/shop/data"', "/home/alice"),
+        "token": ("modules.json", f'"auth": "{TOKEN}"', "access token"),
+    }
     for what, (name, text, expected) in planted.items():
         copy = tmp_path / what.replace(" ", "-")
         shutil.copytree(dry, copy)
@@ -108,15 +117,30 @@ def test_the_privacy_gate_names_what_it_found(trained, synthetic_dir, synthetic_
 def test_a_refused_dry_run_leaves_nothing_and_bad_input_is_one_sentence(trained, synthetic_dir, tmp_path, capsys):
     (trained / "interestbert" / "planted.json").write_text(f'{{"token": "{TOKEN}"}}\n')
     try:
-        assert main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir),
-                     "--dry-run", str(tmp_path / "dry")]) == 2
+        assert (
+            main(
+                [
+                    "publish",
+                    str(trained),
+                    "--repo-id",
+                    "me/shop",
+                    "--data-dir",
+                    str(synthetic_dir),
+                    "--dry-run",
+                    str(tmp_path / "dry"),
+                ]
+            )
+            == 2
+        )
     finally:
         (trained / "interestbert" / "planted.json").unlink()
     err = capsys.readouterr().err
     assert "interestbert/planted.json holds an access token" in err and TOKEN not in err
     assert not (tmp_path / "dry").exists()
-    for argv, expected in ((["--repo-id", "not a repo"], "is not a Hub repo id"),
-                           (["--repo-id", "me/shop", "--token-env", "NO_SUCH_VAR_XYZ"], "NO_SUCH_VAR_XYZ")):
+    for argv, expected in (
+        (["--repo-id", "not a repo"], "is not a Hub repo id"),
+        (["--repo-id", "me/shop", "--token-env", "NO_SUCH_VAR_XYZ"], "NO_SUCH_VAR_XYZ"),
+    ):
         assert main(["publish", str(trained), *argv, "--data-dir", str(synthetic_dir)]) == 2
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1 and "Traceback" not in err
@@ -125,8 +149,12 @@ def test_a_refused_dry_run_leaves_nothing_and_bad_input_is_one_sentence(trained,
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    assert main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir),
-                 "--dry-run", str(mine)]) == 2
+    assert (
+        main(
+            ["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir), "--dry-run", str(mine)]
+        )
+        == 2
+    )
     assert "is not empty" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep"
 
 
@@ -156,16 +184,27 @@ class MockHub:
             return httpx2.Response(200, json={})
         if "/preupload/" in path:
             files = json.loads(request.content)["files"]
-            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
-                                                         "shouldIgnore": False} for f in files]})
+            return httpx2.Response(
+                200,
+                json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+            )
         if "/commit/" in path:
-            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/me/shop/commit/" + "ab" * 20,
-                                              "commitOid": "ab" * 20, "success": True})
+            return httpx2.Response(
+                200,
+                json={
+                    "commitUrl": "https://huggingface.co/me/shop/commit/" + "ab" * 20,
+                    "commitOid": "ab" * 20,
+                    "success": True,
+                },
+            )
         return httpx2.Response(404, json={"error": f"unexpected {request.method} {path}"})  # 404: never retried
 
     def commits(self) -> list[list[dict]]:
-        return [[json.loads(line) for line in r.content.decode().splitlines()]
-                for r in self.requests if "/commit/" in r.url.path]
+        return [
+            [json.loads(line) for line in r.content.decode().splitlines()]
+            for r in self.requests
+            if "/commit/" in r.url.path
+        ]
 
 
 @pytest.fixture()
@@ -186,15 +225,31 @@ def mock_hub(monkeypatch):
     huggingface_hub.set_client_factory(huggingface_hub.utils._http.default_client_factory)
 
 
-def test_a_push_is_one_commit_of_exactly_the_dry_run_files(trained, synthetic_dir, tmp_path, mock_hub, monkeypatch,
-                                                             capsys, caplog):
+def test_a_push_is_one_commit_of_exactly_the_dry_run_files(
+    trained, synthetic_dir, tmp_path, mock_hub, monkeypatch, capsys, caplog
+):
     import base64
 
     expected = dry_run(trained, synthetic_dir, tmp_path / "dry").files
     monkeypatch.setenv("MY_HUB_TOKEN", TOKEN)
     mock_hub.start()
-    assert main(["publish", str(trained), "--repo-id", "me/shop", "--data-dir", str(synthetic_dir),
-                 "--token-env", "MY_HUB_TOKEN", "--commit-message", "first model"]) == 0
+    assert (
+        main(
+            [
+                "publish",
+                str(trained),
+                "--repo-id",
+                "me/shop",
+                "--data-dir",
+                str(synthetic_dir),
+                "--token-env",
+                "MY_HUB_TOKEN",
+                "--commit-message",
+                "first model",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
     assert "https://huggingface.co/me/shop" in printed.out and "ab" * 20 in printed.out
     (commit,) = mock_hub.commits()
@@ -248,13 +303,43 @@ def test_the_commands_take_a_hub_model_id(trained, synthetic_dir, tmp_path, caps
     tables = []
     for name, model in (("local", str(trained)), ("hub", repo_id)):
         out = tmp_path / f"{name}.parquet"
-        assert main(["recommend", "--model", model, "--card", "synthetic-shop", "--data-dir", str(synthetic_dir),
-                     "--output", str(out), "--k", "3", "--limit-users", "6"]) == 0
+        assert (
+            main(
+                [
+                    "recommend",
+                    "--model",
+                    model,
+                    "--card",
+                    "synthetic-shop",
+                    "--data-dir",
+                    str(synthetic_dir),
+                    "--output",
+                    str(out),
+                    "--k",
+                    "3",
+                    "--limit-users",
+                    "6",
+                ]
+            )
+            == 0
+        )
         tables.append(pq.read_table(out).to_pydict())
     assert tables[0]["item_id"] == tables[1]["item_id"] and len(tables[0]["item_id"]) == 18
     capsys.readouterr()
-    assert main(["evaluate", "--model", "interestbert-tests/never-published", "--card", "synthetic-shop",
-                 "--data-dir", str(synthetic_dir)]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                "interestbert-tests/never-published",
+                "--card",
+                "synthetic-shop",
+                "--data-dir",
+                str(synthetic_dir),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "interestbert-tests/never-published" in err and err.count("\n") == 1
 
@@ -268,8 +353,12 @@ def test_push_to_hub_from_python_is_one_commit(trained, synthetic_data, mock_hub
     (commit,) = mock_hub.commits()
     paths = {line["value"]["path"] for line in commit if line["key"] == "file"}
     assert commit[0]["value"]["summary"] == "from python"
-    assert {"adapter_model.safetensors", "interestbert/strategy_head/model.safetensors", "README.md",
-            "interestbert/data_card/README.md"} <= paths
+    assert {
+        "adapter_model.safetensors",
+        "interestbert/strategy_head/model.safetensors",
+        "README.md",
+        "interestbert/data_card/README.md",
+    } <= paths
     assert not [r for r in mock_hub.requests if r.method == "HEAD"]  # nothing but the push itself
 
 
@@ -278,8 +367,10 @@ def test_a_data_card_publishes_alone_and_loads_back_by_its_repo_id(synthetic_dir
 
     from interestbert.encoder import load_card, load_card_data
 
-    assert main(["cards", "publish", "synthetic-shop", "--repo-id", "me/shop-card", "--dry-run",
-                 str(tmp_path / "dry")]) == 0
+    assert (
+        main(["cards", "publish", "synthetic-shop", "--repo-id", "me/shop-card", "--dry-run", str(tmp_path / "dry")])
+        == 0
+    )
     assert [p.name for p in (tmp_path / "dry").iterdir()] == ["README.md"]
     repo_id = f"interestbert-tests/card-{uuid.uuid4().hex[:8]}"
     snapshot = Path(constants.HF_HUB_CACHE) / ("datasets--" + repo_id.replace("/", "--")) / "snapshots" / ("d" * 40)
@@ -289,7 +380,9 @@ def test_a_data_card_publishes_alone_and_loads_back_by_its_repo_id(synthetic_dir
     (snapshot.parent.parent / "refs" / "main").write_text("d" * 40)
     card = load_card(repo_id)  # offline, from the cache
     assert card.name == repo_id and card.item_text.source == load_card("synthetic-shop").item_text.source
-    assert len(load_card_data(repo_id, synthetic_dir).events) == len(load_card_data("synthetic-shop", synthetic_dir).events)
+    assert len(load_card_data(repo_id, synthetic_dir).events) == len(
+        load_card_data("synthetic-shop", synthetic_dir).events
+    )
 
     mock_hub.start()
     assert main(["cards", "publish", "synthetic-shop", "--repo-id", "me/shop-card"]) == 0
