@@ -2,6 +2,7 @@
 
 - `events`: the data model (`Event`, `History`, `DriftEvent`, `ScanResult`, `DriftConfig`) and explanations.
 - `monitor`: the `DriftMonitor`, in batch (`scan`) and streaming (`update`), with its saved calibration.
+- `vectors`: event texts to the vectors the monitor compares (encoded once, projected).
 - `projection`: the learned "same user?" projection of event vectors, a pure fit on arrays.
 - `tuning`: calibrating the threshold, picking the score's form on spliced streams, splitting users for each fit.
 - `calibration`: the recipe that calibrates a monitor on a card's own users (`ensure_calibrated`).
@@ -33,7 +34,7 @@ from .events import (
     sort_events,
     terms,
 )
-from .monitor import MAX_STREAM_USERS, MEMO_TEXTS, MIN_DISTANCES, DriftMonitor
+from .monitor import MAX_STREAM_USERS, MIN_DISTANCES, DriftMonitor
 from .projection import (
     ACTION_VOCAB,
     ACTION_WEIGHT,
@@ -53,6 +54,7 @@ from .tuning import (
     splice_design,
     split_for_tuning,
 )
+from .vectors import MEMO_TEXTS, EventVectors
 
 __all__ = [
     "ACTION_VOCAB",
@@ -80,6 +82,7 @@ __all__ = [
     "DriftConfig",
     "DriftEvent",
     "DriftMonitor",
+    "EventVectors",
     "Event",
     "History",
     "ScanResult",

@@ -25,10 +25,8 @@ terms whose share fell most are what the user moved *from*, those whose share ro
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -39,13 +37,12 @@ from ..hub.folder import DRIFT as DRIFT_PART
 from ..hub.folder import ModelFolder
 from . import tuning
 from .events import DriftConfig, DriftEvent, Event, History, ScanResult, explain, sort_events
-from .projection import ACTION_WEIGHT, ITEMS_KEY, PROJECTION_LOOKBACK, with_actions
-from .tuning import TUNE_STREAMS
+from .projection import ITEMS_KEY
+from .vectors import EventVectors
 
 __all__ = ["DriftMonitor"]
 
 MIN_DISTANCES = 3  # with `centre`, distances seen in a segment before a score is given
-MEMO_TEXTS = 20_000  # event texts whose vectors `update` keeps with ``window_vector="mean"`` (~31 MB at dim 384)
 MAX_STREAM_USERS = 100_000  # users `update` follows at once by default (~1.6 GB at ~16 KB each)
 
 
@@ -81,7 +78,7 @@ class _UserState:
         self.dist_n, self.dist_mean = 0, 0.0  # the segment's distances so far and their mean
 
 
-class DriftMonitor:
+class DriftMonitor(EventVectors):
     """Detects and explains interest shifts along histories, in batch or per incoming event.
 
     Args:
@@ -115,26 +112,14 @@ class DriftMonitor:
         projection: np.ndarray | None = None,
         item_vectors: dict[str, np.ndarray] | None = None,
     ):
-        self.encode_fn = encode
-        self.set_projection(projection, item_vectors, clear=False)
-        try:
-            params = inspect.signature(encode).parameters
-        except (TypeError, ValueError):  # some builtins have no signature
-            params = {}
-        self._plain_encode = not (
-            {"batch_size", "show_progress_bar"} <= params.keys()
-            or any(p.kind is p.VAR_KEYWORD for p in params.values())
-        )
         self.config = config or DriftConfig()
         self.separator = separator
-        self.batch_size = batch_size
+        super().__init__(encode, batch_size, projection, item_vectors)
         if max_users is not None and max_users < 1:
             raise ValueError(f"max_users is {max_users}; it must be at least 1 (or None for no limit).")
         self.max_users = max_users
         self.evicted = 0
         self._states: OrderedDict[str, _UserState] = OrderedDict()  # least recently updated first
-        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()  # event text -> vector (``window_vector="mean"``)
-        self._shared: dict[str, np.ndarray] | None = None  # raw vectors within `sharing_encodings`
 
     # ------------------------------------------------------------------------------------------- persistence
 
@@ -353,146 +338,12 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------------------------------ calibration
 
-    def calibrate(
-        self,
-        histories: Sequence[History],
-        target_false_alarms_per_1000_events: float,
-        change_points: dict[str, Iterable[int]] | None = None,
-        margin: int = 10,
-        show_progress_bar: bool = False,
-    ) -> dict:
-        """Sets the threshold so that alarms on ``histories`` stay at or under the target rate per 1,000 events.
+    # ------------------------------------------------------------------ fitting (`interestbert.encoder.drift.tuning`)
 
-        Without ``change_points`` every alarm counts as a false one (use histories you believe have no injected
-        change, e.g. real users' histories; genuine shifts in them only make the threshold stricter). With them
-        (``{user_id: [event_index, ...]}``), the first alarm within ``margin`` events after a true point is not
-        counted. Returns the calibration record, which is also kept in ``config.calibration`` and saved with
-        `save_pretrained`.
-        """
-        return tuning.calibrate(
-            self, histories, target_false_alarms_per_1000_events, change_points, margin, show_progress_bar
-        )
-
-    def fit_projection(
-        self,
-        histories: Sequence[History],
-        dim: int | None = None,
-        steps: int = 2000,
-        batch_users: int = 256,
-        lookback: int = PROJECTION_LOOKBACK,
-        temperature: float = 0.1,
-        lr: float = 1e-3,
-        action_weight: float = ACTION_WEIGHT,
-        item_weight: float = 0.0,
-        seed: int = 0,
-        show_progress_bar: bool = False,
-    ) -> dict:
-        """Learns the projection that the monitor applies to event vectors, ``(encoder dim, dim)`` (``dim`` by
-        default `PROJECTION_DIM`, or the encoder's if smaller), with a contrastive "same user?" objective
-        (`interestbert.encoder.drift.projection.fit_projection`).
-
-        "Same user" is what a splice breaks, but a user's own change of interest is what the monitor is for: the
-        longer the ``lookback``, the more of its pairs straddle one, and the projection learns to see past it.
-
-        Beside each event's text vector the projection reads its action (`Event.action`: "rated 4/5"), a one-hot of
-        the `ACTION_VOCAB` most frequent ones, of length ``action_weight``, among those shared by at least
-        `MIN_ACTION_USERS` users (0: the text alone; with ``window_vector="text"`` or fewer than two such actions
-        there are none): how a person rates is part of who they are.
-
-        With ``item_weight`` > 0 (`ITEM_WEIGHT`), each item that at least `MIN_ITEM_USERS` of the users share
-        (`Event.item_text`; listed in the saved config) also gets its own vector, learned with the projection and
-        added to its events' projected text vector: who chooses an item can say more about taste than its title.
-        Off by default: where items have few users, or a user's items change with their recorded switches, the
-        vectors learn the fit's users more than taste (`fit_and_tune` can decide).
-
-        Use histories of users the monitor will not be calibrated on (the rate would be optimistic on the users
-        it was fitted to); a calibration made before is cleared. Returns the fit's record (also kept in
-        ``config.projection``).
-        """
-        return tuning.fit_projection(
-            self,
-            histories,
-            dim,
-            steps,
-            batch_users,
-            lookback,
-            temperature,
-            lr,
-            action_weight,
-            item_weight,
-            seed,
-            show_progress_bar,
-        )
-
-    def tune_score(
-        self,
-        histories: Sequence[History],
-        target_false_alarms_per_1000_events: float,
-        streams: int = TUNE_STREAMS,
-        seed: int = 0,
-        show_progress_bar: bool = False,
-    ) -> dict:
-        """Picks the form of the score for this domain: ``centre`` and ``reference_windows`` among `SCORE_FORMS`.
-
-        Splices ``histories`` into renewal streams (segments of different users, each from a random point of their
-        history, as the drift benchmark builds them; lengths scaled to the histories by `splice_design`), calibrates
-        each form to the target rate on unspliced stretches of the same users, and keeps the form that finds the
-        most splices (an alarm within ``2 * window`` events). Pass users the monitor will not be calibrated on, nor
-        the ones its projection was fitted on (`split_for_tuning` says why). A calibration made before is cleared.
-        Returns the record (also kept in ``config.score_tuning``)."""
-        return tuning.tune_score(self, histories, target_false_alarms_per_1000_events, streams, seed, show_progress_bar)
-
-    def fit_and_tune(
-        self,
-        fit_on: Sequence[History],
-        tune_on: Sequence[History],
-        target_false_alarms_per_1000_events: float,
-        steps: int = 2000,
-        streams: int = TUNE_STREAMS,
-        item_weight: float = 0.0,
-        seed: int = 0,
-        show_progress_bar: bool = False,
-    ) -> tuple[dict, dict]:
-        """`fit_projection` on ``fit_on`` then `tune_score` on ``tune_on`` (disjoint users: `split_for_tuning`).
-        With ``item_weight`` > 0, twice: with the items' own vectors and without, keeping the items only when the
-        best form finds more of the splices with them by more than one standard error of that recall.
-        Returns both records (the tuning's with the comparison under ``"item_vectors"``); if the tuning fails, the
-        projection fitted first stays and the error propagates."""
-        return tuning.fit_and_tune(
-            self,
-            fit_on,
-            tune_on,
-            target_false_alarms_per_1000_events,
-            steps,
-            streams,
-            item_weight,
-            seed,
-            show_progress_bar,
-        )
-
-    def set_projection(
-        self, projection: np.ndarray | None, item_vectors: dict[str, np.ndarray] | None = None, clear: bool = True
-    ) -> None:
-        """Replaces the projection and the items' vectors (None: the vectors as encoded); the streaming states and
-        the memo of event vectors, made under the old one, are dropped, and ``config.projection`` is cleared when it
-        is None."""
-        self.projection = None if projection is None else np.ascontiguousarray(projection, dtype=np.float32)
-        self.item_vectors = dict(item_vectors) if item_vectors and projection is not None else None
-        self._item_index = {item: k for k, item in enumerate(self.item_vectors or ())}
-        self._item_matrix = None
-        if self.item_vectors:
-            self._item_matrix = np.ascontiguousarray(np.stack(list(self.item_vectors.values())), dtype=np.float32)
-            if self._item_matrix.shape != (len(self._item_index), self.projection.shape[1]):
-                raise ValueError(
-                    f"item vectors of shape {self._item_matrix.shape[1:]} do not match the projection's "
-                    f"output ({self.projection.shape[1]},)."
-                )
-        if not clear:
-            return
-        if projection is None:
-            self.config.projection = None
-        self._memo.clear()
-        self._states.clear()
+    calibrate = tuning.calibrate
+    fit_projection = tuning.fit_projection
+    tune_score = tuning.tune_score
+    fit_and_tune = tuning.fit_and_tune
 
     # ---------------------------------------------------------------------------------------------- internals
 
@@ -503,89 +354,6 @@ class DriftMonitor:
                 "target_false_alarms_per_1000_events) or load a model saved with a calibration."
             )
         return self.config.threshold
-
-    @contextmanager
-    def sharing_encodings(self):
-        """Within the block every distinct text is encoded once across calls, its raw vector kept until the block
-        ends: calibrating on the fly reads many of the same event texts three times (`fit_projection`,
-        `tune_score`, `calibrate`)."""
-        self._shared = {}
-        try:
-            yield self
-        finally:
-            self._shared = None
-
-    def _encode(self, texts: list[str], show_progress_bar: bool) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        if self._shared is not None:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._shared))
-            if missing:
-                self._shared.update(zip(missing, self._encode_now(missing, show_progress_bar)))
-            return np.stack([self._shared[t] for t in texts])
-        return self._encode_now(texts, show_progress_bar)
-
-    def _encode_now(self, texts: list[str], show_progress_bar: bool) -> np.ndarray:
-        if self._plain_encode:  # a callable of texts alone
-            return np.asarray(self.encode_fn(texts), dtype=np.float32)
-        out = self.encode_fn(texts, batch_size=self.batch_size, show_progress_bar=show_progress_bar)
-        return np.asarray(out, dtype=np.float32)
-
-    def _vectors(self, texts: list[str], events: Iterable[Event], show_progress_bar: bool) -> np.ndarray:
-        """The unit vectors the monitor compares for distinct ``texts`` (event texts, or window texts with
-        ``window_vector="text"``): encoded, with their events' actions beside them when the projection was fitted
-        with actions, projected, plus their items' own vectors (``events``: where the event texts come from)."""
-        raw = self._encode(texts, show_progress_bar)
-        vocab, weight = self._action_vocab()
-        with_items = self._item_matrix is not None and self.config.window_vector == "mean"
-        if not vocab and not with_items:
-            return self._project(raw)
-        event_of = {e.text: e for e in events}
-        found = [event_of.get(t) for t in texts]
-        if vocab:
-            raw = with_actions(raw, ["" if e is None else e.action for e in found], vocab, weight)
-        return self._project(raw, [None if e is None else e.item_text for e in found] if with_items else None)
-
-    def _action_vocab(self) -> tuple[list[str], float]:
-        """The actions the projection reads (`fit_projection` records them) and their one-hot's weight."""
-        record = self.config.projection or {}
-        if self.projection is None or self.config.window_vector != "mean" or not record.get("actions"):
-            return [], 0.0
-        return record["actions"], float(record["action_weight"])
-
-    def _project(self, vectors: np.ndarray, items: Sequence[str | None] | None = None) -> np.ndarray:
-        """Unit rows of ``vectors @ projection`` (unchanged without one), each plus its item's own vector when
-        ``items`` names one that has it. Row by row in a fixed order (einsum, not BLAS), so a text's projected
-        vector does not depend on the batch it came in: `scan` and `update` agree exactly."""
-        if self.projection is None or not len(vectors):
-            return vectors
-        if vectors.shape[1] != self.projection.shape[0]:
-            actions = len(self._action_vocab()[0])
-            raise InterestBertError(
-                f"the drift projection reads {self.projection.shape[0]} numbers per event but gets "
-                f"{vectors.shape[1]} ({vectors.shape[1] - actions} from the encoder, {actions} action features): it "
-                "was fitted with another encoder; fit the projection and calibrate again (interestbert drift "
-                "--calibrate)."
-            )
-        out = np.einsum("nd,dk->nk", vectors.astype(np.float32), self.projection, optimize=False)
-        if items is not None:
-            rows = np.fromiter((self._item_index.get(i, -1) for i in items), np.int64, len(items))
-            has = rows >= 0
-            out[has] += self._item_matrix[rows[has]]
-        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-    def _cached(self, events: list[Event]) -> np.ndarray:
-        """Vectors of events for `update`, from a memo of the `MEMO_TEXTS` most recently used event texts (the
-        same item's text recurs across users), the missing ones encoded in one call."""
-        texts = [e.text for e in events]
-        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
-        if missing:
-            self._memo.update(zip(missing, self._vectors(missing, events, False)))
-        for text in texts:
-            self._memo.move_to_end(text)
-        while len(self._memo) > MEMO_TEXTS:
-            self._memo.popitem(last=False)
-        return np.stack([self._memo[t] for t in texts])
 
     def _step(
         self,

@@ -77,7 +77,14 @@ def calibrate(
     margin: int = 10,
     show_progress_bar: bool = False,
 ) -> dict:
-    """Sets ``monitor``'s threshold to keep its alarms at the target rate (see `DriftMonitor.calibrate`)."""
+    """Sets the threshold so that alarms on ``histories`` stay at or under the target rate per 1,000 events.
+
+    Without ``change_points`` every alarm counts as a false one (use histories you believe have no injected
+    change, e.g. real users' histories; genuine shifts in them only make the threshold stricter). With them
+    (``{user_id: [event_index, ...]}``), the first alarm within ``margin`` events after a true point is not
+    counted. Returns the calibration record, which is also kept in ``config.calibration`` and saved with
+    `save_pretrained`.
+    """
     target = float(target_false_alarms_per_1000_events)
     if not target > 0:
         raise ValueError(f"the target false-alarm rate should be > 0 per 1,000 events, got {target}.")
@@ -145,8 +152,28 @@ def fit_projection(
     seed: int = 0,
     show_progress_bar: bool = False,
 ) -> dict:
-    """Fits and sets ``monitor``'s projection on ``histories`` (see `DriftMonitor.fit_projection`): the event texts
-    encoded once, their actions and items found, then the array-level fit of `projection.fit_projection`."""
+    """Learns the projection that the monitor applies to event vectors, ``(encoder dim, dim)`` (``dim`` by
+    default `PROJECTION_DIM`, or the encoder's if smaller), with a contrastive "same user?" objective
+    (`interestbert.encoder.drift.projection.fit_projection`).
+
+    "Same user" is what a splice breaks, but a user's own change of interest is what the monitor is for: the
+    longer the ``lookback``, the more of its pairs straddle one, and the projection learns to see past it.
+
+    Beside each event's text vector the projection reads its action (`Event.action`: "rated 4/5"), a one-hot of
+    the `ACTION_VOCAB` most frequent ones, of length ``action_weight``, among those shared by at least
+    `MIN_ACTION_USERS` users (0: the text alone; with ``window_vector="text"`` or fewer than two such actions
+    there are none): how a person rates is part of who they are.
+
+    With ``item_weight`` > 0 (`ITEM_WEIGHT`), each item that at least `MIN_ITEM_USERS` of the users share
+    (`Event.item_text`; listed in the saved config) also gets its own vector, learned with the projection and
+    added to its events' projected text vector: who chooses an item can say more about taste than its title.
+    Off by default: where items have few users, or a user's items change with their recorded switches, the
+    vectors learn the fit's users more than taste (`fit_and_tune` can decide).
+
+    Use histories of users the monitor will not be calibrated on (the rate would be optimistic on the users
+    it was fitted to); a calibration made before is cleared. Returns the fit's record (also kept in
+    ``config.projection``).
+    """
     w = monitor.config.window
     usable = [sort_events(h.events)[0] for h in histories if len(h.events) >= w + 2]
     if len(usable) < 2 * MIN_PROJECTION_USERS:
@@ -223,7 +250,14 @@ def tune_score(
     seed: int = 0,
     show_progress_bar: bool = False,
 ) -> dict:
-    """Picks ``monitor``'s score form (see `DriftMonitor.tune_score`) and sets it; returns the record."""
+    """Picks the form of the score for this domain: ``centre`` and ``reference_windows`` among `SCORE_FORMS`.
+
+    Splices ``histories`` into renewal streams (segments of different users, each from a random point of their
+    history, as the drift benchmark builds them; lengths scaled to the histories by `splice_design`), calibrates
+    each form to the target rate on unspliced stretches of the same users, and keeps the form that finds the
+    most splices (an alarm within ``2 * window`` events). Pass users the monitor will not be calibrated on, nor
+    the ones its projection was fitted on (`split_for_tuning` says why). A calibration made before is cleared.
+    Returns the record (also kept in ``config.score_tuning``)."""
     if monitor.config.window_vector != "mean":
         raise ValueError("tune_score needs window_vector='mean' (each event text encoded once for every form).")
     target = float(target_false_alarms_per_1000_events)
@@ -286,9 +320,11 @@ def fit_and_tune(
     seed: int = 0,
     show_progress_bar: bool = False,
 ) -> tuple[dict, dict]:
-    """`DriftMonitor.fit_projection` on ``fit_on`` then `tune_score` on ``tune_on``; with ``item_weight`` > 0 twice,
-    keeping the items' own vectors only when the best form finds more splices with them by more than one standard
-    error of that recall (see `DriftMonitor.fit_and_tune`)."""
+    """`fit_projection` on ``fit_on`` then `tune_score` on ``tune_on`` (disjoint users: `split_for_tuning`).
+    With ``item_weight`` > 0, twice: with the items' own vectors and without, keeping the items only when the
+    best form finds more of the splices with them by more than one standard error of that recall.
+    Returns both records (the tuning's with the comparison under ``"item_vectors"``); if the tuning fails, the
+    projection fitted first stays and the error propagates."""
     fit = monitor.fit_projection(
         fit_on, steps=steps, item_weight=item_weight, seed=seed, show_progress_bar=show_progress_bar
     )

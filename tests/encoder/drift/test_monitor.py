@@ -73,7 +73,7 @@ def test_mean_window_vectors_and_a_sliding_reference():
 def test_streaming_memo_of_event_texts_is_bounded(monkeypatch):
     from interestbert.encoder import drift
 
-    monkeypatch.setattr(drift.monitor, "MEMO_TEXTS", 7)
+    monkeypatch.setattr(drift.vectors, "MEMO_TEXTS", 7)
     monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=0.3, window_vector="mean"))
     for k, event in enumerate(planted("u", 30, 30, seed=3).events):
         monitor.update("u", Event(f"{event.text} #{k}", event.item_text, event.timestamp))  # every text new
