@@ -28,7 +28,8 @@ from results_io import read_results, write_json
 from interestbert.encoder.cards import load_card_data
 from interestbert.encoder.files import atomic_write_text
 from interestbert.encoder.head import StrategyHead
-from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder, format_horizons, parse_horizons
+from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder
+from interestbert.encoder.options import format_horizons, parse_horizons
 from interestbert.encoder.scoring import StrategyHeadScorer
 from interestbert.encoder.verbalise import Verbaliser
 from interestbert.finetune.args import FinetuneArguments

@@ -54,7 +54,8 @@ from zero_shot import prior_row  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
 from interestbert.encoder.head import StrategyHead  # noqa: E402
-from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder, parse_horizons  # noqa: E402
+from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder  # noqa: E402
+from interestbert.encoder.options import parse_horizons  # noqa: E402
 from interestbert.encoder.scoring import Scorer, SequenceHeadScorer, StrategyHeadScorer  # noqa: E402
 from interestbert.encoder.sequence import SequenceOptions, right_aligned  # noqa: E402
 from interestbert.encoder.verbalise import Verbaliser  # noqa: E402

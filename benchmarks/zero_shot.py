@@ -36,7 +36,8 @@ from results_io import write_report  # noqa: E402
 
 from interestbert.encoder.cards import load_card_data  # noqa: E402
 from interestbert.encoder.head import StrategyHead  # noqa: E402
-from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder, parse_horizons  # noqa: E402
+from interestbert.encoder.model import DEFAULT_BASE_MODEL, InterestEncoder  # noqa: E402
+from interestbert.encoder.options import parse_horizons  # noqa: E402
 from interestbert.encoder.scoring import StrategyHeadScorer, TextCosineScorer  # noqa: E402
 from interestbert.encoder.verbalise import Verbaliser  # noqa: E402
 from interestbert.finetune.args import FinetuneArguments  # noqa: E402

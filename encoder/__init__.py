@@ -19,7 +19,8 @@ _LAZY = {
     "drift": ("DriftConfig", "DriftEvent", "DriftMonitor", "Event", "History", "histories_from_verbaliser"),
     "hub": ("ModelCardData", "ModelFolder"),
     "head": ("StrategyHead",),
-    "model": ("DEFAULT_BASE_MODEL", "InterestEncoder", "LoraOptions"),
+    "model": ("DEFAULT_BASE_MODEL", "InterestEncoder"),
+    "options": ("LoraOptions",),
     "packaged": ("register_in_hub_cache",),
     "scoring": (
         "PopularityScorer",

@@ -206,7 +206,7 @@ class FinetuneArguments:
             raise ValueError(f"`head_warmup_patience` should be positive, got {self.head_warmup_patience}.")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"`head_warmup_epochs` should be >= 0, got {self.head_warmup_epochs}.")
-        from interestbert.encoder.model import parse_horizons
+        from interestbert.encoder.options import parse_horizons
 
         parse_horizons(self.interest_horizons)  # raises with the expected form
         self.sequence_options()  # raises on a bad shape

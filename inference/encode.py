@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from interestbert.encoder.backends import EncodeOptions
 from interestbert.encoder.cards.stream import StreamedCard
 from interestbert.encoder.errors import InterestBertError
-from interestbert.encoder.model import InterestEncoder, format_horizons
+from interestbert.encoder.model import InterestEncoder
+from interestbert.encoder.options import format_horizons
 from interestbert.encoder.verbalise import Verbaliser
 
 from .embedding_files import (

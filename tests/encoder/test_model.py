@@ -197,7 +197,7 @@ def test_register_in_hub_cache_is_idempotent_and_leaves_real_downloads_alone():
 
 
 def test_interest_horizons_parse_and_validate():
-    from interestbert.encoder.model import WHOLE_HISTORY, format_horizons, parse_horizons
+    from interestbert.encoder.options import WHOLE_HISTORY, format_horizons, parse_horizons
 
     assert parse_horizons(None) == WHOLE_HISTORY == parse_horizons("all:1") == parse_horizons("all")
     assert parse_horizons("1:2, 4:1, all:1") == ((1, 0.5), (4, 0.25), (None, 0.25))
