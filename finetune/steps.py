@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from interestbert.encoder.head import StrategyHead
 
-# padded tokens per encoder pass of a packed step on a CPU: on amazon-beauty's steps (2 cores) 512 ran a step's
-# forward + backward in 4.6-4.8 s, 4096 in 5.9 s, one pass for everything in 12.1 s (benchmarks/train_step.py notes)
+# padded tokens per encoder pass of a packed step on a CPU: small passes stay in cache and beat one large pass
+# (benchmarks/train_step.py measures it)
 CPU_CHUNK_TOKENS = 512
 
 

@@ -152,8 +152,8 @@ def _scan_drift(encoder, data, verbaliser, users: np.ndarray, out: Path) -> dict
     monitor = DriftMonitor(encoder.encode, separator=verbaliser.separator)
     usable = int(np.clip(verbaliser.n_events - 2, 0, None).sum())  # a small shop (--limit-users): a higher rate
     target = max(DRIFT_TARGET, float(np.ceil(MIN_ALARMS_TO_CALIBRATE * 1000 / max(usable, 1))))
-    # no same-user projection here: on synthetic-shop it did not help (benchmarks/drift.py, recall at 5/1,000
-    # 0.797 with it vs 0.851 without) and it cost about a minute; real histories are where it pays (ml-1m). Nor
+    # no same-user projection here: on synthetic-shop it does not help (benchmarks/FINDINGS.md) and it costs about a
+    # minute; real histories are where it pays. Nor
     # the score's tuning: it encodes 300 more streams' events, and the quickstart's minutes go to training
     calibration = ensure_calibrated(
         monitor,

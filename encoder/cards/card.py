@@ -1,4 +1,5 @@
-"""Data cards: a Hub dataset card whose YAML front matter maps raw log files onto interestbert's data model.
+"""A data card, found (shipped, on disk or on the Hub) and parsed once into a typed `DataCard`: a Hub dataset card
+whose YAML front matter maps raw log files onto interestbert's data model.
 
 A card (`data_cards/<name>/README.md`) carries, beside the usual Hub keys, an ``interestbert:`` block::
 

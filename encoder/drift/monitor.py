@@ -281,10 +281,9 @@ class DriftMonitor(EventVectors):
         encoder call, on every ``stride``-th event. An event older than the user's last one is taken as arriving
         now (streams cannot be re-sorted) and counted in `stream_stats`.
 
-        The monitor keeps a small state per user (the newest ``2 * window`` events and a few vectors: 16.3 KB
-        measured with tracemalloc at the defaults, 9.4 KB with ``reference_windows=None``, dim 384, the event texts
-        not counted: they are the caller's strings; with ``window_vector="mean"`` one memo of event-text vectors,
-        `MEMO_TEXTS` at most, is shared by all users) for at most ``max_users`` users: a new user beyond that
+        The monitor keeps a small state per user (the newest ``2 * window`` events and a few vectors; the event
+        texts are the caller's strings; with ``window_vector="mean"`` one memo of event-text vectors, `MEMO_TEXTS` at
+        most, is shared by all users) for at most ``max_users`` users: a new user beyond that
         evicts the one idle longest (counted as ``evicted`` in `stream_stats`), who starts a new history if they
         return."""
         state = self._states.get(user_id)
