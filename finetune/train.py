@@ -38,7 +38,7 @@ from . import checkpoint as checkpoints
 from .after_training import evaluate_zero_shot, hardware, train_and_save_sequence_head
 from .args import FinetuneArguments
 from .evaluate import evaluate, metrics_table, popularity_scorer
-from .run import CHECKPOINTS, Run, build, build_data, load_encoder  # noqa: F401 - part of this module's interface
+from .run import CHECKPOINTS, Run, build  # noqa: F401 - part of this module's interface
 from .steps import EpochOrder, Trainable, example_loader, sample_candidates, step_inputs, step_loss  # noqa: F401
 from .warmup import fit_head, warm_up_head  # noqa: F401 - part of this module's interface
 

@@ -304,14 +304,7 @@ _TYPES = {
     "dict": (dict, "a mapping"),
     "tuple": (list, "a list"),
 }
-_SECTION_TYPES = {
-    "EventsSection",
-    "ItemsSection",
-    "IdMapSection",
-    "VerbalisationSection",
-    "SwitchesSection",
-    "GeneratorSection",
-}  # a nested section: a mapping in the YAML
+_SECTION_TYPES = {cls.__name__ for cls in SECTIONS.values()}  # a nested section: a mapping in the YAML
 
 
 def _check_type(value: object, annotation: str, key: str, where: str) -> None:
