@@ -76,6 +76,7 @@ class InterestEncoder:
         self.folder = None  # the saved folder (or Hub snapshot) it was loaded from
         self._runners = {}  # (backend, precision, threads) -> (weights' version, runner): see `encode`
         self._resolved: dict = {}  # (EncodeOptions, device) -> the options resolved there (`resolve_options`)
+        self.text_cache = None  # a `VectorCache`: `encode` answers seen texts from it (the live service sets one)
 
     # ---------------------------------------------------------------------------------------------- loading
 
@@ -270,6 +271,15 @@ class InterestEncoder:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         self.model.eval()
         options = self.resolve_options(options or EncodeOptions(precision, backend, batch_size))
+        if self.text_cache is not None and not kwargs:
+            return self.text_cache.encode(
+                list(texts),
+                (options, self._weights_version()),
+                lambda missing: self._encode_resolved(missing, options, show_progress_bar),
+            )
+        return self._encode_resolved(texts, options, show_progress_bar, **kwargs)
+
+    def _encode_resolved(self, texts, options: EncodeOptions, show_progress_bar, **kwargs) -> np.ndarray:
         precision, backend, batch_size = options.precision, options.backend, options.batch_size
         if (backend, precision) != ("torch", "fp32"):
             return self._runner(backend, precision, texts, batch_size).encode(list(texts), batch_size)
@@ -310,8 +320,7 @@ class InterestEncoder:
 
         from .backends import int8_check, make_runner
 
-        # the tensors themselves (keep_vars): their ids are stable and `_version` counts in-place changes
-        version = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
+        version = self._weights_version()
         key = (backend, precision, torch.get_num_threads())  # exported runners are compiled for a thread count
         cached = self._runners.get(key)
         if cached is None or cached[0] != version:
@@ -320,6 +329,11 @@ class InterestEncoder:
                 runner.int8_check = int8_check(self, runner, texts, batch_size)
             cached = self._runners[key] = (version, runner)
         return cached[1]
+
+    def _weights_version(self) -> tuple:
+        """Changes whenever a weight does: the tensors themselves (keep_vars), whose ids are stable and whose
+        `_version` counts in-place changes."""
+        return tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
 
     def _zero_lora_layers(self) -> list:
         """The LoRA layers, when the adapter is active, unmerged and every ``lora_B`` is zero (a fresh adapter,

@@ -18,6 +18,7 @@ Ranks break ties by catalogue order (`target_ranks`), never in the target's favo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,6 +94,13 @@ class Scorer:
     @property
     def n_items(self) -> int:
         return len(self.verbaliser.item_ids)
+
+    def bind(self, verbaliser) -> Scorer:
+        """This scorer (its head, encoder and item vectors shared, not copied) over another verbaliser with the same
+        catalogue, e.g. one person's history (`Verbaliser.for_history`)."""
+        bound = copy.copy(self)
+        bound.verbaliser = verbaliser
+        return bound
 
     def _scores(self, users: np.ndarray, ends: np.ndarray, rows: slice, **inputs) -> torch.Tensor:
         """``(len(users), n_items)`` scores of ``users``' first ``ends`` events; ``rows`` is their position in the

@@ -152,8 +152,26 @@ class SequenceHead(SavedPart, nn.Module):
         return self.options.dim
 
     def rows(self) -> torch.Tensor:
-        """``(n_items, dim)``: each item's representation, ``P · text + id`` (input and output side)."""
-        return self.project(self.text) + self.item
+        """``(n_items, dim)``: each item's representation, ``P · text + id`` (input and output side). Outside
+        training and autograd the result is kept until a weight changes, so scoring one history at a time (the
+        live service) does not recompute the whole catalogue's rows for every answer."""
+        if self.training or torch.is_grad_enabled():
+            return self.project(self.text) + self.item
+        return self._frozen("rows", lambda: self.project(self.text) + self.item)
+
+    def _unit_text(self) -> torch.Tensor:
+        """The item texts at unit norm (kept like `rows`)."""
+        if self.training or torch.is_grad_enabled():
+            return F.normalize(self.text, dim=-1)
+        return self._frozen("unit", lambda: F.normalize(self.text, dim=-1))
+
+    def _frozen(self, name: str, compute) -> torch.Tensor:
+        tensors = (self.text, self.item, self.project.weight, self.project.bias)
+        version = tuple((id(t), t._version) for t in tensors)  # `_version` counts in-place changes
+        cache = self.__dict__.setdefault("_frozen_cache", {})
+        if name not in cache or cache[name][0] != version:
+            cache[name] = (version, compute())
+        return cache[name][1]
 
     def hidden(self, histories: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, max_events, dim)`` interest after every position of right-aligned ``histories`` (``(batch,
@@ -198,7 +216,7 @@ class SequenceHead(SavedPart, nn.Module):
         (0 for an empty history)."""
         prior = self.text_prior
         recent = histories[:, -prior.last :]
-        unit = F.normalize(self.text, dim=-1)
+        unit = self._unit_text()
         out = torch.zeros(len(histories), self.n_items, device=unit.device)
         total = torch.zeros(len(histories), 1, device=unit.device)
         for age, column in enumerate(recent.unbind(1)[::-1]):  # newest first; one (batch, n_items) at a time

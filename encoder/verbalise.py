@@ -95,8 +95,36 @@ class Verbaliser:
         self.sep_tokens = self._count_tokens([self.separator], special=False)[0]
         self.special_tokens = tokenizer.num_special_tokens_to_add(pair=False)
         self.additive = _counts_add_up(tokenizer, self.separator)
+        self._cumulate()
+
+    def _cumulate(self) -> None:
         costs = self.piece_tokens[self.event_piece] + self.sep_tokens
         self._cum = np.concatenate([[0], np.cumsum(costs)])  # (n_events + 1,) cost of events[:k] with separators
+
+    def for_history(
+        self, user: str, event_items: np.ndarray, pieces: list[str], piece_tokens: np.ndarray, timestamps: np.ndarray
+    ) -> Verbaliser:
+        """A verbaliser of one user's history (``event_items``: catalogue rows, oldest first; ``pieces``: each
+        event's text, ``piece_tokens`` its token count without special tokens), sharing this one's card, tokenizer,
+        budget and catalogue: every batch path (`InterestEncoder.encode_histories`, the scorers, the drift tail)
+        then reads it exactly as it reads the card's verbaliser. `interestbert.inference.live` builds one per
+        answer from a person's stored events."""
+        view = object.__new__(Verbaliser)
+        view.__dict__.update(self.__dict__)  # catalogue, tokenizer and budget: shared, never copied
+        view.users, view.user_index = [user], {user: 0}
+        view.offsets = np.asarray([0, len(event_items)], dtype=np.int64)
+        view.event_items = np.asarray(event_items, dtype=np.int64)
+        view.timestamps = np.asarray(timestamps, dtype=np.int64)
+        view.pieces = list(pieces)
+        view.event_piece = np.arange(len(view.pieces), dtype=np.int64)
+        view.piece_tokens = np.asarray(piece_tokens, dtype=np.int64)
+        view.stats = VerbaliserStats(0, 0, 0)
+        view._cumulate()
+        return view
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's token count without special tokens (how `for_history` wants ``piece_tokens``)."""
+        return self._count_tokens(list(texts), special=False)
 
     # ------------------------------------------------------------------------------------------------ public
 

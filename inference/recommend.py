@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from interestbert.encoder.drift import DriftMonitor, History, histories_from_verbaliser
 from interestbert.encoder.files import atomic_write
-from interestbert.encoder.scoring import InterestScorer, SequenceHeadScorer, scorer_for
+from interestbert.encoder.scoring import InterestScorer, Scorer, SequenceHeadScorer, scorer_for
 
 TAIL = 24  # events before the newest window that the end-of-history drift scan looks at
 RECENT = 20  # "a detection in the last RECENT events" marks a user as recently drifted
@@ -75,7 +75,17 @@ def drift_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The monitor's score at each history's newest event (NaN where the tail holds too few events) and whether a
     detection fell among its last `RECENT` events (whole histories or `tail_histories`: the same result)."""
-    # the drift scan of each tail, cut so that the newest event falls on the stride's grid and is evaluated
+    scans = tail_scans(monitor, histories, show_progress_bar)
+    score = np.asarray(
+        [r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan for r in scans], dtype=np.float32
+    )
+    recent = np.asarray([any(e.index >= r.n_events - RECENT for e in r.events) for r in scans], dtype=bool)
+    return score, recent
+
+
+def tail_scans(monitor: DriftMonitor, histories: list[History], show_progress_bar: bool = False) -> list:
+    """The monitor's scan (`ScanResult`) of each history's tail: its newest ``TAIL + 2 * window`` events, cut so
+    that the newest event falls on the stride's grid and is evaluated (indices count from the tail's start)."""
     first, stride = monitor.first_evaluated, monitor.config.stride
     w = monitor.config.window
     tails = []
@@ -83,12 +93,7 @@ def drift_scores(
         events = h.events[-(TAIL + 2 * w) :]
         shift = (len(events) - 1 - first) % stride if len(events) - 1 >= first else 0
         tails.append(History(h.user_id, events[shift:]))
-    scans = monitor.scan_many(tails, show_progress_bar=show_progress_bar)
-    score = np.asarray(
-        [r.scores[-1] if len(r.scores) and r.indices[-1] == r.n_events - 1 else np.nan for r in scans], dtype=np.float32
-    )
-    recent = np.asarray([any(e.index >= r.n_events - RECENT for e in r.events) for r in scans], dtype=bool)
-    return score, recent
+    return monitor.scan_many(tails, show_progress_bar=show_progress_bar)
 
 
 def short_term_weight(score: np.ndarray, threshold: float, alpha_max: float) -> np.ndarray:
@@ -132,7 +137,7 @@ def recommend_users(
     verbaliser,
     users: np.ndarray,
     k: int = 10,
-    scorer: str = "auto",
+    scorer: str | Scorer = "auto",
     monitor: DriftMonitor | None = None,
     batch_size: int = 64,
     show_progress_bar: bool = False,
@@ -140,12 +145,13 @@ def recommend_users(
     """Top-``k`` unseen items for each of ``users`` (positions in ``verbaliser.users``) at the end of their history.
 
     Args:
-        scorer: ``auto``, ``sequence``, ``strategy`` or ``text`` (see `interestbert.encoder.scoring.scorer_for`).
+        scorer: ``auto``, ``sequence``, ``strategy`` or ``text`` (see `interestbert.encoder.scoring.scorer_for`), or
+            a `Scorer` made ahead over ``verbaliser`` (the live service binds one to each person's history).
         monitor: A calibrated `DriftMonitor`: recommend from the drift-aware blend of short- and long-term
             interest (see the module docstring) instead of the long-term interest alone.
     """
     users = np.asarray(users, dtype=np.int64)
-    chosen = scorer_for(encoder, verbaliser, scorer, batch_size=batch_size)
+    chosen = scorer if isinstance(scorer, Scorer) else scorer_for(encoder, verbaliser, scorer, batch_size=batch_size)
     drift = np.full(len(users), np.nan, np.float32)
     alpha = np.zeros(len(users), np.float32)
     inputs = {}
