@@ -41,9 +41,7 @@ class VectorCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def encode(
-        self, texts: Sequence[str], key: Hashable, compute: Callable[[list[str]], np.ndarray]
-    ) -> np.ndarray:
+    def encode(self, texts: Sequence[str], key: Hashable, compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """The vectors of ``texts`` (``(len(texts), dim)``), ``compute`` called once on the distinct texts not held
         under ``key``."""
         with self._lock:

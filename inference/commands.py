@@ -4,11 +4,14 @@ calls the library and prints its result on stdout."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 
 from interestbert.encoder.errors import InterestBertError
 
 from . import loading
+
+logger = logging.getLogger(__name__)
 
 
 def version() -> str:
@@ -114,6 +117,102 @@ def cmd_recommend(args) -> int:
         f"{int((recs.short_term_weight > 0).sum()):,} users with a short-term weight > 0) -> {args.output}"
     )
     return 0
+
+
+def cmd_serve(args) -> int:
+    from interestbert.inference.live import LiveRecommender, card_histories
+    from interestbert.inference.live.service import Service, run
+    from interestbert.inference.live.store import open_store, redact
+
+    for value, flag in (
+        (args.max_seen, "--max-seen"),
+        (args.cache_texts, "--cache-texts"),
+        (args.max_body, "--max-body"),
+        (args.max_pending, "--max-pending"),
+    ):
+        loading.check_positive(value, flag)
+    if args.max_events is not None:
+        loading.check_positive(args.max_events, "--max-events")
+    if not 0 < args.port < 65536:
+        raise InterestBertError(f"--port is {args.port}; pass a port from 1 to 65535.")
+    api_key = None
+    if args.api_key_env is not None:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise InterestBertError(
+                f"--api-key-env {args.api_key_env}: that environment variable is empty or unset; export the key "
+                "in it before starting the service."
+            )
+    store = open_store(args.store, args.ttl)  # before the model loads: a wrong URL fails at once
+    data = loading.load_checked_data(args)
+    encoder, verbaliser = loading.load_model(args, data, catalogue_fix="serve the card it was trained on.")
+    monitor = None
+    if args.drift is not False:
+        monitor = _serving_monitor(args, data, encoder, verbaliser)
+    live = LiveRecommender.from_card_data(
+        encoder,
+        data,
+        monitor,
+        verbaliser=verbaliser,
+        scorer=args.scorer,
+        max_events=args.max_events,
+        max_seen=args.max_seen,
+        cache_texts=args.cache_texts,
+        batch_size=args.batch_size,
+    )
+    if args.seed_from_card:
+        histories = card_histories(data)
+        users = list(histories)
+        for lo in range(0, len(users), 500):
+            chunk = users[lo : lo + 500]
+            store.update(
+                chunk,
+                lambda stored: {
+                    u: live.state_from_events(u, histories[u]).to_json() for u, raw in stored.items() if raw is None
+                },
+            )
+        logger.info("stored the card's histories of %s people the store did not hold", f"{len(users):,}")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logger.warning("serving on %s without an API key: anyone who reaches it can read and erase states", args.host)
+    logger.info(
+        "serving %s (%s, drift %s) on http://%s:%d with the %s store %s; API docs at /docs",
+        args.model,
+        live.scorer.name,
+        "on" if monitor is not None else "off",
+        args.host,
+        args.port,
+        store.kind,
+        redact(args.store),
+    )
+    service = Service(live, store, api_key, args.max_body, args.max_pending, model_name=str(args.model))
+    run(service, args.host, args.port, log_level="warning" if args.log_level in ("warning", "error") else "info")
+    return 0
+
+
+def _serving_monitor(args, data, encoder, verbaliser):
+    """The model's drift monitor when it holds a calibration, or with --calibrate / --drift; else None."""
+    from interestbert.encoder.drift import DriftMonitor
+
+    folder = loading.model_folder(args.model) or getattr(encoder, "folder", None)
+    saved = DriftMonitor.from_pretrained(folder, encoder.encode) if folder is not None else None
+    if not (args.drift or args.calibrate or (saved is not None and saved.calibrated)):
+        logger.info("drift off: the model holds no drift calibration (--drift or --calibrate makes one at start)")
+        return None
+    monitor, _ = loading.drift_monitor(
+        args.model,
+        data,
+        encoder,
+        verbaliser,
+        window=args.window,
+        stride=args.stride,
+        target_false_alarms=args.target_false_alarms,
+        calibrate=args.calibrate,
+        save_calibration=args.save_calibration,
+        batch_size=args.batch_size,
+        projection=args.projection,
+        tune_score=args.tune_score,
+    )
+    return monitor
 
 
 def cmd_cards_list(args) -> int:

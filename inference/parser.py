@@ -179,6 +179,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-users", type=int, default=None, help="Only the first K users.")
     _add_drift_args(p)
 
+    p = command("serve", commands.cmd_serve, "Serve recommendations that change with every event, over HTTP.")
+    _add_data_args(p, model_help="A model folder saved by `interestbert finetune` (or an id).", model_required=True)
+    p.add_argument(
+        "--store",
+        default="memory",
+        metavar="URL",
+        help="Where people's states live: memory (the default, in the process), file:PATH (in the process, "
+        "written to PATH), or redis://HOST:PORT/DB (shared by replicas, kept across restarts).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
+    p.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="Name of the environment variable holding the API key every request must send (as 'Authorization: "
+        "Bearer KEY' or 'X-API-Key: KEY'); without it the service asks for none.",
+    )
+    p.add_argument("--ttl", type=float, default=None, metavar="SECONDS", help="Forget people idle this long.")
+    p.add_argument(
+        "--scorer",
+        choices=("auto", "sequence", "strategy", "text"),
+        default="auto",
+        help="The model's sequence head, its strategy head, or the text cosine (auto: the sequence head when the "
+        "model has one, else the strategy head, else the text cosine).",
+    )
+    p.add_argument(
+        "--drift",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Scan events for drift and allow drift_aware answers (default: when the model holds a drift "
+        "calibration, or with --calibrate).",
+    )
+    p.add_argument(
+        "--max-events",
+        type=int,
+        default=None,
+        help="Events kept per person (default: the longest stretch any answer reads, so answers equal "
+        "`interestbert recommend`'s).",
+    )
+    p.add_argument("--max-seen", type=int, default=1000, help="Distinct items per person never recommended again.")
+    p.add_argument("--cache-texts", type=int, default=50_000, help="Text vectors kept in memory (default 50,000).")
+    p.add_argument("--max-body", type=int, default=1 << 20, help="Largest request body in bytes (default 1 MiB).")
+    p.add_argument(
+        "--max-pending", type=int, default=64, help="Requests in flight before the service answers 503 (default 64)."
+    )
+    p.add_argument(
+        "--seed-from-card",
+        action="store_true",
+        help="At start, store the card's histories for the people the store does not hold yet.",
+    )
+    _add_drift_args(p)
+
     p = command(
         "publish", commands.cmd_publish, "Publish a model folder to the Hugging Face Hub, after the privacy gate."
     )

@@ -125,7 +125,9 @@ class LiveRecommender:
         if encoder.text_cache is None:
             encoder.text_cache = VectorCache(cache_texts)
         needed = set(verbaliser.card.event_text.variables) - {"action", "item"}
-        self.item_fields = {name: list((item_fields or {}).get(name, [""] * len(verbaliser.item_ids))) for name in needed}
+        self.item_fields = {
+            name: list((item_fields or {}).get(name, [""] * len(verbaliser.item_ids))) for name in needed
+        }
         self.monitor = monitor
         if monitor is not None and not monitor.calibrated:
             raise LiveError("the drift monitor is not calibrated; calibrate it or pass none.")
@@ -140,13 +142,16 @@ class LiveRecommender:
         self._lock = threading.RLock()  # the catalogue and the memos change under it; answers read under it
 
     @classmethod
-    def from_card_data(cls, encoder, data, monitor=None, **options) -> LiveRecommender:
-        """A recommender over a card's catalogue (`interestbert.encoder.cards.load_card_data`'s ``CardData``)."""
+    def from_card_data(cls, encoder, data, monitor=None, verbaliser=None, **options) -> LiveRecommender:
+        """A recommender over a card's catalogue (`interestbert.encoder.cards.load_card_data`'s ``CardData``;
+        ``verbaliser``: the card's, when made already)."""
         from interestbert.encoder.verbalise import Verbaliser
 
-        verbaliser = Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
+        verbaliser = verbaliser or Verbaliser(data, encoder.tokenizer, encoder.max_seq_length)
         items = data.items.with_format("arrow")[:]
-        fields = {name: items.column(name).to_pylist() for name in items.column_names if name not in ("item_id", "text")}
+        fields = {
+            name: items.column(name).to_pylist() for name in items.column_names if name not in ("item_id", "text")
+        }
         return cls(encoder, verbaliser, fields, monitor, **options)
 
     def needed_events(self) -> int:
@@ -280,18 +285,23 @@ class LiveRecommender:
         sim = (space[torch.as_tensor(rows)] @ space[torch.as_tensor(newest)].T).cpu().numpy()  # (k, newest)
         events = state.events[-len(newest) :]
         because = [
-            {"item_id": self.verbaliser.item_ids[r], "event": _event(events[j]), "similarity": round(float(sim[i, j]), 4)}
+            {
+                "item_id": self.verbaliser.item_ids[r],
+                "event": _event(events[j]),
+                "similarity": round(float(sim[i, j]), 4),
+            }
             for i, (r, j) in enumerate(zip(rows.tolist(), sim.argmax(axis=1).tolist()))
         ]
         weight = np.clip(sim, 0, None).sum(axis=0)
         order = [j for j in np.argsort(-weight, kind="stable")[:3].tolist() if weight[j] > 0]
         drivers = [_event(events[j]) for j in order]
-        drift = state.last_drift if state.last_drift and state.n_events - 1 - state.last_drift["index"] < RECENT else None
+        drift = (
+            state.last_drift if state.last_drift and state.n_events - 1 - state.last_drift["index"] < RECENT else None
+        )
         words = []
         if drivers:
             words.append(
-                "driven most by the newest events with "
-                + ", ".join(self._title(d["item_id"]) for d in drivers)
+                "driven most by the newest events with " + ", ".join(self._title(d["item_id"]) for d in drivers)
             )
         if drift is not None:
             ago = state.n_events - 1 - drift["index"]
@@ -411,9 +421,7 @@ class LiveRecommender:
         check = {"item_id", "text", *self.item_fields}
         unknown = sorted(set(value) - check)
         if unknown:
-            raise LiveError(
-                f"{where}: unknown field {excerpt(unknown[0])}; an item has {', '.join(sorted(check))}."
-            )
+            raise LiveError(f"{where}: unknown field {excerpt(unknown[0])}; an item has {', '.join(sorted(check))}.")
         try:
             check_id(value.get("item_id"), f"{where}.item_id")
         except InterestBertError as err:

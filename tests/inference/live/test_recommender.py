@@ -10,48 +10,17 @@ import torch
 from helpers import bag_of_words
 
 from interestbert.encoder.drift import DriftConfig, DriftMonitor
-from interestbert.inference.live import LiveError, LiveEvent, LiveRecommender, UserState, card_histories
+from interestbert.inference.live import LiveError, LiveEvent, UserState, card_histories
 from interestbert.inference.recommend import recommend_users
 
 USERS = 10
-
-
-@pytest.fixture()
-def live(tiny_encoder, synthetic_data):
-    """A model with both heads and two interest horizons on the synthetic shop, its drift monitor on the encoder."""
-    from interestbert.encoder import StrategyHead, Verbaliser
-    from interestbert.encoder.sequence import SequenceHead, SequenceOptions
-
-    verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 64)
-    vectors = tiny_encoder.encode(verbaliser.item_texts)
-    rng = np.random.default_rng(0)
-    tiny_encoder.head = StrategyHead(verbaliser.item_ids, vectors, popularity=rng.integers(0, 50, len(vectors)))
-    torch.manual_seed(0)
-    head = SequenceHead(
-        verbaliser.item_ids,
-        vectors,
-        popularity=rng.integers(0, 50, len(vectors)),
-        options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=12),
-    ).eval()
-    with torch.no_grad():
-        head.item.normal_(0, 0.5)
-    tiny_encoder.sequence_head = head
-    tiny_encoder.horizons = ((3, 0.4), (None, 0.6))
-    monitor = DriftMonitor(
-        tiny_encoder.encode,
-        DriftConfig(window=4, stride=2, threshold=0.02, alpha_max=0.6, centre=False),
-        separator=verbaliser.separator,
-    )
-    return LiveRecommender.from_card_data(tiny_encoder, synthetic_data, monitor)
 
 
 def _batch(live, users, k, scorer, drift_aware):
     """``recommend_users`` over the card, with the live text cache off (so nothing is shared with the live side)."""
     cache, live.encoder.text_cache = live.encoder.text_cache, None
     try:
-        return recommend_users(
-            live.encoder, live.verbaliser, users, k, scorer, live.monitor if drift_aware else None
-        )
+        return recommend_users(live.encoder, live.verbaliser, users, k, scorer, live.monitor if drift_aware else None)
     finally:
         live.encoder.text_cache = cache
 
@@ -183,9 +152,7 @@ def test_a_refused_event_changes_nothing_and_says_why(live):
 def test_a_shift_fires_one_drift_event_with_its_explanation(live):
     from helpers import GARDEN, JAZZ
 
-    live.monitor = DriftMonitor(
-        bag_of_words, DriftConfig(window=4, stride=2, threshold=0.12), separator="\n"
-    )
+    live.monitor = DriftMonitor(bag_of_words, DriftConfig(window=4, stride=2, threshold=0.12), separator="\n")
     live.add_items([{"item_id": f"g{i}", "text": t} for i, t in enumerate(GARDEN)])
     live.add_items([{"item_id": f"j{i}", "text": t} for i, t in enumerate(JAZZ)])
     rng = np.random.default_rng(0)
