@@ -269,12 +269,13 @@ class InterestEncoder:
             raise TypeError("`texts` should be a list of strings; wrap a single text in a list.")
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: not on every call of a live service
+            self.model.eval()
         options = self.resolve_options(options or EncodeOptions(precision, backend, batch_size))
         if self.text_cache is not None and not kwargs:
             return self.text_cache.encode(
                 list(texts),
-                (options, self._weights_version()),
+                (options.precision, options.backend, self._weights_version()),  # the batch size changes nothing
                 lambda missing: self._encode_resolved(missing, options, show_progress_bar),
             )
         return self._encode_resolved(texts, options, show_progress_bar, **kwargs)
@@ -330,9 +331,22 @@ class InterestEncoder:
             cached = self._runners[key] = (version, runner)
         return cached[1]
 
+    def freeze(self) -> InterestEncoder:
+        """For serving: no weight of the encoder (or its heads) takes a gradient any more, and `encode`'s caches
+        stop checking every tensor for a change on each call (a live service encodes a few texts per answer)."""
+        for module in (self.model, self.head, self.sequence_head):
+            if module is not None:
+                module.requires_grad_(False)
+        self.model.eval()
+        self._frozen_version = None
+        self._frozen_version = self._weights_version()
+        return self
+
     def _weights_version(self) -> tuple:
         """Changes whenever a weight does: the tensors themselves (keep_vars), whose ids are stable and whose
-        `_version` counts in-place changes."""
+        `_version` counts in-place changes (after `freeze`: the version it froze)."""
+        if getattr(self, "_frozen_version", None) is not None:
+            return self._frozen_version
         return tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
 
     def _zero_lora_layers(self) -> list:
@@ -485,8 +499,12 @@ def _load_sentence_transformer(path: str, max_seq_length: int | None, device: st
 
 
 def _saved_max_seq_length(folder: str) -> int | None:
+    """The token budget the folder was saved with: sentence-transformers' own record where it writes one (6.3 no
+    longer writes it to ``sentence_bert_config.json``), else interestbert's ``interestbert/config.json``."""
     cfg = os.path.join(folder, "sentence_bert_config.json")
     if os.path.isfile(cfg):
         with open(cfg, encoding="utf-8") as f:
-            return json.load(f).get("max_seq_length")
-    return None
+            found = json.load(f).get("max_seq_length")
+        if found is not None:
+            return found
+    return (ModelFolder(folder).config() or {}).get("max_seq_length")

@@ -160,6 +160,8 @@ def cmd_serve(args) -> int:
         cache_texts=args.cache_texts,
         batch_size=args.batch_size,
     )
+    if args.warm:
+        logger.info("encoded %s event texts into the text cache", f"{live.warm():,}")
     if args.seed_from_card:
         histories = card_histories(data)
         users = list(histories)

@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_drift_args(p)
 
     p = command("serve", commands.cmd_serve, "Serve recommendations that change with every event, over HTTP.")
-    _add_data_args(p, model_help="A model folder saved by `interestbert finetune` (or an id).", model_required=True)
+    _add_data_args(
+        p, model_help="A model folder saved by `interestbert finetune` (or an id).", model_required=True, batch_size=1
+    )
     p.add_argument(
         "--store",
         default="memory",
@@ -224,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", type=int, default=1 << 20, help="Largest request body in bytes (default 1 MiB).")
     p.add_argument(
         "--max-pending", type=int, default=64, help="Requests in flight before the service answers 503 (default 64)."
+    )
+    p.add_argument(
+        "--warm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="At start, encode the card's event texts (item x action) into the text cache, so a known item's first "
+        "event costs no encoder pass (default: on).",
     )
     p.add_argument(
         "--seed-from-card",

@@ -90,8 +90,8 @@ class LiveRecommender:
     """Answers for one person at a time from their bounded state (module docstring).
 
     Args:
-        encoder: An `InterestEncoder` (merged for inference); its ``text_cache`` is set to a `VectorCache` of
-            ``cache_texts`` texts when it has none.
+        encoder: An `InterestEncoder` (merged for inference), frozen here (`InterestEncoder.freeze`); its
+            ``text_cache`` is set to a `VectorCache` of ``cache_texts`` texts when it has none.
         verbaliser: The card's `Verbaliser`: its catalogue, event template, tokenizer and token budget (the heads
             must score its catalogue).
         item_fields: The item fields the card's event template reads, one list of values per catalogue row
@@ -101,6 +101,8 @@ class LiveRecommender:
         max_events: Events kept per person (default: the longest stretch any answer reads, `needed_events`); fewer
             make answers differ from the batch ones for long histories.
         max_seen: Distinct items per person excluded from recommendations.
+        batch_size: Texts per encoder pass when an answer needs several (the interest horizons): 1 pads nothing,
+            the fastest on a CPU.
 
     Example:
         >>> live = LiveRecommender.from_card_data(encoder, load_card_data("synthetic-shop"))  # doctest: +SKIP
@@ -118,9 +120,9 @@ class LiveRecommender:
         max_events: int | None = None,
         max_seen: int = MAX_SEEN,
         cache_texts: int = DEFAULT_TEXTS,
-        batch_size: int = 64,
+        batch_size: int = 1,
     ):
-        self.encoder = encoder
+        self.encoder = encoder.freeze()
         self.verbaliser = verbaliser
         if encoder.text_cache is None:
             encoder.text_cache = VectorCache(cache_texts)
@@ -153,6 +155,15 @@ class LiveRecommender:
             name: items.column(name).to_pylist() for name in items.column_names if name not in ("item_id", "text")
         }
         return cls(encoder, verbaliser, fields, monitor, **options)
+
+    def warm(self, limit: int | None = None) -> int:
+        """Encodes the card's event texts (item x action) into the text cache, at most ``limit`` (default: what the
+        cache holds), so that a known item's first event costs no encoder pass; returns how many were new."""
+        cache = self.encoder.text_cache
+        texts = self.verbaliser.pieces[: cache.max_texts if limit is None else limit]
+        before = cache.misses
+        self.encoder.encode(texts, batch_size=64)
+        return cache.misses - before
 
     def needed_events(self) -> int:
         """The longest stretch of a history any answer reads: the sequence head's window, the drift tail, the
@@ -275,6 +286,7 @@ class LiveRecommender:
             view = self.view(state)
             return self.encoder.encode_histories(view, np.zeros(1, np.int64), batch_size=self.batch_size)[0]
 
+    @torch.no_grad()
     def explain(self, view, state: UserState, rows: np.ndarray, short_term_weight: float) -> dict:
         """Why these items: for each, the newest event whose item is closest to it in the scorer's item space, the
         newest events that drive the list most, and the last drift (from -> to) when it is recent; in words too."""
@@ -319,7 +331,7 @@ class LiveRecommender:
         or the text scorer's item vectors."""
         scorer = self.scorer
         if isinstance(scorer, SequenceHeadScorer):
-            return F.normalize(scorer.head.text, dim=-1)
+            return scorer.head._unit_text()
         if isinstance(scorer, StrategyHeadScorer):
             return F.normalize(scorer.head.weight.detach(), dim=-1)
         if isinstance(scorer, TextCosineScorer):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from interestbert.encoder.errors import InterestBertError, excerpt
 
@@ -102,7 +102,15 @@ class UserState:
         self.n_events += 1
 
     def to_json(self) -> bytes:
-        return json.dumps(dict(asdict(self), v=STATE_VERSION), separators=(",", ":")).encode()
+        value = {
+            "user_id": self.user_id,
+            "events": self.events,
+            "seen": self.seen,
+            "n_events": self.n_events,
+            "last_drift": self.last_drift,
+            "v": STATE_VERSION,
+        }
+        return json.dumps(value, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> UserState:

@@ -238,3 +238,14 @@ def test_encode_histories_is_the_weighted_sum_of_horizon_texts_and_survives_savi
     loaded = InterestEncoder.from_pretrained(tmp_path / "m", max_seq_length=64)
     assert loaded.horizons == ((1, 0.6), (None, 0.4))
     assert np.allclose(loaded.encode_histories(verbaliser, users, ends), got, atol=1e-5)
+
+
+def test_a_reloaded_model_keeps_the_token_budget_it_was_saved_with(tiny_encoder, tmp_path):
+    """sentence-transformers 6.3 no longer records the budget in sentence_bert_config.json: a folder saved at 48
+    tokens must not come back at the base model's 64 (nor with the budget passed again to hide it)."""
+    from interestbert.encoder import InterestEncoder
+
+    tiny_encoder.max_seq_length = 48
+    tiny_encoder.save_pretrained(tmp_path / "m")
+    assert InterestEncoder.from_pretrained(tmp_path / "m").max_seq_length == 48
+    assert InterestEncoder.from_pretrained(tmp_path / "m", max_seq_length=32).max_seq_length == 32

@@ -155,3 +155,43 @@ def test_a_file_store_keeps_people_across_a_restart_and_forgets_the_erased_at_on
         assert call("DELETE", f"{url}/v1/users/bob")[0] == 200
         saved = path.read_text()
         assert "bob" not in saved and "eve" in saved  # written at once, not at the next flush
+
+
+def test_the_serve_command_starts_on_a_saved_model_and_answers(live, tiny_bert, synthetic_dir, tmp_path):
+    """``interestbert serve`` as a user starts it: a saved model folder, a card, the card's histories stored."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import free_port
+
+    model = tmp_path / "model"
+    live.encoder.save_pretrained(model)
+    port = free_port()
+    env = dict(os.environ, INTERESTBERT_TEST_KEY="k-123")
+    command = [sys.executable, "-m", "interestbert.inference.cli", "serve", "--model", str(model), "--card"]
+    command += ["synthetic-shop", "--data-dir", str(synthetic_dir), "--port", str(port), "--seed-from-card"]
+    command += ["--api-key-env", "INTERESTBERT_TEST_KEY", "--max-seq-length", "64"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, key = f"http://127.0.0.1:{port}", {"X-API-Key": "k-123"}
+    try:
+        deadline = time.time() + 120
+        while not (_up(port) and call("GET", f"{url}/healthz", headers=key)[0] == 200):
+            assert process.poll() is None and time.time() < deadline, process.stdout.read()
+            time.sleep(0.2)
+        user = live.verbaliser.users[2]
+        status, body = call("GET", f"{url}/v1/users/{user}/recommendations?k=3", headers=key)
+        assert status == 200 and body["scorer"] == "sequence head" and len(body["items"]) == 3
+        assert call("GET", f"{url}/v1/users/{user}/recommendations", headers={})[0] == 401
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "serving" in output and user not in output and "k-123" not in output
+
+
+def _up(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
