@@ -252,23 +252,31 @@ def load(port: int, requests: list[tuple[str, bytes]], rate: float, workers: int
     }
 
 
+_CARD_CACHE: dict = {}
+_CLOCK = [1]
+
+
 def event_requests(card, data_dir, n: int, query: str, seed: int) -> list[tuple[str, bytes]]:
-    """``n`` requests, each one event of a random card user (an item they have not had, after their last event)."""
+    """``n`` requests, each one new event of a card user, each user at most once per call (so no two requests of one
+    person race each other): the item and action of a random event of the card (traffic shaped like the card's),
+    timed after the user's last event."""
     from interestbert.encoder.cards import load_card_data
     from interestbert.inference.live import card_histories
 
-    data = load_card_data(card, data_dir)
-    histories = card_histories(data)
+    if card not in _CARD_CACHE:
+        histories = card_histories(load_card_data(card, data_dir))
+        _CARD_CACHE[card] = (histories, [(i, a) for h in histories.values() for i, a, _ in h])
+    histories, events = _CARD_CACHE[card]
     users = list(histories)
-    items = data.items["item_id"][:]
     rng = np.random.default_rng(seed)
-    clock = {u: h[-1][2] for u, h in histories.items()}
-    out = []
-    for _ in range(n):
-        user = users[int(rng.integers(len(users)))]
-        clock[user] += 1
-        event = {"user_id": user, "item_id": items[int(rng.integers(len(items)))], "action": "rated 4/5"}
-        out.append((f"/v1/events?{query}", json.dumps({"events": [dict(event, timestamp=clock[user])]}).encode()))
+    chosen = rng.permutation(len(users))[: min(n, len(users))]
+    out, offset = [], _CLOCK[0]
+    _CLOCK[0] += n  # later calls send later events, whichever users they pick
+    for k in range(n):
+        user = users[chosen[k % len(chosen)]]
+        item, action = events[int(rng.integers(len(events)))]
+        event = {"user_id": user, "item_id": item, "action": action, "timestamp": histories[user][-1][2] + offset + k}
+        out.append((f"/v1/events?{query}", json.dumps({"events": [event]}).encode()))
     return out
 
 
@@ -286,14 +294,14 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def run_load(model: Path, card: str, data_dir, rates: dict, seconds: float, store: str) -> list[dict]:
+def run_load(model: Path, card: str, data_dir, rates: dict, seconds: float, store: str, threads: int) -> list[dict]:
     """Each path's rates against ``interestbert serve`` with ``store`` (the card's histories stored first)."""
     rows = []
     for path, (query, path_rates) in rates.items():
         port = free_port()
         command = [sys.executable, "-m", "interestbert.inference.cli", "serve", "--model", str(model), "--card", card]
         command += ["--port", str(port), "--store", store, "--seed-from-card", "--log-level", "warning"]
-        command += ["--scorer", path.split()[0]]
+        command += ["--scorer", path.split()[0], "--threads", str(threads)]
         if data_dir is not None:
             command += ["--data-dir", str(data_dir)]
         server = start_server(command, port, dict(os.environ))
@@ -447,6 +455,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="Events per path and history length (cost).")
     parser.add_argument("--seconds", type=float, default=10, help="Seconds of load per rate.")
     parser.add_argument("--parts", nargs="+", default=["cost", "load", "naive"], choices=["cost", "load", "naive"])
+    parser.add_argument("--paths", nargs="+", default=None, help="Only these load paths (default: all).")
+    parser.add_argument("--threads", type=int, default=1, help="The server's torch threads (serve --threads).")
     args = parser.parse_args()
     data_dir = data_dir_of(args.card, args.data_dir)
     model = build_model(args.card, data_dir, args.work / f"model-{args.card}")
@@ -455,6 +465,8 @@ def main() -> None:
         "strategy": ("k=10", (10, 25, 50, 100)),
         "sequence drift-aware": ("k=10&drift_aware=true", (25, 50, 100, 200)),
     }
+    if args.paths:
+        rates = {k: v for k, v in rates.items() if k in args.paths}
     result = {
         "card": args.card,
         "machine": hardware(),
@@ -466,7 +478,7 @@ def main() -> None:
     if "cost" in args.parts:
         result["cost"] = per_event_cost(model, args.card, data_dir, args.repeats)
     if "load" in args.parts:
-        result["load"] += run_load(model, args.card, data_dir, rates, args.seconds, "memory")
+        result["load"] += run_load(model, args.card, data_dir, rates, args.seconds, "memory", args.threads)
         url, redis = redis_server()
         if url is not None:
             try:

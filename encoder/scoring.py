@@ -290,7 +290,8 @@ class SequenceHeadScorer(Scorer):
         if alpha is not None and self.short_window is None:
             raise ValueError("`alpha` needs a scorer made with `short_window`.")
         was_training = self.head.training
-        self.head.eval()
+        if was_training:  # eval() walks every module: not when it is in eval mode already
+            self.head.eval()
         try:
             histories = self.head.histories(self.verbaliser, users, ends).to(self.head.text.device)
             scores = self.head.scores(histories)
@@ -303,7 +304,8 @@ class SequenceHeadScorer(Scorer):
             short[:, : max(histories.shape[1] - self.short_window, 0)] = -1
             return torch.where(a > 0, (1 - a) * scores + a * self.head.scores(short), scores)
         finally:
-            self.head.train(was_training)
+            if was_training:
+                self.head.train()
 
 
 class PopularityScorer(Scorer):

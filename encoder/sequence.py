@@ -179,6 +179,13 @@ class SequenceHead(SavedPart, nn.Module):
         rows = self.rows() if rows is None else rows
         pad = histories < 0
         n = histories.shape[1]
+        if not self.training and n > 1:
+            # columns of padding in every row change no real position's output (padding is masked as a key, and the
+            # positions are right-aligned): a short history costs its own length, not max_events
+            filled = int((~pad).any(0).nonzero()[0, 0]) if bool((~pad).any()) else n - 1
+            if filled:
+                out = self.hidden(histories[:, filled:], rows)
+                return torch.cat([out.new_zeros(out.shape[0], filled, out.shape[2]), out], dim=1)
         if n > self.options.max_events:
             raise ValueError(
                 f"histories of {n} positions are longer than the head's max_events "

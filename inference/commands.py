@@ -143,6 +143,11 @@ def cmd_serve(args) -> int:
                 f"--api-key-env {args.api_key_env}: that environment variable is empty or unset; export the key "
                 "in it before starting the service."
             )
+    if args.threads is not None:
+        import torch
+
+        loading.check_positive(args.threads, "--threads")
+        torch.set_num_threads(args.threads)
     store = open_store(args.store, args.ttl)  # before the model loads: a wrong URL fails at once
     data = loading.load_checked_data(args)
     encoder, verbaliser = loading.load_model(args, data, catalogue_fix="serve the card it was trained on.")

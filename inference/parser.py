@@ -228,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pending", type=int, default=64, help="Requests in flight before the service answers 503 (default 64)."
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Threads torch uses for one answer (default: torch's own; 1 is often fastest under load on few cores, "
+        "where answers run one at a time anyway).",
+    )
+    p.add_argument(
         "--warm",
         action=argparse.BooleanOptionalAction,
         default=True,

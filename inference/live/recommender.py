@@ -23,7 +23,6 @@ bounded `VectorCache`:
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -139,7 +138,7 @@ class LiveRecommender:
         if self.max_events < 1 or max_seen < 1:
             raise LiveError(f"max_events ({self.max_events}) and max_seen ({max_seen}) must be at least 1.")
         self.max_seen = max_seen
-        self._pieces: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
+        self._pieces: dict[tuple[str, str], tuple[str, int]] = {}
         self._live_items: set[str] = set()  # added here: their head rows come from their text alone
         self._lock = threading.RLock()  # the catalogue and the memos change under it; answers read under it
 
@@ -154,7 +153,15 @@ class LiveRecommender:
         fields = {
             name: items.column(name).to_pylist() for name in items.column_names if name not in ("item_id", "text")
         }
-        return cls(encoder, verbaliser, fields, monitor, **options)
+        live = cls(encoder, verbaliser, fields, monitor, **options)
+        # the card's own event texts, rendered and counted already: the memo starts with them
+        actions = data.events.with_format("arrow")[:].column("action").to_pylist()
+        ids, pieces, tokens = verbaliser.item_ids, verbaliser.pieces, verbaliser.piece_tokens.tolist()
+        for item, action, piece in zip(verbaliser.event_items.tolist(), actions, verbaliser.event_piece.tolist()):
+            if len(live._pieces) >= PIECES:
+                break
+            live._pieces.setdefault((ids[item], action), (pieces[piece], tokens[piece]))
+        return live
 
     def warm(self, limit: int | None = None) -> int:
         """Encodes the card's event texts (item x action) into the text cache, at most ``limit`` (default: what the
@@ -357,19 +364,19 @@ class LiveRecommender:
         )
 
     def _piece(self, item: str, action: str, row: int) -> tuple[str, int]:
-        """An event's text as the card renders it and its token count, from a memo of `PIECES` (item, action)."""
+        """An event's text as the card renders it and its token count, from a memo of `PIECES` (item, action), the
+        oldest made dropped first."""
         key = (item, action)
         found = self._pieces.get(key)
-        if found is not None:
-            self._pieces.move_to_end(key)
+        if found is not None:  # no LRU reordering: a lookup per event of every answer must stay a dict lookup
             return found
         v = self.verbaliser
         columns = {"action": [action], "item": [v.item_texts[row]]}
         columns.update({name: [values[row]] for name, values in self.item_fields.items()})
         text = v.card.event_text.render_table(columns, 1)[0]
         found = self._pieces[key] = (text, v.count_tokens([text])[0])
-        while len(self._pieces) > PIECES:
-            self._pieces.popitem(last=False)
+        while len(self._pieces) > PIECES:  # the oldest made first
+            del self._pieces[next(iter(self._pieces))]
         return found
 
     # ------------------------------------------------------------------------------------------- the catalogue

@@ -112,7 +112,7 @@ def test_each_bad_request_gets_its_4xx_and_one_sentence(live, method, path, body
 
 def test_the_key_is_required_and_never_logged(live, caplog):
     key = "s3cret-key-value"
-    with serving(Service(live, MemoryStore(), api_key=key)) as url, caplog.at_level(logging.DEBUG):
+    with serving(Service(live, MemoryStore(), api_key=key)) as url, caplog.at_level(logging.DEBUG, "interestbert"):
         event = {"user_id": "private-person-7", "item_id": "I00002", "timestamp": 3, "action": "viewed"}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
             status, body = call("POST", f"{url}/v1/events", {"events": [event]}, headers)
