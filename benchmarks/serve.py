@@ -9,9 +9,11 @@ users (2 alarms per 1,000 events, no projection).
 
 1. **Per-event cost** (in process, no HTTP): for a person with 10, 100 and 1,000 events of history, one event is
    applied and the top-10 answered (`LiveRecommender.update` + `recommend`), ``--repeats`` times, on each path:
-   the sequence head, the strategy head, and both drift-aware. The naive wrapper answers the same from the whole
-   history each time: the card's template over every event, the token-budget cut, one encoder call per horizon,
-   the head's scores (the sequence head's catalogue rows recomputed), seen items masked.
+   the sequence head, the strategy head (no drift monitor, as the naive wrapper has none), and both drift-aware
+   (the monitor scans every event). Events are drawn from the card's own (item, action) pairs, whose texts the
+   service encodes at start (``--warm``). The naive wrapper answers the same from the whole history each time: the
+   card's template over every event, the token-budget cut, one encoder call for the horizons' texts, the head's
+   scores (the sequence head's catalogue rows recomputed), seen items masked.
 2. **Load** (HTTP on loopback): ``interestbert serve`` in its own process (the embedded memory store, then Redis
    when ``redis-server`` is installed), and the naive wrapper as a FastAPI app of its own; a bounded open-loop
    generator in this process sends a fixed number of requests at each fixed rate (each a card user's next event
@@ -134,26 +136,29 @@ def per_event_cost(model: Path, card: str, data_dir, repeats: int) -> list[dict]
     from interestbert.encoder.drift import DriftMonitor
     from interestbert.encoder.model import InterestEncoder
     from interestbert.encoder.scoring import scorer_for
-    from interestbert.inference.live import LiveEvent, LiveRecommender
+    from interestbert.inference.live import LiveEvent, LiveRecommender, card_histories
 
     data = load_card_data(card, data_dir)
     encoder = InterestEncoder.from_pretrained(str(model)).merge_adapter()
     monitor = DriftMonitor.from_pretrained(model, encoder.encode, separator=data.card.separator)
     live = LiveRecommender.from_card_data(encoder, data, monitor, max_events=max(LENGTHS) + 10)
+    live.warm()  # as `serve` does at start
     naive = Naive(encoder, live.verbaliser)
-    items = live.verbaliser.item_ids
+    pairs = [(i, a) for h in card_histories(data).values() for i, a, _ in h]  # events shaped like the card's
     rng = np.random.default_rng(0)
     rows = []
     paths = [("sequence", False), ("strategy", False), ("sequence", True), ("strategy", True)]
     for scorer, drift_aware in paths:
         live.scorer = scorer_for(encoder, live.verbaliser, scorer)
+        live.monitor = monitor if drift_aware else None  # the naive wrapper has no drift monitor
         for length in LENGTHS:
-            history = [(items[j], "rated 4/5", t) for t, j in enumerate(rng.integers(0, len(items), length))]
+            history = [(*pairs[j], t) for t, j in enumerate(rng.integers(0, len(pairs), length))]
             state = live.state_from_events(f"u{length}", history)
             live.recommend(state, 10, drift_aware)  # the history's own texts cached, as for a known person
             ours, theirs = [], []
             for r in range(repeats):
-                event = LiveEvent(state.user_id, items[int(rng.integers(len(items)))], length + r, "rated 5/5")
+                item, action = pairs[int(rng.integers(len(pairs)))]
+                event = LiveEvent(state.user_id, item, length + r, action)
                 start = time.perf_counter()
                 state = live.update(state, [event]).state
                 live.recommend(state, 10, drift_aware)
@@ -343,11 +348,13 @@ async def events(request: Request, k: int = 10):
     body = json.loads(await request.body())
     e = body["events"][0]
     return {{"items": naive.answer(e["user_id"], (e["item_id"], e["action"], e["timestamp"]), k, {head!r})}}
+import torch
+torch.set_num_threads({threads})
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
 """
 
 
-def run_naive(model: Path, card: str, data_dir, rates: dict, seconds: float) -> list[dict]:
+def run_naive(model: Path, card: str, data_dir, rates: dict, seconds: float, threads: int) -> list[dict]:
     rows = []
     for path, (query, path_rates) in rates.items():
         if "drift" in path:
@@ -401,8 +408,9 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}; {result['date']}. Command: `{result['command']}`.",
         "",
         "The model: packaged all-MiniLM-L6-v2, horizons `1:0.5,4:0.3,all:0.2`, token budget 128, both heads at "
-        "their trained shape (untrained weights: the cost depends on the shapes). The load generator runs on the "
-        "same 2 cores as the server.",
+        "their trained shape (untrained weights: the cost depends on the shapes); torch threads "
+        f"{result['threads']} in the servers and in process. The load generator runs on the same 2 cores as the "
+        "server.",
         "",
         "## Post one event, get the top-10 (HTTP on loopback, open loop)",
         "",
@@ -472,10 +480,14 @@ def main() -> None:
         "machine": hardware(),
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+        "threads": args.threads,
         "cost": [],
         "load": [],
     }
     if "cost" in args.parts:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the same as the servers'
         result["cost"] = per_event_cost(model, args.card, data_dir, args.repeats)
     if "load" in args.parts:
         result["load"] += run_load(model, args.card, data_dir, rates, args.seconds, "memory", args.threads)
@@ -489,7 +501,7 @@ def main() -> None:
                 redis.terminate()
     if "naive" in args.parts:
         naive_rates = {"sequence": ("k=10", (25, 50, 100)), "strategy": ("k=10", (5, 10, 25))}
-        result["load"] += run_naive(model, args.card, data_dir, naive_rates, args.seconds)
+        result["load"] += run_naive(model, args.card, data_dir, naive_rates, args.seconds, args.threads)
     result["highest_rate_p99_50ms"] = highest_rates(result["load"])
     write_report(args.out, args.card, result, markdown(result))
 

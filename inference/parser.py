@@ -180,9 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_drift_args(p)
 
     p = command("serve", commands.cmd_serve, "Serve recommendations that change with every event, over HTTP.")
-    _add_data_args(
-        p, model_help="A model folder saved by `interestbert finetune` (or an id).", model_required=True, batch_size=1
-    )
+    _add_data_args(p, model_help="A model folder saved by `interestbert finetune` (or an id).", model_required=True)
     p.add_argument(
         "--store",
         default="memory",

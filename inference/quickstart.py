@@ -134,6 +134,10 @@ def run_quickstart(
     print("  drift/            drift timelines (PNG) of the three users; the calibration is in model/interestbert/")
     print("  data/             the generated synthetic-shop files (events.csv, items.csv, switches.csv)")
     print("  report.md         the metrics table and the recommendations (quickstart.json: the figures as JSON)")
+    print(
+        f"\nServe its recommendations live (one event at a time, over HTTP on this machine):\n"
+        f"  interestbert serve --model {out}/model --card synthetic-shop --data-dir {out}/data --seed-from-card"
+    )
     return 0
 
 

@@ -100,8 +100,7 @@ class LiveRecommender:
         max_events: Events kept per person (default: the longest stretch any answer reads, `needed_events`); fewer
             make answers differ from the batch ones for long histories.
         max_seen: Distinct items per person excluded from recommendations.
-        batch_size: Texts per encoder pass when an answer needs several (the interest horizons): 1 pads nothing,
-            the fastest on a CPU.
+        batch_size: Texts per encoder pass (an answer's changed horizon texts go in one pass).
 
     Example:
         >>> live = LiveRecommender.from_card_data(encoder, load_card_data("synthetic-shop"))  # doctest: +SKIP
@@ -119,7 +118,7 @@ class LiveRecommender:
         max_events: int | None = None,
         max_seen: int = MAX_SEEN,
         cache_texts: int = DEFAULT_TEXTS,
-        batch_size: int = 1,
+        batch_size: int = 64,
     ):
         self.encoder = encoder.freeze()
         self.verbaliser = verbaliser
