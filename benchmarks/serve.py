@@ -141,9 +141,10 @@ def per_event_cost(model: Path, card: str, data_dir, repeats: int) -> list[dict]
     data = load_card_data(card, data_dir)
     encoder = InterestEncoder.from_pretrained(str(model)).merge_adapter()
     monitor = DriftMonitor.from_pretrained(model, encoder.encode, separator=data.card.separator)
-    live = LiveRecommender.from_card_data(encoder, data, monitor, max_events=max(LENGTHS) + 10)
+    live = LiveRecommender.from_card_data(encoder, data, monitor)  # the state keeps what answers read, as serve's
     live.warm()  # as `serve` does at start
-    naive = Naive(encoder, live.verbaliser)
+    # the naive wrapper's own copy of the model: the live text cache must not answer its encoder calls
+    naive = Naive(InterestEncoder.from_pretrained(str(model)).merge_adapter(), live.verbaliser)
     pairs = [(i, a) for h in card_histories(data).values() for i, a, _ in h]  # events shaped like the card's
     rng = np.random.default_rng(0)
     rows = []
@@ -154,6 +155,7 @@ def per_event_cost(model: Path, card: str, data_dir, repeats: int) -> list[dict]
         for length in LENGTHS:
             history = [(*pairs[j], t) for t, j in enumerate(rng.integers(0, len(pairs), length))]
             state = live.state_from_events(f"u{length}", history)
+            naive.histories[state.user_id] = list(history)
             live.recommend(state, 10, drift_aware)  # the history's own texts cached, as for a known person
             ours, theirs = [], []
             for r in range(repeats):
@@ -163,10 +165,9 @@ def per_event_cost(model: Path, card: str, data_dir, repeats: int) -> list[dict]
                 state = live.update(state, [event]).state
                 live.recommend(state, 10, drift_aware)
                 ours.append(time.perf_counter() - start)
-                if not drift_aware:
-                    naive.histories[state.user_id] = list(state.events[:-1])
+                if not drift_aware:  # the naive wrapper holds the whole history, growing
                     start = time.perf_counter()
-                    naive.answer(state.user_id, state.events[-1], 10, scorer)
+                    naive.answer(state.user_id, (item, action, length + r), 10, scorer)
                     theirs.append(time.perf_counter() - start)
             row = {"path": scorer + (" drift-aware" if drift_aware else ""), "history": length, **_ms(ours, "live")}
             if theirs:

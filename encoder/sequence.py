@@ -90,11 +90,15 @@ class _Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, newest_only: bool = False) -> torch.Tensor:
+        """``(b, n, d)``, or with ``newest_only`` ``(b, 1, d)``: the newest position alone, which still attends to
+        every earlier one (the last layer of a scorer needs no other)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (b, h, n, d/h) each
+        if newest_only:
+            q, mask, x, n = q[:, :, -1:], mask[:, :, -1:], x[:, -1:], 1
         p = self.drop.p if self.training else 0.0
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # mask: (b, 1, n, n)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # mask: (b, 1, n, n_keys)
         x = self.norm1(x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, d))))
         return self.norm2(x + self.drop(self.ff(x)))
 
@@ -173,37 +177,42 @@ class SequenceHead(SavedPart, nn.Module):
             cache[name] = (version, compute())
         return cache[name][1]
 
-    def hidden(self, histories: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self, histories: torch.Tensor, rows: torch.Tensor | None = None, newest_only: bool = False
+    ) -> torch.Tensor:
         """``(batch, max_events, dim)`` interest after every position of right-aligned ``histories`` (``(batch,
-        max_events)`` catalogue rows, -1 for padding on the left)."""
+        max_events)`` catalogue rows, -1 for padding on the left); with ``newest_only`` ``(batch, 1, dim)``, the
+        newest position's alone (the last layer computes no other)."""
         rows = self.rows() if rows is None else rows
         pad = histories < 0
         n = histories.shape[1]
-        if not self.training and n > 1:
-            # columns of padding in every row change no real position's output (padding is masked as a key, and the
-            # positions are right-aligned): a short history costs its own length, not max_events
-            filled = int((~pad).any(0).nonzero()[0, 0]) if bool((~pad).any()) else n - 1
-            if filled:
-                out = self.hidden(histories[:, filled:], rows)
-                return torch.cat([out.new_zeros(out.shape[0], filled, out.shape[2]), out], dim=1)
         if n > self.options.max_events:
             raise ValueError(
                 f"histories of {n} positions are longer than the head's max_events "
                 f"({self.options.max_events}); keep the newest {self.options.max_events}."
             )
+        if not self.training and n > 1:
+            # columns of padding in every row change no real position's output (padding is masked as a key, and the
+            # positions are right-aligned): a short history costs its own length, not max_events
+            filled = int((~pad).any(0).nonzero()[0, 0]) if bool((~pad).any()) else n - 1
+            if filled:
+                out = self.hidden(histories[:, filled:], rows, newest_only)
+                if newest_only:
+                    return out
+                return torch.cat([out.new_zeros(out.shape[0], filled, out.shape[2]), out], dim=1)
         x = rows[histories.clamp(min=0)] * (~pad).unsqueeze(-1) + self.position[-n:]
         x = self.drop(self.norm(x))
         causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), 1)
         own = torch.eye(n, dtype=torch.bool, device=x.device)  # padding attends to itself: no row is all masked
         mask = torch.zeros(pad.shape[0], 1, n, n, device=x.device, dtype=x.dtype)
         mask = mask.masked_fill((causal | pad[:, None, None, :]) & ~own, _MASKED)
-        for block in self.blocks:
-            x = block(x, mask)
+        for k, block in enumerate(self.blocks):
+            x = block(x, mask, newest_only=newest_only and k == len(self.blocks) - 1)
         return x
 
     def forward(self, histories: torch.Tensor) -> torch.Tensor:
         """``(batch, dim)``: the interest at the newest event of each history."""
-        return self.hidden(histories)[:, -1]
+        return self.hidden(histories, newest_only=True)[:, -1]
 
     def logits(self, interest: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         rows = self.rows() if rows is None else rows
@@ -212,7 +221,7 @@ class SequenceHead(SavedPart, nn.Module):
     def scores(self, histories: torch.Tensor) -> torch.Tensor:
         """``(batch, n_items)`` next-item scores of right-aligned histories (the text prior included)."""
         rows = self.rows()
-        scores = self.logits(self.hidden(histories, rows)[:, -1], rows)
+        scores = self.logits(self.hidden(histories, rows, newest_only=True)[:, -1], rows)
         if self.text_prior.weight > 0:
             scores = scores + self.text_prior.weight * self.prior_term(histories)
         return scores

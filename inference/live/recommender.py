@@ -385,7 +385,7 @@ class LiveRecommender:
         ones are recommendable at once, their head rows made from their text alone (cold start, no training); an
         updated item's text changes how its events read and its text vectors (a trained item keeps its learned
         strategy-head row). Returns ``{"added": n, "updated": n}``."""
-        records = [self._check_item(value, f"items[{k}]") for k, value in enumerate(items)]
+        records = [self.check_item(value, f"items[{k}]") for k, value in enumerate(items)]
         if len({r["item_id"] for r in records}) != len(records):
             raise LiveError("items: an item id is given twice; send each item once.")
         if not records:
@@ -433,7 +433,8 @@ class LiveRecommender:
             if isinstance(self.scorer, TextCosineScorer):
                 self.scorer.item_vectors[row] = vec.to(self.scorer.item_vectors.device)
 
-    def _check_item(self, value: object, where: str) -> dict:
+    def check_item(self, value: object, where: str) -> dict:
+        """One item record checked: ``item_id``, ``text`` and only the card's item fields (`LiveError` otherwise)."""
         if not isinstance(value, dict):
             raise LiveError(f"{where}: an item should be an object with item_id and text.")
         check = {"item_id", "text", *self.item_fields}

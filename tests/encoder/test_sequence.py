@@ -48,6 +48,27 @@ def test_padding_gives_finite_scores_and_attention_is_causal():
     assert not torch.allclose(a[:, -1], b[:, -1])
 
 
+def test_columns_of_padding_are_skipped_without_changing_a_real_position():
+    """Scoring skips the columns that are padding in every history (a short history costs its own length); the
+    real positions come out as the whole width computes them (training mode, which never skips, with no dropout)."""
+    head = small_head(n_items=7)
+    histories = torch.tensor([[-1, -1, -1, 0, 1, 2], [-1, -1, -1, -1, 5, 3], [-1, -1, -1, -1, -1, -1]])
+    calls = []
+    head.blocks[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    with torch.no_grad():
+        skipped = head.hidden(histories)
+        head.train()
+        whole = head.hidden(histories)
+        head.eval()
+    assert calls == [3, 6]  # three columns of padding skipped, then the whole width
+    real = histories >= 0
+    torch.testing.assert_close(skipped[real], whole[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(skipped[:, -1], whole[:, -1], atol=1e-5, rtol=1e-5)  # even the all-padding row
+    with torch.no_grad():  # the newest position alone, its last layer computing no other
+        torch.testing.assert_close(head(histories), whole[:, -1], atol=1e-5, rtol=1e-5)
+        assert head.hidden(histories, newest_only=True).shape == (3, 1, head.dim)
+
+
 def test_save_load_round_trip_and_cold_start_rows(tmp_path):
     head = small_head()
     histories = torch.tensor([[-1, -1, 0, 1, 2, 3], [-1, -1, -1, -1, 4, 0]])

@@ -195,3 +195,18 @@ def _up(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_body_sent_without_its_length_is_cut_off_at_the_limit(live):
+    """Chunked bodies have no Content-Length to refuse up front: the service stops reading at ``max_body``."""
+    import http.client
+    import json as json_module
+
+    with serving(Service(live, MemoryStore(), max_body=2000)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        chunks = (b'{"events": [' + b" " * 1000 for _ in range(5))
+        connection.request("POST", "/v1/events", body=chunks, encode_chunked=True, headers={"content-type": "a/json"})
+        response = connection.getresponse()
+        body = json_module.loads(response.read())
+    assert response.status == 413 and "larger than 2,000 bytes" in body["error"]
