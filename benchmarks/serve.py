@@ -470,7 +470,7 @@ def main() -> None:
     data_dir = data_dir_of(args.card, args.data_dir)
     model = build_model(args.card, data_dir, args.work / f"model-{args.card}")
     rates = {
-        "sequence": ("k=10", (50, 100, 200, 300, 400)),
+        "sequence": ("k=10", (50, 100, 150, 200)),
         "strategy": ("k=10", (10, 25, 50, 100)),
         "sequence drift-aware": ("k=10&drift_aware=true", (25, 50, 100, 200)),
     }
@@ -495,9 +495,8 @@ def main() -> None:
         url, redis = redis_server()
         if url is not None:
             try:
-                result["load"] += run_load(
-                    model, args.card, data_dir, {"sequence": rates["sequence"]}, args.seconds, url
-                )
+                sequence = {"sequence": rates["sequence"]} if "sequence" in rates else {}
+                result["load"] += run_load(model, args.card, data_dir, sequence, args.seconds, url, args.threads)
             finally:
                 redis.terminate()
     if "naive" in args.parts:

@@ -92,21 +92,7 @@ def cmd_recommend(args) -> int:
         )
     monitor = None
     if args.drift_aware:
-        monitor, _ = loading.drift_monitor(
-            args.model,
-            data,
-            encoder,
-            verbaliser,
-            window=args.window,
-            stride=args.stride,
-            target_false_alarms=args.target_false_alarms,
-            calibrate=args.calibrate,
-            save_calibration=args.save_calibration,
-            batch_size=args.batch_size,
-            projection=args.projection,
-            tune_score=args.tune_score,
-            alpha_max=args.alpha_max,
-        )
+        monitor, _ = loading.drift_monitor_of(args, data, encoder, verbaliser, alpha_max=args.alpha_max)
     recs = recommend_users(
         encoder, verbaliser, users, args.k, args.scorer, monitor, batch_size=args.batch_size, show_progress_bar=True
     )
@@ -205,20 +191,7 @@ def _serving_monitor(args, data, encoder, verbaliser):
     if not (args.drift or args.calibrate or (saved is not None and saved.calibrated)):
         logger.info("drift off: the model holds no drift calibration (--drift or --calibrate makes one at start)")
         return None
-    monitor, _ = loading.drift_monitor(
-        args.model,
-        data,
-        encoder,
-        verbaliser,
-        window=args.window,
-        stride=args.stride,
-        target_false_alarms=args.target_false_alarms,
-        calibrate=args.calibrate,
-        save_calibration=args.save_calibration,
-        batch_size=args.batch_size,
-        projection=args.projection,
-        tune_score=args.tune_score,
-    )
+    monitor, _ = loading.drift_monitor_of(args, data, encoder, verbaliser)
     return monitor
 
 
@@ -366,20 +339,7 @@ def cmd_drift(args) -> int:
     data = loading.load_checked_data(args)
     users = loading.select_users(loading.user_ids(data), args.users, args.limit_users)  # before the calibration
     encoder, verbaliser = loading.load_model(args, data)
-    monitor, calibration = loading.drift_monitor(
-        args.model,
-        data,
-        encoder,
-        verbaliser,
-        window=args.window,
-        stride=args.stride,
-        target_false_alarms=args.target_false_alarms,
-        calibrate=args.calibrate,
-        save_calibration=args.save_calibration,
-        batch_size=args.batch_size,
-        projection=args.projection,
-        tune_score=args.tune_score,
-    )
+    monitor, calibration = loading.drift_monitor_of(args, data, encoder, verbaliser)
     summary = run_drift(
         data, verbaliser, monitor, calibration, args.model or encoder.base_model, args.output, users, plot=args.plot
     )

@@ -273,3 +273,23 @@ def drift_monitor(
             raise InterestBertError("--save-calibration needs --model to be a local model folder to write into.")
         logger.info("saved the drift calibration to %s", monitor.save_pretrained(local))
     return monitor, calibration
+
+
+def drift_monitor_of(args, data, encoder, verbaliser, alpha_max: float | None = None):
+    """`drift_monitor` with a command's drift options (``--window``, ``--stride``, ``--target-false-alarms``,
+    ``--calibrate``, ``--save-calibration``, ``--batch-size``, ``--projection``, ``--tune-score``)."""
+    return drift_monitor(
+        args.model,
+        data,
+        encoder,
+        verbaliser,
+        window=args.window,
+        stride=args.stride,
+        target_false_alarms=args.target_false_alarms,
+        calibrate=args.calibrate,
+        save_calibration=args.save_calibration,
+        batch_size=args.batch_size,
+        projection=args.projection,
+        tune_score=args.tune_score,
+        alpha_max=alpha_max,
+    )
