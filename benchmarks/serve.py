@@ -368,6 +368,7 @@ def run_naive(model: Path, card: str, data_dir, rates: dict, seconds: float, thr
             model=str(model),
             head=path.split()[0],
             port=port,
+            threads=threads,
         )
         server = start_server([sys.executable, "-c", script], port, dict(os.environ))
         try:
@@ -485,13 +486,20 @@ def main() -> None:
         "cost": [],
         "load": [],
     }
+
+    def save() -> None:  # after each part: a failure later loses nothing measured
+        result["highest_rate_p99_50ms"] = highest_rates(result["load"])
+        write_report(args.out, args.card, result, markdown(result))
+
     if "cost" in args.parts:
         import torch
 
         torch.set_num_threads(args.threads)  # the same as the servers'
         result["cost"] = per_event_cost(model, args.card, data_dir, args.repeats)
     if "load" in args.parts:
+        save()
         result["load"] += run_load(model, args.card, data_dir, rates, args.seconds, "memory", args.threads)
+        save()
         url, redis = redis_server()
         if url is not None:
             try:
@@ -501,9 +509,9 @@ def main() -> None:
                 redis.terminate()
     if "naive" in args.parts:
         naive_rates = {"sequence": ("k=10", (25, 50, 100)), "strategy": ("k=10", (5, 10, 25))}
+        save()
         result["load"] += run_naive(model, args.card, data_dir, naive_rates, args.seconds, args.threads)
-    result["highest_rate_p99_50ms"] = highest_rates(result["load"])
-    write_report(args.out, args.card, result, markdown(result))
+    save()
 
 
 if __name__ == "__main__":
