@@ -8,7 +8,10 @@ vocabulary are built from words of the synthetic-shop vocabulary.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 # Before anything imports huggingface_hub: its constants read these once.
@@ -130,3 +133,74 @@ def synthetic_data(synthetic_dir):
     from interestbert.encoder import load_card_data
 
     return load_card_data("synthetic-shop", synthetic_dir)
+
+
+@pytest.fixture()
+def live(tiny_encoder, synthetic_data):
+    """A model with both heads and two interest horizons on the synthetic shop, its drift monitor on the encoder."""
+    import numpy as np
+    import torch
+
+    from interestbert.encoder import StrategyHead, Verbaliser
+    from interestbert.encoder.drift import DriftConfig, DriftMonitor
+    from interestbert.encoder.sequence import SequenceHead, SequenceOptions
+    from interestbert.inference.live import LiveRecommender
+
+    verbaliser = Verbaliser(synthetic_data, tiny_encoder.tokenizer, 64)
+    vectors = tiny_encoder.encode(verbaliser.item_texts)
+    rng = np.random.default_rng(0)
+    tiny_encoder.head = StrategyHead(verbaliser.item_ids, vectors, popularity=rng.integers(0, 50, len(vectors)))
+    torch.manual_seed(0)
+    head = SequenceHead(
+        verbaliser.item_ids,
+        vectors,
+        popularity=rng.integers(0, 50, len(vectors)),
+        options=SequenceOptions(dim=8, layers=1, heads=2, dropout=0.0, max_events=12),
+    ).eval()
+    with torch.no_grad():
+        head.item.normal_(0, 0.5)
+    tiny_encoder.sequence_head = head
+    tiny_encoder.horizons = ((3, 0.4), (None, 0.6))
+    monitor = DriftMonitor(
+        tiny_encoder.encode,
+        DriftConfig(window=4, stride=2, threshold=0.02, alpha_max=0.6, centre=False),
+        separator=verbaliser.separator,
+    )
+    return LiveRecommender.from_card_data(tiny_encoder, synthetic_data, monitor, verbaliser=verbaliser)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port (no persistence), for the session."""
+    from helpers import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have redis-server (.ci/run installs it with apt-get).")
+        pytest.skip("needs redis-server (apt-get install redis-server), absent here")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.time() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -3,7 +3,14 @@ the drift monitor, and the tiny fine-tuning run's arguments."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -188,3 +195,47 @@ def recall_at_rate(monitor: DriftMonitor, seed: int) -> float:
         found = monitor.scan(taste_history(f"s{i}", [int(a), int(b)], [40, 30], seed + 100 + i)).events
         hits += any(40 <= d.index <= 48 for d in found)
     return hits / 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(service):
+    """The service on a free loopback port, in a thread, for the block; yields its base URL."""
+    from interestbert.inference.live.service import make_server
+
+    port = free_port()
+    server = make_server(service, "127.0.0.1", port, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the test service did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def call(method: str, url: str, body=None, headers: dict | None = None, raw: bytes | None = None):
+    """``(status, parsed JSON or text)`` of one HTTP request."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        status, text = err.code, err.read().decode()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text

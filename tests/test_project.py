@@ -120,16 +120,16 @@ def test_the_commands_check_can_fail():
     assert "--no-such-option" not in commands["encode"] and "cards validate" in commands
     uses = cli_uses(
         "run `interestbert encode --card c --no-such-option 1 | head`, then\n```bash\n"
-        "interestbert serve --port 1 && interestbert cards validate c --data-dir d \\\n"
+        "interestbert teleport --port 1 && interestbert cards validate c --data-dir d \\\n"
         "    --split test|validation\n```\n"
     )
     assert uses == [
-        "interestbert serve --port 1",
+        "interestbert teleport --port 1",
         "interestbert cards validate c --data-dir d      --split test|validation",
         "interestbert encode --card c --no-such-option 1",
     ]
     assert wrong_cli_uses(uses, commands) == [
-        "`interestbert serve --port 1`: there is no command `interestbert serve`",
+        "`interestbert teleport --port 1`: there is no command `interestbert teleport`",
         (
             "`interestbert cards validate c --data-dir d      --split test|validation`: `cards validate` has no option "
             "--split"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import call, serving
+from helpers import call, serving
 
 from interestbert.inference.live.service import Service
 from interestbert.inference.live.store import RedisStore, open_store, user_key

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import call, serving
+from helpers import call, serving
 
 from interestbert.inference.live import card_histories
 from interestbert.inference.live.service import Service
@@ -164,7 +164,7 @@ def test_the_serve_command_starts_on_a_saved_model_and_answers(live, tiny_bert, 
     import sys
     import time
 
-    from conftest import free_port
+    from helpers import free_port
 
     model = tmp_path / "model"
     live.encoder.save_pretrained(model)
