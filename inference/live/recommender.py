@@ -13,9 +13,9 @@ bounded `VectorCache`:
 
 - sequence head: no encoder call at all (it reads the item vectors it stores); one small transformer pass over the
   newest ``max_events`` items;
-- strategy head / text cosine: one encoder pass per interest horizon whose text changed, which is every horizon
-  on every event, because a BERT reads the whole token budget at once and its vector cannot be rebuilt from
-  cached pieces. This is the one cost that is not near zero; it is bounded by the token budget;
+- strategy head / text cosine: one encoder pass over the interest horizons' texts the event changed (all but an
+  event text already cached), because a BERT reads the whole token budget at once and its vector cannot be rebuilt
+  from cached pieces. This is the one cost that is not near zero; it is bounded by the token budget;
 - drift (monitor present): the new window's vector (one encoder call, or none with ``window_vector="mean"`` once
   the event's text is cached) and a replay of the bounded tail.
 """
