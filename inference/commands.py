@@ -9,19 +9,9 @@ import os
 
 from interestbert.encoder.errors import InterestBertError
 
-from . import loading
+from . import loading, version
 
 logger = logging.getLogger(__name__)
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
-
-    try:
-        return package_version("interestbert")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
-        return "unknown"
 
 
 def cmd_evaluate(args) -> int:

@@ -284,7 +284,7 @@ def create_app(service: Service):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
 
-    from interestbert.inference.commands import version
+    from interestbert.inference import version
 
     app = FastAPI(
         title="interestbert",
